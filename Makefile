@@ -1,0 +1,43 @@
+# Hybrid Payments suite. `make run` starts everything; `make test` installs what it needs and tests.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.synced
+PYTEST_ARGS ?=
+
+.PHONY: setup run test test-unit test-integration test-e2e migrate downgrade load lint clean
+
+setup: $(STAMP)
+
+# The venv is rebuilt when the lock changes; uv installs exactly what uv.lock pins.
+$(STAMP): pyproject.toml uv.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(UV) || $(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --inexact --quiet
+	@touch $(STAMP)
+
+run: setup
+	$(PY) -m tools.run
+
+test: setup
+	$(PY) -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: setup
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+migrate: setup
+	$(PY) -m tools.migrate upgrade
+
+downgrade: setup
+	$(PY) -m tools.migrate downgrade
+
+clean:
+	rm -rf .run .pytest_cache .hypothesis

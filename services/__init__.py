@@ -1,0 +1,1 @@
+"""The four independently deployed services of the Hybrid Payments suite."""

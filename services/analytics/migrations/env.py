@@ -1,0 +1,8 @@
+"""Alembic environment of the analytics service (its own schema and version table)."""
+
+from alembic import context
+
+from services.analytics.tables import SCHEMA, metadata
+from shared.migrations import run_env
+
+run_env(context, schema=SCHEMA, target_metadata=metadata)

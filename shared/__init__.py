@@ -1,0 +1,1 @@
+"""Code all four services share: config, db, events and outbox, auth, money, errors, observability."""

@@ -1,0 +1,140 @@
+"""JWT authentication (HS256 or RS256), the caller as a `Principal`, and role guards.
+
+Tokens carry `sub` (user id; a barber's id for barbers), `role` and `exp`. Verified tokens are
+cached until they expire, so the hot path does not re-run the signature check per request.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import jwt
+import msgspec
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from litestar.middleware.base import DefineMiddleware
+
+from shared.errors import ProblemError
+
+Role = Literal["barber", "admin", "service"]
+ROLES: frozenset[str] = frozenset({"barber", "admin", "service"})
+_CACHE_LIMIT = 50_000
+
+
+class Principal(msgspec.Struct, frozen=True):
+    subject: str
+    role: Role
+
+    @property
+    def is_privileged(self) -> bool:
+        """Admins and services act for any barber and are not rate limited."""
+        return self.role in ("admin", "service")
+
+    @property
+    def barber_id(self) -> int | None:
+        if self.role != "barber":
+            return None
+        try:
+            return int(self.subject)
+        except ValueError:
+            return None
+
+
+class TokenVerifier:
+    def __init__(self, *, secret: str | None = None, public_key: str | None = None, leeway: int = 5):
+        if public_key:
+            self._key: Any = public_key
+            self._algorithms = ["RS256"]
+        elif secret:
+            self._key = secret
+            self._algorithms = ["HS256"]
+        else:
+            raise ValueError("a JWT secret or public key is required")
+        self._leeway = leeway
+        self._cache: dict[str, tuple[Principal, float]] = {}
+
+    def verify(self, token: str) -> Principal:
+        now = time.time()
+        cached = self._cache.get(token)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=self._algorithms,
+                options={"require": ["exp", "sub"]},
+                leeway=self._leeway,
+            )
+        except jwt.ExpiredSignatureError:
+            raise _unauthorized("token has expired") from None
+        except jwt.PyJWTError as exc:
+            raise _unauthorized(f"invalid token: {exc}") from None
+        role = claims.get("role")
+        if role not in ROLES:
+            raise _unauthorized("token has no valid role claim")
+        principal = Principal(subject=str(claims["sub"]), role=role)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[token] = (principal, float(claims["exp"]))
+        return principal
+
+
+def issue_token(
+    secret: str, subject: str | int, role: Role, *, ttl_seconds: int = 3600, private_key: str | None = None
+) -> str:
+    """Mint a token (for `make run`, tests and service-to-service calls)."""
+    claims = {"sub": str(subject), "role": role, "exp": int(time.time()) + ttl_seconds, "iat": int(time.time())}
+    if private_key:
+        return jwt.encode(claims, private_key, algorithm="RS256")
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _unauthorized(detail: str) -> ProblemError:
+    return ProblemError(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class JWTAuthMiddleware(AbstractAuthenticationMiddleware):
+    verifier: TokenVerifier
+
+    async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
+        header = connection.headers.get("authorization")
+        if not header:
+            raise _unauthorized("missing Authorization header")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise _unauthorized("Authorization header must be 'Bearer <token>'")
+        return AuthenticationResult(user=self.verifier.verify(token.strip()), auth=token)
+
+
+def auth_middleware(verifier: TokenVerifier, exclude: list[str]) -> DefineMiddleware:
+    """Routes under `exclude` (regexes), or with `opt={"exclude_from_auth": True}`, are public."""
+    middleware_cls = type("BoundJWTAuthMiddleware", (JWTAuthMiddleware,), {"verifier": verifier})
+    return DefineMiddleware(middleware_cls, exclude=exclude)
+
+
+def require_roles(*roles: Role):
+    """A Litestar guard admitting only the given roles (403 otherwise)."""
+
+    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        principal = connection.user
+        if not isinstance(principal, Principal) or principal.role not in roles:
+            raise ProblemError(403, "forbidden", f"requires role {' or '.join(roles)}")
+
+    return guard
+
+
+def acting_barber_id(principal: Principal, requested: int | None, *, field: str = "barber_id") -> int:
+    """The barber a request acts for: a barber acts only for itself; admins and services name one."""
+    if principal.role == "barber":
+        own = principal.barber_id
+        if own is None:
+            raise ProblemError(403, "forbidden", "barber token has a non-numeric subject")
+        if requested is not None and requested != own:
+            raise ProblemError(403, "forbidden", f"{field} must be your own barber id")
+        return own
+    if requested is None:
+        raise ProblemError(422, "validation_error", f"{field}: required for {principal.role} callers", field=field)
+    return requested

@@ -1,0 +1,100 @@
+"""Database plumbing shared by the services: engine, per-schema metadata, platform tables.
+
+Each service owns one Postgres schema. The platform tables every service has (outbox,
+processed events, idempotency keys) are defined once here and created by each service's
+first migration in its own schema.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from shared.config import BaseSettings
+
+
+def create_engine(settings: BaseSettings) -> AsyncEngine:
+    return create_async_engine(
+        settings.async_database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+        pool_pre_ping=True,
+        connect_args={"server_settings": {"application_name": settings.service_name}},
+    )
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+class PlatformTables:
+    """The outbox, processed-events and idempotency tables of one service schema."""
+
+    def __new__(cls, metadata: sa.MetaData) -> PlatformTables:
+        # One set per MetaData: a runtime and a test may both ask for the same schema's tables.
+        existing = metadata.info.get("platform_tables")
+        if existing is None:
+            existing = metadata.info["platform_tables"] = super().__new__(cls)
+            existing._define(metadata)
+        return existing
+
+    def _define(self, metadata: sa.MetaData) -> None:
+        self.metadata = metadata
+        self.outbox = sa.Table(
+            "outbox",
+            metadata,
+            sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+            sa.Column("event_id", UUID(as_uuid=True), nullable=False, unique=True),
+            sa.Column("subject", sa.Text, nullable=False),
+            sa.Column("event_type", sa.Text, nullable=False),
+            # The exact bytes published, so a re-publish after a crash is byte-identical.
+            sa.Column("body", sa.LargeBinary, nullable=False),
+            sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+            sa.Column("published_at", sa.DateTime(timezone=True)),
+            sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+            sa.Column("last_error", sa.Text),
+        )
+        self.processed_events = sa.Table(
+            "processed_events",
+            metadata,
+            sa.Column("consumer", sa.Text, primary_key=True),
+            sa.Column("event_id", UUID(as_uuid=True), primary_key=True),
+            sa.Column("event_type", sa.Text, nullable=False),
+            sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        )
+        self.idempotency_keys = sa.Table(
+            "idempotency_keys",
+            metadata,
+            sa.Column("scope", sa.Text, primary_key=True),
+            sa.Column("key", sa.Text, primary_key=True),
+            sa.Column("fingerprint", sa.Text, nullable=False),
+            sa.Column("state", sa.Text, nullable=False),
+            sa.Column("response_status", sa.Integer),
+            sa.Column("response_body", sa.LargeBinary),
+            sa.Column("response_media_type", sa.Text),
+            sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+            sa.Column("locked_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+            sa.CheckConstraint("state in ('in_progress', 'completed')", name="idempotency_state"),
+            sa.CheckConstraint("char_length(key) between 1 and 255", name="idempotency_key_length"),
+        )
+
+
+def create_platform_tables(op, schema: str) -> None:
+    """Body of each service's first migration: the schema-local platform tables.
+
+    The migration builds them from `PlatformTables`, so a later change to that class must
+    come with a new migration (and a frozen copy of the old shape here), never silently.
+    """
+    tables = PlatformTables(sa.MetaData(schema=schema))
+    bind = op.get_bind()
+    tables.metadata.create_all(bind)
+    op.create_index(
+        "outbox_unpublished", "outbox", ["id"], schema=schema, postgresql_where=sa.text("published_at IS NULL")
+    )
+    op.create_index("idempotency_keys_created", "idempotency_keys", ["created_at"], schema=schema)
+
+
+def drop_platform_tables(op, schema: str) -> None:
+    for name in ("idempotency_keys", "processed_events", "outbox"):
+        op.drop_table(name, schema=schema)

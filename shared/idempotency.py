@@ -1,0 +1,200 @@
+"""`Idempotency-Key` handling for writes that move or promise money.
+
+A key is claimed in its own short transaction (so a concurrent duplicate sees it in flight
+and gets 409). The handler's own unit of work stores the response in the same transaction
+as its effect, so "done" and "answer remembered" commit together. 4xx answers are
+remembered too; a 5xx (or a crash) releases the key so the retry runs again — safe, because
+processor calls below carry idempotency keys derived from ours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from litestar import Request, Response
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from shared.db import PlatformTables
+from shared.errors import PROBLEM_MEDIA_TYPE, ProblemError
+from shared.outbox import UnitOfWork
+
+HEADER = "Idempotency-Key"
+REPLAY_HEADER = "Idempotent-Replayed"
+KEY_TTL = timedelta(hours=24)
+# An in-flight claim older than this is treated as abandoned (its process died) and taken over.
+STALE_CLAIM = timedelta(seconds=60)
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
+
+
+class Claim(msgspec.Struct):
+    scope: str
+    key: str
+    fingerprint: str
+    completed: bool = False
+
+    def record(self, uow: UnitOfWork, status: int, body: Any, media_type: str = "application/json") -> None:
+        """Remember `body` as this key's answer, in `uow`'s transaction."""
+        table = uow.tables.idempotency_keys
+        uow.on_commit_write(
+            sa.update(table)
+            .where(table.c.scope == self.scope, table.c.key == self.key)
+            .values(
+                state="completed",
+                response_status=status,
+                response_body=body if isinstance(body, bytes) else _encoder.encode(body),
+                response_media_type=media_type,
+            )
+        )
+        self.completed = True
+
+
+class Replay(msgspec.Struct):
+    status: int
+    body: bytes
+    media_type: str
+
+    def response(self) -> Response[bytes]:
+        return Response(
+            content=self.body, status_code=self.status, media_type=self.media_type, headers={REPLAY_HEADER: "true"}
+        )
+
+
+def fingerprint(method: str, path: str, body: Any) -> str:
+    payload = body if isinstance(body, bytes) else _encoder.encode(body)
+    return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + payload).hexdigest()
+
+
+class IdempotencyStore:
+    def __init__(self, sessions: async_sessionmaker, tables: PlatformTables) -> None:
+        self._sessions = sessions
+        self._table = tables.idempotency_keys
+
+    async def claim(self, scope: str, key: str, fp: str, *, now: datetime | None = None) -> Claim | Replay:
+        now = now or datetime.now(UTC)
+        t = self._table
+        async with self._sessions() as session, session.begin():
+            inserted = await session.execute(
+                pg_insert(t)
+                .values(scope=scope, key=key, fingerprint=fp, state="in_progress", created_at=now, locked_at=now)
+                .on_conflict_do_nothing()
+                .returning(t.c.key)
+            )
+            if inserted.first() is not None:
+                return Claim(scope, key, fp)
+            row = (
+                await session.execute(
+                    sa.select(t).where(t.c.scope == scope, t.c.key == key).with_for_update()
+                )
+            ).one()
+            if row.created_at < now - KEY_TTL:  # expired: the key is free again
+                await session.execute(
+                    sa.update(t)
+                    .where(t.c.scope == scope, t.c.key == key)
+                    .values(fingerprint=fp, state="in_progress", created_at=now, locked_at=now,
+                            response_status=None, response_body=None, response_media_type=None)
+                )
+                return Claim(scope, key, fp)
+            if row.fingerprint != fp:
+                raise ProblemError(
+                    422, "idempotency_key_reused",
+                    f"{HEADER} {key!r} was already used with a different request body",
+                )
+            if row.state == "completed":
+                return Replay(row.response_status, row.response_body, row.response_media_type)
+            if row.locked_at > now - STALE_CLAIM:
+                raise ProblemError(
+                    409, "idempotency_in_progress",
+                    f"a request with {HEADER} {key!r} is still in progress; retry later",
+                    headers={"Retry-After": "1"},
+                )
+            await session.execute(
+                sa.update(t).where(t.c.scope == scope, t.c.key == key).values(locked_at=now)
+            )
+            return Claim(scope, key, fp)
+
+    async def save(self, claim: Claim, status: int, body: Any, media_type: str) -> None:
+        """Remember an answer outside a business transaction (errors, read-only outcomes)."""
+        t = self._table
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                sa.update(t)
+                .where(t.c.scope == claim.scope, t.c.key == claim.key, t.c.state == "in_progress")
+                .values(state="completed", response_status=status,
+                        response_body=body if isinstance(body, bytes) else _encoder.encode(body),
+                        response_media_type=media_type)
+            )
+
+    async def release(self, claim: Claim) -> None:
+        t = self._table
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                sa.delete(t).where(t.c.scope == claim.scope, t.c.key == claim.key, t.c.state == "in_progress")
+            )
+
+    async def purge_expired(self, *, now: datetime | None = None) -> int:
+        now = now or datetime.now(UTC)
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(sa.delete(self._table).where(self._table.c.created_at < now - KEY_TTL))
+            return result.rowcount or 0
+
+
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get(HEADER)
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isprintable():
+        raise ProblemError(422, "validation_error", f"{HEADER}: must be 1 to 255 printable characters", field=HEADER)
+    return key
+
+
+def caller_scope(request: Request) -> str:
+    user = request.scope.get("user")
+    subject = getattr(user, "subject", None)
+    role = getattr(user, "role", None)
+    if subject is not None:
+        return f"{role}:{subject}"
+    client = request.client
+    return f"addr:{client.host if client else 'unknown'}"
+
+
+async def run_idempotent(
+    store: IdempotencyStore,
+    request: Request,
+    body: Any,
+    action: Callable[[Claim | None], Awaitable[Any]],
+    *,
+    status_code: int = 200,
+) -> Any:
+    """Run `action` at most once per (caller, Idempotency-Key).
+
+    `action` receives the claim (None without a key) and should call `claim.record(uow, ...)`
+    inside its unit of work so its effect and its remembered answer commit together.
+    """
+    key = idempotency_key(request)
+    if key is None:
+        return await action(None)
+    outcome = await store.claim(caller_scope(request), key, fingerprint(request.method, request.url.path, body))
+    if isinstance(outcome, Replay):
+        return outcome.response()
+    claim = outcome
+    try:
+        result = await action(claim)
+    except ProblemError as problem:
+        if problem.status < 500:
+            await store.save(claim, problem.status, problem.to_dict(), PROBLEM_MEDIA_TYPE)
+        else:
+            await store.release(claim)
+        raise
+    except BaseException:
+        await store.release(claim)
+        raise
+    if not claim.completed:
+        await store.save(claim, status_code, result, "application/json")
+    return result

@@ -1,0 +1,153 @@
+"""Exact money: parsing, validation per ISO 4217 minor units, and half-up rounding.
+
+Amounts are `Decimal` (or integer minor units at processor boundaries); a Python float is
+refused everywhere, because a float has already lost the cents we are asked to keep.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+# ISO 4217 minor-unit exponents. Currencies absent here have two decimals; those listed are
+# the ones the processors we speak to accept with a different exponent.
+_ZERO_DECIMAL = frozenset(
+    "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split()
+)
+_THREE_DECIMAL = frozenset("BHD IQD JOD KWD LYD OMR TND".split())
+# Currencies the suite accepts. Kept explicit so an unknown code is a clear 422, not a guess.
+SUPPORTED_CURRENCIES = frozenset(
+    """USD CAD EUR GBP AUD NZD CHF SEK NOK DKK PLN CZK HUF RON BGN MXN BRL ARS COP PEN
+    SGD HKD INR ZAR AED SAR ILS TRY THB MYR PHP IDR TWD""".split()
+) | _ZERO_DECIMAL | _THREE_DECIMAL
+
+DEFAULT_MAX_AMOUNT = Decimal("100000.00")
+
+
+class MoneyError(ValueError):
+    """A value that is not an acceptable amount; the message names what is wrong."""
+
+
+def minor_unit_exponent(currency: str) -> int:
+    currency = normalise_currency(currency)
+    if currency in _ZERO_DECIMAL:
+        return 0
+    if currency in _THREE_DECIMAL:
+        return 3
+    return 2
+
+
+def normalise_currency(currency: str) -> str:
+    if not isinstance(currency, str):
+        raise MoneyError("currency must be a string ISO 4217 code")
+    code = currency.strip().upper()
+    if code not in SUPPORTED_CURRENCIES:
+        raise MoneyError(f"unsupported currency {currency!r}")
+    return code
+
+
+def to_decimal(value: object) -> Decimal:
+    """Turn a wire value (Decimal, int, or numeric string) into a finite Decimal.
+
+    JSON numbers reach us as Decimal because msgspec decodes them straight from the text;
+    floats are refused rather than converted.
+    """
+    if isinstance(value, bool):  # bool is an int subclass; True is not an amount
+        raise MoneyError("amount must be a number, not a boolean")
+    if isinstance(value, float):
+        raise MoneyError("amount must not be a binary float; send a JSON number or string")
+    if isinstance(value, Decimal):
+        result = value
+    elif isinstance(value, int):
+        result = Decimal(value)
+    elif isinstance(value, str):
+        try:
+            result = Decimal(value.strip())
+        except InvalidOperation:
+            raise MoneyError(f"amount {value!r} is not a decimal number") from None
+    else:
+        raise MoneyError(f"amount must be a number or string, not {type(value).__name__}")
+    if not result.is_finite():
+        raise MoneyError("amount must be finite (no NaN or Infinity)")
+    return result
+
+
+def parse_amount(
+    value: object,
+    currency: str = "USD",
+    *,
+    max_amount: Decimal | None = DEFAULT_MAX_AMOUNT,
+) -> Decimal:
+    """Validate a payment amount and return it quantised to the currency's minor unit."""
+    amount = to_decimal(value)
+    exponent = minor_unit_exponent(currency)
+    if amount <= 0:
+        raise MoneyError("amount must be greater than zero")
+    if max_amount is not None and amount > max_amount:
+        raise MoneyError(f"amount {amount} exceeds the maximum of {max_amount}")
+    if amount.adjusted() >= 18:  # beyond any column we store (numeric(20, 4)) and any processor
+        raise MoneyError(f"amount {amount} is too large")
+    quantised = amount.quantize(_quantum(exponent))
+    # Trailing zeros ("50.000") are accepted: the value still fits the minor unit exactly.
+    if quantised != amount:
+        raise MoneyError(
+            f"amount {amount} has more than {exponent} decimal places for {normalise_currency(currency)}"
+        )
+    return quantised
+
+
+def amount_field(
+    name: str, value: object, currency: str = "USD", *, max_amount: Decimal | None = DEFAULT_MAX_AMOUNT
+) -> Decimal:
+    """`parse_amount` for a named request field: the error message starts with the field name,
+    which is how request validation reports which field was wrong."""
+    try:
+        return parse_amount(value, currency, max_amount=max_amount)
+    except MoneyError as exc:
+        raise MoneyError(f"{name}: {exc}") from None
+
+
+def parse_rate(value: object) -> Decimal:
+    """A fraction between 0 and 1 inclusive (0.20 is 20 %)."""
+    try:
+        rate = to_decimal(value)
+    except MoneyError as exc:
+        raise MoneyError(str(exc).replace("amount", "rate")) from None
+    if rate < 0 or rate > 1:
+        raise MoneyError(f"rate {rate} must be between 0 and 1")
+    return rate
+
+
+def round_money(value: Decimal, currency: str = "USD") -> Decimal:
+    """Round a computed amount half-up to the currency's minor unit."""
+    if isinstance(value, float):
+        raise MoneyError("refusing to round a binary float")
+    return value.quantize(_quantum(minor_unit_exponent(currency)), rounding=ROUND_HALF_UP)
+
+
+def percentage_of(amount: Decimal, rate: Decimal, currency: str = "USD") -> Decimal:
+    """`amount * rate`, rounded half-up to the minor unit (commission, percentage fees)."""
+    return round_money(amount * rate, currency)
+
+
+def to_minor_units(amount: Decimal, currency: str = "USD") -> int:
+    exponent = minor_unit_exponent(currency)
+    scaled = amount.scaleb(exponent)
+    if scaled != scaled.to_integral_value():
+        raise MoneyError(f"amount {amount} is not a whole number of minor units")
+    return int(scaled)
+
+
+def from_minor_units(units: int, currency: str = "USD") -> Decimal:
+    if isinstance(units, bool) or not isinstance(units, int):
+        raise MoneyError("minor units must be an integer")
+    exponent = minor_unit_exponent(currency)
+    return Decimal(units).scaleb(-exponent).quantize(_quantum(exponent))
+
+
+def format_amount(amount: Decimal, currency: str = "USD") -> str:
+    """The wire form: a decimal string with exactly the currency's decimals ("50.00")."""
+    return str(amount.quantize(_quantum(minor_unit_exponent(currency))))
+
+
+def _quantum(exponent: int) -> Decimal:
+    return Decimal(1).scaleb(-exponent)

@@ -1,0 +1,89 @@
+"""Logs, metrics and request ids: structlog JSON lines carrying a request id, and Prometheus
+counters and histograms served at `/metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import uuid
+
+import structlog
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+REQUEST_LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request latency by route template",
+    ["service", "method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox events published to JetStream")
+OUTBOX_PUBLISH_ERRORS = Counter("outbox_publish_errors_total", "Outbox publish attempts that failed")
+EVENTS_CONSUMED = Counter("events_consumed_total", "Events applied by consumers", ["consumer", "outcome"])
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def configure_logging(level: str = "info", *, json: bool = True) -> None:
+    """Structured logs to stdout; `request_id` and other context vars ride along each line."""
+    logging.basicConfig(format="%(message)s", stream=sys.stdout, level=level.upper(), force=True)
+    renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        cache_logger_on_first_use=True,
+    )
+
+
+def request_context_middleware(service: str):
+    """ASGI middleware: request id in and out, one latency observation per request."""
+
+    def factory(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            request_id = _header(scope, REQUEST_ID_HEADER.encode()) or uuid.uuid4().hex
+            structlog.contextvars.bind_contextvars(request_id=request_id)
+            started = time.perf_counter()
+            status = 500
+
+            async def send_wrapper(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    message.setdefault("headers", [])
+                    message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                await send(message)
+
+            try:
+                await app(scope, receive, send_wrapper)
+            finally:
+                route = scope.get("path_template") or "unmatched"
+                REQUEST_LATENCY.labels(service, scope["method"], route, str(status)).observe(
+                    time.perf_counter() - started
+                )
+                structlog.contextvars.unbind_contextvars("request_id")
+
+        return middleware
+
+    return factory
+
+
+def metrics_payload() -> tuple[bytes, str]:
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")[:128]
+    return None

@@ -1,0 +1,210 @@
+"""Transactional outbox: the unit of work that writes changes and their events together, and
+the relay that publishes committed events to JetStream.
+
+A change and its event are one database transaction. The relay publishes each committed row
+with `Nats-Msg-Id` = `event_id` and only then marks it published, so a crash in between
+re-publishes a byte-identical message that JetStream's duplicate window drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+from typing import Any, Self
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.db import PlatformTables
+from shared.events import Event, encode_event, new_event
+from shared.messaging import NatsLink
+from shared.observability import OUTBOX_PUBLISHED, OUTBOX_PUBLISH_ERRORS
+
+log = structlog.get_logger("outbox")
+
+
+class UnitOfWork:
+    """One database transaction; the only holder of an `AsyncSession` in a request or consumer."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker,
+        tables: PlatformTables,
+        *,
+        subject_prefix: str = "",
+        relay: OutboxRelay | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self.tables = tables
+        self._prefix = subject_prefix
+        self._relay = relay
+        self._events: list[Event] = []
+        self._pending_updates: list[Any] = []
+        self._committed = False
+        self.session: AsyncSession
+
+    async def __aenter__(self) -> Self:
+        self.session = self._sessions()
+        await self.session.begin()
+        self._events = []
+        self._pending_updates = []
+        self._committed = False
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if not self._committed:
+                await self.session.rollback()
+        finally:
+            await self.session.close()
+
+    def emit(self, event_type: str, payload: dict[str, Any], *, version: int = 1) -> Event:
+        """Queue an event; it is written to the outbox in this transaction's commit."""
+        event = new_event(event_type, payload, version=version)
+        self._events.append(event)
+        return event
+
+    def on_commit_write(self, statement: Any) -> None:
+        """Queue a statement to run just before commit (idempotency records use this)."""
+        self._pending_updates.append(statement)
+
+    async def commit(self) -> None:
+        if self._events:
+            await self.session.execute(
+                sa.insert(self.tables.outbox),
+                [
+                    {
+                        "event_id": e.event_id,
+                        "subject": self._prefix + e.event_type,
+                        "event_type": e.event_type,
+                        "body": encode_event(e),
+                    }
+                    for e in self._events
+                ],
+            )
+        for statement in self._pending_updates:
+            await self.session.execute(statement)
+        await self.session.commit()
+        self._committed = True
+        if self._events and self._relay is not None:
+            self._relay.notify()
+
+    async def claim_event(self, consumer: str, event: Event) -> bool:
+        """Record that `consumer` applies `event`; False if it already did (then skip it)."""
+        table = self.tables.processed_events
+        result = await self.session.execute(
+            pg_insert(table)
+            .values(consumer=consumer, event_id=event.event_id, event_type=event.event_type)
+            .on_conflict_do_nothing()
+            .returning(table.c.event_id)
+        )
+        return result.first() is not None
+
+    @property
+    def events(self) -> list[Event]:
+        return list(self._events)
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows in id order; several replicas may run (SKIP LOCKED)."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker,
+        tables: PlatformTables,
+        link: NatsLink,
+        *,
+        batch_size: int = 200,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self._sessions = sessions
+        self._outbox = tables.outbox
+        self._link = link
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+            self._task = None
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            await self._link.wait_ready()
+            self._wake.clear()
+            try:
+                count = await self.publish_pending()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox_relay_error", error=str(exc) or type(exc).__name__)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if count >= self._batch_size:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+
+    async def publish_pending(self) -> int:
+        """Publish one batch; returns how many rows were published."""
+        js = self._link.js
+        if js is None:
+            return 0
+        outbox = self._outbox
+        async with self._sessions() as session, session.begin():
+            rows = (
+                await session.execute(
+                    sa.select(outbox.c.id, outbox.c.event_id, outbox.c.subject, outbox.c.body)
+                    .where(outbox.c.published_at.is_(None))
+                    .order_by(outbox.c.id)
+                    .limit(self._batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            published: list[int] = []
+            failure: tuple[int, str] | None = None
+            for row in rows:
+                try:
+                    ack = await js.publish(
+                        row.subject, row.body, stream=self._link.stream, headers={"Nats-Msg-Id": str(row.event_id)}
+                    )
+                except Exception as exc:  # keep what went out; retry the rest later, in order
+                    failure = (row.id, str(exc) or type(exc).__name__)
+                    OUTBOX_PUBLISH_ERRORS.inc()
+                    break
+                published.append(row.id)
+                if ack.duplicate:
+                    log.info("outbox_duplicate_dropped", event_id=str(row.event_id))
+            await self._mark_published(session, published)
+            if failure is not None:
+                await session.execute(
+                    sa.update(outbox)
+                    .where(outbox.c.id == failure[0])
+                    .values(attempts=outbox.c.attempts + 1, last_error=failure[1])
+                )
+        OUTBOX_PUBLISHED.inc(len(published))
+        if failure is not None:
+            raise RuntimeError(f"publish failed: {failure[1]}")
+        return len(published)
+
+    async def _mark_published(self, session: AsyncSession, ids: list[int]) -> None:
+        if ids:
+            await session.execute(
+                sa.update(self._outbox).where(self._outbox.c.id.in_(ids)).values(published_at=datetime.now(UTC))
+            )

@@ -1,0 +1,201 @@
+"""Composition root helpers: the runtime that wires a service's adapters, and the Litestar app
+every service is built on (errors, auth, rate limits, health, metrics, OpenAPI).
+
+`create_app(settings)` in each service passes its metadata, routes and consumers here;
+nothing connects at import time — the Litestar lifespan opens and closes everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from litestar import Litestar, MediaType, Response, get
+from litestar.config.cors import CORSConfig
+from litestar.di import Provide
+from litestar.params import SkipValidation
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+
+from shared.auth import TokenVerifier, auth_middleware
+from shared.config import BaseSettings
+from shared.consumer import EventConsumer, Handler
+from shared.db import PlatformTables, create_engine, session_factory
+from shared.errors import ProblemError, exception_handlers
+from shared.idempotency import IdempotencyStore
+from shared.messaging import NatsLink
+from shared.observability import configure_logging, metrics_payload, request_context_middleware
+from shared.outbox import OutboxRelay, UnitOfWork
+from shared.ratelimit import rate_limit_middleware
+
+log = structlog.get_logger("service")
+
+# Paths that never need a token: probes, metrics, the OpenAPI document, processor webhooks.
+PUBLIC_PATHS = ["^/health/", "^/metrics$", "^/schema", "^/api/v1/webhooks/"]
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable consumer a service runs: its name, the event types it reads, its handler."""
+
+    name: str
+    event_types: list[str]
+    handler: Handler
+    max_deliver: int = 5
+
+
+@dataclass
+class ServiceRuntime:
+    settings: BaseSettings
+    metadata: sa.MetaData
+    consumer_specs: Sequence[ConsumerSpec] = ()
+    start_relay: bool = True
+    tables: PlatformTables = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tables = PlatformTables(self.metadata)
+        self.engine = None
+        self.sessions = None
+        self.relay: OutboxRelay | None = None
+        self.consumers: list[EventConsumer] = []
+        self.idempotency: IdempotencyStore | None = None
+        self.link = NatsLink(
+            self.settings.nats_url,
+            stream=self.settings.event_stream,
+            subject_prefix=self.settings.event_subject_prefix,
+            name=self.settings.service_name,
+        )
+
+    async def start(self) -> None:
+        self.engine = create_engine(self.settings)
+        self.sessions = session_factory(self.engine)
+        self.idempotency = IdempotencyStore(self.sessions, self.tables)
+        self.relay = OutboxRelay(
+            self.sessions, self.tables, self.link, poll_interval=self.settings.outbox_poll_interval
+        )
+        await self.link.start()
+        if self.start_relay:
+            self.relay.start()
+        for spec in self.consumer_specs:
+            consumer = EventConsumer(
+                name=f"{self.settings.service_name}-{spec.name}",
+                event_types=spec.event_types,
+                handler=spec.handler,
+                link=self.link,
+                unit_of_work=self.uow,
+                max_deliver=spec.max_deliver,
+            )
+            consumer.start()
+            self.consumers.append(consumer)
+
+    async def stop(self) -> None:
+        for consumer in self.consumers:
+            await consumer.stop()
+        if self.relay is not None:
+            await self.relay.stop()
+        await self.link.close()
+        if self.engine is not None:
+            await self.engine.dispose()
+
+    def uow(self) -> UnitOfWork:
+        return UnitOfWork(
+            self.sessions, self.tables, subject_prefix=self.settings.event_subject_prefix, relay=self.relay
+        )
+
+    async def readiness(self) -> dict[str, bool]:
+        database = False
+        with contextlib.suppress(Exception):
+            async with self.engine.connect() as conn:  # type: ignore[union-attr]
+                await conn.execute(sa.text("select 1"))
+                database = True
+        return {"database": database, "nats": await self.link.ping()}
+
+
+# How handlers ask for their service's runtime (it is wiring, not input: nothing to validate).
+Runtime = SkipValidation[ServiceRuntime]
+
+
+@get("/health/live", media_type=MediaType.JSON, include_in_schema=False, sync_to_thread=False)
+def health_live() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/health/ready", media_type=MediaType.JSON, include_in_schema=False)
+async def health_ready(runtime: Runtime) -> dict[str, Any]:
+    checks = await runtime.readiness()
+    if not all(checks.values()):
+        failing = ", ".join(k for k, ok in checks.items() if not ok)
+        raise ProblemError(503, "not_ready", f"not reachable: {failing}", checks=checks)
+    return {"status": "ready", "checks": checks}
+
+
+@get("/metrics", include_in_schema=False, sync_to_thread=False)
+def metrics() -> Response[bytes]:
+    body, content_type = metrics_payload()
+    return Response(content=body, media_type=content_type)
+
+
+def build_app(
+    *,
+    settings: BaseSettings,
+    runtime: ServiceRuntime,
+    route_handlers: Sequence[Any],
+    title: str,
+    description: str = "",
+    rate_limit_key=None,
+) -> Litestar:
+    configure_logging(settings.log_level, json=settings.log_json)
+    verifier = TokenVerifier(secret=settings.jwt_secret, public_key=settings.jwt_public_key)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await runtime.start()
+        log.info("service_started", service=settings.service_name)
+        try:
+            yield
+        finally:
+            await runtime.stop()
+            log.info("service_stopped", service=settings.service_name)
+
+    app = Litestar(
+        route_handlers=[health_live, health_ready, metrics, *route_handlers],
+        dependencies={"runtime": Provide(lambda: runtime, sync_to_thread=False)},
+        middleware=[
+            request_context_middleware(settings.service_name),
+            auth_middleware(verifier, PUBLIC_PATHS),
+            rate_limit_middleware(settings.rate_limit_per_minute, key_func=rate_limit_key),
+        ],
+        exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        lifespan=[lifespan],
+        type_encoders={Decimal: str},
+        openapi_config=OpenAPIConfig(
+            title=title, version="1.0.0", description=description, path="/schema",
+            render_plugins=[JsonRenderPlugin()],
+        ),
+        cors_config=CORSConfig(allow_origins=[]),
+        debug=False,
+    )
+    app.state.runtime = runtime
+    app.state.verifier = verifier
+    return app
+
+
+def serve(factory: str, settings: BaseSettings) -> None:
+    """Run a service app under granian (one worker; see the router README for measurements)."""
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    Granian(
+        factory,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        factory=True,
+        log_access=False,
+        workers=1,
+    ).serve()

@@ -1,0 +1,249 @@
+"""The HTTP conventions every service gets from `shared.service.build_app`, exercised on a small
+test service against real Postgres and NATS: problem details, auth, idempotency, rate limits,
+health, metrics, OpenAPI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import msgspec
+import pytest
+import sqlalchemy as sa
+from litestar import Request, post
+from litestar.params import JSONBody
+from litestar.testing import AsyncTestClient
+
+from services.router.settings import RouterSettings
+from shared.auth import issue_token, require_roles
+from shared.errors import ProblemError
+from shared.idempotency import Claim, run_idempotent
+from shared.money import amount_field, format_amount
+from shared.service import Runtime, ServiceRuntime, build_app
+from tests.conftest import JWT_SECRET
+from tests.integration.platform_support import metadata, widgets
+
+_flaky_failures: dict[str, int] = {}
+
+
+class WidgetIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    amount: Decimal
+    currency: str = "USD"
+    delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.amount = amount_field("amount", self.amount, self.currency)
+
+
+class WidgetOut(msgspec.Struct):
+    id: int
+    name: str
+    amount: str
+
+
+@post("/api/v1/widgets", guards=[require_roles("barber", "admin")])
+async def create_widget(request: Request, data: JSONBody[WidgetIn], runtime: Runtime) -> WidgetOut:
+    async def action(claim: Claim | None) -> WidgetOut:
+        if data.name == "refused":
+            raise ProblemError(422, "widget_refused", "this widget is refused")
+        if data.name.startswith("flaky") and _flaky_failures.get(data.name, 0) < 1:
+            _flaky_failures[data.name] = 1
+            raise ProblemError(504, "processor_timeout", "upstream timed out")
+        await asyncio.sleep(data.delay)
+        async with runtime.uow() as uow:
+            widget_id = await uow.session.scalar(
+                sa.insert(widgets).values(name=data.name, amount=data.amount).returning(widgets.c.id)
+            )
+            out = WidgetOut(id=widget_id, name=data.name, amount=format_amount(data.amount))
+            uow.emit("transaction.recorded", msgspec.structs.asdict(out))
+            if claim:
+                claim.record(uow, 201, out)
+            await uow.commit()
+        return out
+
+    return await run_idempotent(runtime.idempotency, request, data, action, status_code=201)
+
+
+@post("/api/v1/admin-only", guards=[require_roles("admin")], status_code=200)
+async def admin_only() -> dict[str, bool]:
+    return {"ok": True}
+
+
+def make_app(settings: RouterSettings):
+    runtime = ServiceRuntime(settings=settings, metadata=metadata)
+    return build_app(settings=settings, runtime=runtime, route_handlers=[create_widget, admin_only], title="test")
+
+
+@pytest.fixture
+async def client(make_settings, platform_engine):
+    settings = make_settings(RouterSettings, rate_limit_per_minute=20, log_level="error")
+    async with AsyncTestClient(make_app(settings)) as test_client:
+        yield test_client
+
+
+def auth(subject="1", role="barber") -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue_token(JWT_SECRET, subject, role)}"}
+
+
+_test_sessions = None
+
+
+@pytest.fixture(autouse=True)
+def _bind_sessions(sessions):
+    # The app runs on the test client's own loop; tests read the database through their own engine.
+    global _test_sessions
+    _test_sessions = sessions
+
+
+async def count_widgets(_client, name: str) -> int:
+    async with _test_sessions() as session:
+        return await session.scalar(sa.select(sa.func.count()).where(widgets.c.name == name))
+
+
+def assert_problem(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status and body["code"] == code and body["title"]
+    return body
+
+
+async def test_missing_or_bad_token_is_401(client):
+    body = {"name": "w", "amount": "1.00"}
+    assert_problem(await client.post("/api/v1/widgets", json=body), 401, "unauthorized")
+    bad = {"Authorization": "Bearer " + issue_token("some-other-secret-long-enough-for-hs256", 1, "barber")}
+    assert_problem(await client.post("/api/v1/widgets", json=body, headers=bad), 401, "unauthorized")
+    assert_problem(await client.post("/api/v1/widgets", json=body, headers={"Authorization": "Basic x"}), 401,
+                   "unauthorized")
+
+
+async def test_wrong_role_is_403(client):
+    assert_problem(await client.post("/api/v1/admin-only", headers=auth()), 403, "forbidden")
+    assert (await client.post("/api/v1/admin-only", headers=auth("ops", "admin"))).json() == {"ok": True}
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code", "field"),
+    [
+        (b'{"name": "w", "amount": -1}', 422, "validation_error", "amount"),
+        (b'{"name": "w", "amount": 0}', 422, "validation_error", "amount"),
+        (b'{"name": "w", "amount": "1.001"}', 422, "validation_error", "amount"),
+        (b'{"name": "w", "amount": "NaN"}', 422, "validation_error", "amount"),
+        (b'{"name": "w", "amount": 1e999}', 400, "invalid_json", None),
+        (b'{"name": "w", "amount": 1e99}', 422, "validation_error", "amount"),
+        (b"", 422, "validation_error", "body"),
+        (b'{"name": "w", "amount": true}', 422, "validation_error", "amount"),
+        (b'{"name": 5, "amount": 1}', 422, "validation_error", "name"),
+        (b'{"name": "w", "amount": 1, "currency": "ZZZ"}', 422, "validation_error", "amount"),
+        (b'{"name": "w", "amount": 1, "surprise": 1}', 422, "validation_error", None),
+        (b'{"amount": 1}', 422, "validation_error", None),
+        (b'{"name": "w", "amount": 1', 400, "invalid_json", None),
+        (b"[]", 422, "validation_error", None),
+    ],
+)
+async def test_bad_bodies_are_4xx_problems_and_write_nothing(client, raw, status, code, field):
+    response = await client.post(
+        "/api/v1/widgets", content=raw, headers={**auth(), "Content-Type": "application/json"}
+    )
+    body = assert_problem(response, status, code)
+    if field:
+        assert field in body["detail"]
+    assert await count_widgets(client, "w") == 0
+
+
+async def test_idempotent_replay_returns_the_first_answer(client):
+    headers = {**auth("11"), "Idempotency-Key": "replay-1"}
+    first = await client.post("/api/v1/widgets", json={"name": "replay", "amount": 50}, headers=headers)
+    second = await client.post("/api/v1/widgets", json={"name": "replay", "amount": 50}, headers=headers)
+    assert first.status_code == second.status_code == 201
+    assert first.json() == second.json() == {"id": first.json()["id"], "name": "replay", "amount": "50.00"}
+    assert "idempotent-replayed" not in first.headers
+    assert second.headers["idempotent-replayed"] == "true"
+    assert await count_widgets(client, "replay") == 1
+    # Keys are scoped to the caller: another barber's identical key is a new request.
+    other = await client.post("/api/v1/widgets", json={"name": "replay", "amount": 50},
+                              headers={**auth("12"), "Idempotency-Key": "replay-1"})
+    assert other.status_code == 201 and "idempotent-replayed" not in other.headers
+    assert await count_widgets(client, "replay") == 2
+
+
+async def test_same_key_with_another_body_is_422(client):
+    headers = {**auth("13"), "Idempotency-Key": "reuse-1"}
+    await client.post("/api/v1/widgets", json={"name": "reuse", "amount": 5}, headers=headers)
+    response = await client.post("/api/v1/widgets", json={"name": "reuse", "amount": 6}, headers=headers)
+    assert_problem(response, 422, "idempotency_key_reused")
+    assert await count_widgets(client, "reuse") == 1
+
+
+async def test_concurrent_requests_with_one_key_make_one_effect(client):
+    headers = {**auth("14"), "Idempotency-Key": "race-1"}
+    body = {"name": "race", "amount": "7.00", "delay": 0.3}
+    responses = await asyncio.gather(
+        *(client.post("/api/v1/widgets", json=body, headers=headers) for _ in range(8))
+    )
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(201) >= 1 and set(statuses) <= {201, 409}
+    for r in responses:
+        if r.status_code == 409:
+            assert_problem(r, 409, "idempotency_in_progress")
+    assert await count_widgets(client, "race") == 1
+    replay = await client.post("/api/v1/widgets", json=body, headers=headers)
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.json()["id"] == next(r.json()["id"] for r in responses if r.status_code == 201)
+
+
+async def test_server_error_releases_the_key_and_client_errors_are_remembered(client):
+    headers = {**auth("15"), "Idempotency-Key": "flaky-1"}
+    body = {"name": "flaky-a", "amount": 3}
+    assert_problem(await client.post("/api/v1/widgets", json=body, headers=headers), 504, "processor_timeout")
+    retried = await client.post("/api/v1/widgets", json=body, headers=headers)
+    assert retried.status_code == 201 and "idempotent-replayed" not in retried.headers
+    assert await count_widgets(client, "flaky-a") == 1
+
+    headers = {**auth("15"), "Idempotency-Key": "refused-1"}
+    first = await client.post("/api/v1/widgets", json={"name": "refused", "amount": 3}, headers=headers)
+    again = await client.post("/api/v1/widgets", json={"name": "refused", "amount": 3}, headers=headers)
+    assert_problem(first, 422, "widget_refused")
+    assert_problem(again, 422, "widget_refused")
+    assert again.headers["idempotent-replayed"] == "true"
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256])
+async def test_bad_idempotency_keys_are_422(client, key):
+    response = await client.post("/api/v1/widgets", json={"name": "k", "amount": 1},
+                                 headers={**auth("16"), "Idempotency-Key": key})
+    assert_problem(response, 422, "validation_error")
+
+
+async def test_rate_limit_is_per_caller_and_spares_admins(client):
+    headers = auth("17")
+    statuses = [(await client.post("/api/v1/admin-only", headers=headers)).status_code for _ in range(21)]
+    assert statuses[:20] == [403] * 20  # allowed through the limiter, refused by the guard
+    limited = await client.post("/api/v1/admin-only", headers=headers)
+    assert_problem(limited, 429, "rate_limited")
+    assert int(limited.headers["retry-after"]) >= 1
+    assert (await client.post("/api/v1/admin-only", headers=auth("18"))).status_code == 403
+    admin = auth("ops", "admin")
+    assert all([(await client.post("/api/v1/admin-only", headers=admin)).status_code == 200 for _ in range(25)])
+
+
+async def test_health_metrics_and_openapi(client):
+    assert (await client.get("/health/live")).json() == {"status": "ok"}
+    ready = await client.get("/health/ready")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": True, "nats": True}
+    await client.post("/api/v1/admin-only", headers=auth("ops", "admin"))
+    metrics = (await client.get("/metrics")).text
+    assert 'http_request_duration_seconds_count{method="POST",route="/api/v1/admin-only"' in metrics
+    schema = (await client.get("/schema/openapi.json")).json()
+    assert "/api/v1/widgets" in schema["paths"]
+    assert "x-request-id" in ready.headers
+
+
+async def test_ready_is_503_while_nats_is_unreachable(make_settings, platform_engine):
+    settings = make_settings(RouterSettings, nats_url="nats://127.0.0.1:1", log_level="error")
+    async with AsyncTestClient(make_app(settings)) as test_client:
+        assert (await test_client.get("/health/live")).status_code == 200
+        body = assert_problem(await test_client.get("/health/ready"), 503, "not_ready")
+        assert body["checks"] == {"database": True, "nats": False}

@@ -1,0 +1,44 @@
+"""Each service's migrations go up to head, down to base and up again on a real Postgres,
+each in its own schema with its own version table."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import asyncpg
+import pytest
+
+from shared.migrations import SERVICES, downgrade, upgrade
+from tools.devinfra import create_database, drop_database
+
+
+@pytest.fixture
+def scratch_database(infra):
+    name = f"hp_migr_{uuid.uuid4().hex[:10]}"
+    create_database(infra.postgres_url, name)
+    yield infra.database_url(name)
+    drop_database(infra.postgres_url, name)
+
+
+async def tables_of(url: str, schema: str) -> set[str]:
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        rows = await conn.fetch("select tablename from pg_tables where schemaname = $1", schema)
+        return {r["tablename"] for r in rows}
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_up_down_up(scratch_database, service):
+    with ThreadPoolExecutor(1) as pool:  # Alembic's env runs its own event loop
+        pool.submit(upgrade, service, scratch_database).result()
+        at_head = await tables_of(scratch_database, service)
+        assert {"alembic_version", "outbox", "processed_events", "idempotency_keys"} <= at_head
+        pool.submit(downgrade, service, scratch_database).result()
+        assert await tables_of(scratch_database, service) == {"alembic_version"}
+        pool.submit(upgrade, service, scratch_database).result()
+        assert await tables_of(scratch_database, service) == at_head
+    for other in set(SERVICES) - {service}:  # a service touches its own schema only
+        assert await tables_of(scratch_database, other) == set()

@@ -1,0 +1,78 @@
+"""JWT verification (HS256 and RS256), roles, and who a request may act for."""
+
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from shared.auth import Principal, TokenVerifier, acting_barber_id, issue_token
+from shared.errors import ProblemError
+
+SECRET = "unit-test-secret-that-is-long-enough-for-hs256"
+
+
+def test_hs256_round_trip():
+    verifier = TokenVerifier(secret=SECRET)
+    principal = verifier.verify(issue_token(SECRET, 42, "barber"))
+    assert principal == Principal(subject="42", role="barber")
+    assert principal.barber_id == 42 and not principal.is_privileged
+
+
+def test_rs256_round_trip_and_hs256_token_refused():
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    verifier = TokenVerifier(public_key=public)
+    assert verifier.verify(issue_token(SECRET, "ops", "admin", private_key=private)).is_privileged
+    with pytest.raises(ProblemError) as info:
+        verifier.verify(issue_token(SECRET, "ops", "admin"))
+    assert info.value.status == 401
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"sub": "1", "role": "barber", "exp": int(time.time()) - 60},  # expired
+        {"sub": "1", "role": "owner", "exp": int(time.time()) + 60},  # unknown role
+        {"sub": "1", "exp": int(time.time()) + 60},  # no role
+        {"role": "barber", "exp": int(time.time()) + 60},  # no subject
+        {"sub": "1", "role": "barber"},  # no expiry
+    ],
+)
+def test_bad_claims_are_401(claims):
+    with pytest.raises(ProblemError) as info:
+        TokenVerifier(secret=SECRET).verify(jwt.encode(claims, SECRET, algorithm="HS256"))
+    assert info.value.status == 401 and info.value.code == "unauthorized"
+
+
+def test_wrong_signature_and_garbage_are_401():
+    verifier = TokenVerifier(secret=SECRET)
+    for token in (issue_token("another-secret-that-is-long-enough-for-hs256", 1, "barber"), "not.a.token", ""):
+        with pytest.raises(ProblemError):
+            verifier.verify(token)
+
+
+def test_none_algorithm_is_refused():
+    token = jwt.encode({"sub": "1", "role": "admin", "exp": int(time.time()) + 60}, None, algorithm="none")
+    with pytest.raises(ProblemError):
+        TokenVerifier(secret=SECRET).verify(token)
+
+
+def test_acting_barber_id():
+    barber = Principal("7", "barber")
+    admin = Principal("ops", "admin")
+    assert acting_barber_id(barber, None) == 7
+    assert acting_barber_id(barber, 7) == 7
+    with pytest.raises(ProblemError) as info:
+        acting_barber_id(barber, 8)
+    assert info.value.status == 403
+    assert acting_barber_id(admin, 8) == 8
+    with pytest.raises(ProblemError) as info:
+        acting_barber_id(admin, None)
+    assert info.value.status == 422

@@ -1,0 +1,1 @@
+"""Operator and developer commands: local infrastructure, migrations, make run."""
