@@ -149,5 +149,11 @@ def format_amount(amount: Decimal, currency: str = "USD") -> str:
     return str(amount.quantize(_quantum(minor_unit_exponent(currency))))
 
 
+def format_rate(rate: Decimal) -> str:
+    """A rate on the wire: at least two decimals, no trailing zeros past them ("0.20", "0.125")."""
+    normal = rate.normalize()
+    return str(normal.quantize(Decimal("0.01")) if normal.as_tuple().exponent > -2 else normal)
+
+
 def _quantum(exponent: int) -> Decimal:
     return Decimal(1).scaleb(-exponent)

@@ -148,7 +148,10 @@ def build_app(
     title: str,
     description: str = "",
     rate_limit_key=None,
+    dependencies: dict[str, Any] | None = None,
+    lifespans: Sequence[Any] = (),
 ) -> Litestar:
+    """The Litestar app of one service; `lifespans` run inside the runtime's (after it started)."""
     configure_logging(settings.log_level, json=settings.log_json)
     verifier = TokenVerifier(secret=settings.jwt_secret, public_key=settings.jwt_public_key)
 
@@ -164,14 +167,17 @@ def build_app(
 
     app = Litestar(
         route_handlers=[health_live, health_ready, metrics, *route_handlers],
-        dependencies={"runtime": Provide(lambda: runtime, sync_to_thread=False)},
+        dependencies={
+            "runtime": Provide(lambda: runtime, sync_to_thread=False),
+            **{name: Provide(_constant(value), sync_to_thread=False) for name, value in (dependencies or {}).items()},
+        },
         middleware=[
             request_context_middleware(settings.service_name),
             auth_middleware(verifier, PUBLIC_PATHS),
             rate_limit_middleware(settings.rate_limit_per_minute, key_func=rate_limit_key),
         ],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
-        lifespan=[lifespan],
+        lifespan=[lifespan, *lifespans],
         type_encoders={Decimal: str},
         openapi_config=OpenAPIConfig(
             title=title, version="1.0.0", description=description, path="/schema",
@@ -183,6 +189,10 @@ def build_app(
     app.state.runtime = runtime
     app.state.verifier = verifier
     return app
+
+
+def _constant(value: Any):
+    return lambda: value
 
 
 def serve(factory: str, settings: BaseSettings) -> None:

@@ -18,9 +18,14 @@ class RouterSettings(BaseSettings, kw_only=True, frozen=True):
     hybrid_payments_enabled: bool = True
     default_payment_mode: PaymentMode = "centralized"
     default_commission_rate: Decimal = Decimal("0.20")
+    # Defaults a new barber config starts from (collections reads them from config.changed).
+    commission_collection_frequency: Literal["daily", "weekly", "monthly"] = "weekly"
+    auto_collection_enabled: bool = True
     # The platform's Stripe account (centralized payments); the API base points at a simulator in the sandbox.
     stripe_secret_key: str | None = None
     stripe_api_base: str = "https://api.stripe.com"
+    # Seconds before a Stripe call counts as timed out (the client then gets a 504 and retries).
+    stripe_timeout: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
     # Where the external service answers internal calls (external charges).
     external_service_url: str = "http://127.0.0.1:8002"
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from shared.money import (
     MoneyError,
     format_amount,
+    format_rate,
     from_minor_units,
     minor_unit_exponent,
     parse_amount,
@@ -102,6 +103,12 @@ def test_parse_rate(rate, ok):
 )
 def test_round_half_up(value, expected):
     assert round_money(Decimal(value)) == Decimal(expected)
+
+
+@pytest.mark.parametrize(("rate", "text"), [("0.2", "0.20"), ("0.20000", "0.20"), ("0.125", "0.125"), ("1", "1.00"),
+                                            ("0", "0.00"), ("0.05", "0.05")])
+def test_format_rate(rate, text):
+    assert format_rate(Decimal(rate)) == text
 
 
 def test_round_refuses_float():

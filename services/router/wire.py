@@ -1,0 +1,199 @@
+"""The router's wire types: request structs validated at the edge, response structs as sent.
+
+Amounts arrive as JSON numbers or strings and are parsed straight to Decimal; they leave as
+decimal strings ("50.00").
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from services.router.domain import PaymentMode, Processor, validate_rules
+from shared.money import MoneyError, amount_field, normalise_currency, parse_rate
+
+PositiveId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+BarberId = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+Frequency = Literal["daily", "weekly", "monthly"]
+PaymentMethod = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+AccountId = Annotated[str, msgspec.Meta(pattern=r"^acct_[A-Za-z0-9]{1,64}$")]
+
+
+def _threshold(name: str, value: Decimal | None) -> Decimal | None:
+    return None if value is None else amount_field(name, value, "USD", max_amount=None)
+
+
+class ConfigUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """PUT body: the fields given are set, the others keep their current (or default) value."""
+
+    payment_mode: PaymentMode | UnsetType = UNSET
+    preferred_processor: Processor | None | UnsetType = UNSET
+    fallback_enabled: bool | UnsetType = UNSET
+    min_external_amount: Decimal | None | UnsetType = UNSET
+    max_platform_amount: Decimal | None | UnsetType = UNSET
+    split_threshold: Decimal | None | UnsetType = UNSET
+    commission_rate: Decimal | UnsetType = UNSET
+    commission_collection_frequency: Frequency | UnsetType = UNSET
+    auto_collection_enabled: bool | UnsetType = UNSET
+    webhook_notifications: bool | UnsetType = UNSET
+    email_notifications: bool | UnsetType = UNSET
+    analytics_enabled: bool | UnsetType = UNSET
+    connect_account_id: AccountId | None | UnsetType = UNSET
+    # Optimistic concurrency: when given, the write applies only to this version.
+    expected_version: Annotated[int, msgspec.Meta(ge=1)] | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        for name in ("min_external_amount", "max_platform_amount", "split_threshold"):
+            value = getattr(self, name)
+            if value is not UNSET:
+                setattr(self, name, _threshold(name, value))
+        if self.commission_rate is not UNSET:
+            try:
+                self.commission_rate = parse_rate(self.commission_rate)
+            except MoneyError as exc:
+                raise ValueError(f"commission_rate: {exc}") from None
+
+    def changes(self) -> dict[str, object]:
+        return {
+            f: getattr(self, f)
+            for f in self.__struct_fields__
+            if f != "expected_version" and getattr(self, f) is not UNSET
+        }
+
+
+class ConfigOut(msgspec.Struct, kw_only=True):
+    barber_id: int
+    payment_mode: PaymentMode
+    preferred_processor: Processor | None
+    fallback_enabled: bool
+    min_external_amount: str | None
+    max_platform_amount: str | None
+    split_threshold: str | None
+    commission_rate: str
+    commission_collection_frequency: Frequency
+    auto_collection_enabled: bool
+    webhook_notifications: bool
+    email_notifications: bool
+    analytics_enabled: bool
+    connect_account_id: str | None
+    is_default: bool
+    version: int
+    updated_at: datetime | None
+
+
+class RouteIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    appointment_id: PositiveId
+    amount: Decimal
+    currency: str = "USD"
+    barber_id: BarberId | None = None
+    client_id: PositiveId | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            self.currency = normalise_currency(self.currency)
+        except MoneyError as exc:
+            raise ValueError(f"currency: {exc}") from None
+        # The configured maximum is applied by the service, which knows the settings.
+        self.amount = amount_field("amount", self.amount, self.currency, max_amount=None)
+
+
+class RouteOut(msgspec.Struct, kw_only=True):
+    route_id: uuid.UUID
+    barber_id: int
+    appointment_id: int
+    payment_type: Literal["centralized", "external"]
+    processor: Processor
+    connection_id: int | None
+    amount: str
+    currency: str
+    commission_rate: str
+    commission_amount: str
+    estimated_processor_fee: str
+    barber_net: str
+    reason: str
+    fallback_used: bool
+    decided_at: datetime
+
+
+class ProcessIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Either a `route_id` from /route, or the /route body: route and pay in one call."""
+
+    payment_method: PaymentMethod
+    route_id: uuid.UUID | None = None
+    appointment_id: PositiveId | None = None
+    amount: Decimal | None = None
+    currency: str = "USD"
+    barber_id: BarberId | None = None
+    client_id: PositiveId | None = None
+
+    def __post_init__(self) -> None:
+        if self.route_id is None and (self.appointment_id is None or self.amount is None):
+            raise ValueError("route_id: give a route_id, or appointment_id and amount to route and pay at once")
+        if self.route_id is not None and self.amount is not None:
+            raise ValueError("amount: not allowed with route_id (the route fixed the amount)")
+
+    def as_route(self) -> RouteIn:
+        assert self.appointment_id is not None and self.amount is not None
+        return RouteIn(appointment_id=self.appointment_id, amount=self.amount, currency=self.currency,
+                       barber_id=self.barber_id, client_id=self.client_id)
+
+
+class ProcessOut(msgspec.Struct, kw_only=True):
+    transaction_id: uuid.UUID
+    route_id: uuid.UUID
+    status: str
+    payment_type: Literal["centralized", "external"]
+    processor: Processor
+    external_transaction_id: str | None
+    amount: str
+    currency: str
+    commission_amount: str
+
+
+class RefundIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    amount: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        if self.amount is not None:
+            self.amount = amount_field("amount", self.amount, "USD", max_amount=None)
+
+
+class RefundOut(msgspec.Struct, kw_only=True):
+    transaction_id: uuid.UUID
+    refund_id: uuid.UUID
+    status: str
+    refund_amount: str
+    refunded_amount: str
+    amount: str
+    currency: str
+
+
+class ProcessorOption(msgspec.Struct, kw_only=True):
+    connection_id: int
+    processor: Processor
+    account_id: str
+    status: str
+    default_currency: str
+    supports_payments: bool
+    supports_refunds: bool
+    usable: bool
+
+
+class MyOptions(msgspec.Struct, kw_only=True):
+    config: ConfigOut
+    hybrid_payments_enabled: bool
+    available_modes: list[PaymentMode]
+    processors: list[ProcessorOption]
+    platform_defaults: dict[str, str]
+
+
+def rule_error(changes: dict[str, object], current: dict[str, object]) -> str | None:
+    merged = {**current, **changes}
+    return validate_rules(
+        merged.get("min_external_amount"), merged.get("max_platform_amount"), merged.get("split_threshold")
+    )

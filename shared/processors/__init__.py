@@ -1,0 +1,1 @@
+"""Processor adapters: one module per processor behind the types in `base`."""

@@ -1,0 +1,51 @@
+"""Helpers for the router tests: a Stripe simulator process, tokens, database peeks."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import aiohttp
+
+from shared.auth import issue_token
+from tests.conftest import JWT_SECRET
+
+BASE = "/api/v1/hybrid-payments"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_stripe_sim() -> tuple[subprocess.Popen, str]:
+    """The simulator as its own process, as it runs in the sandbox (the app under test runs on
+    the test client's loop, so an in-loop server could not answer it)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox.stripe_sim", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("the Stripe simulator did not start")
+
+
+def barber(barber_id: int) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue_token(JWT_SECRET, barber_id, 'barber')}"}
+
+
+def admin() -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'ops', 'admin')}"}
+
+
+async def sim_call(url: str, method: str, path: str, json: dict | None = None) -> dict:
+    async with aiohttp.ClientSession() as http, http.request(method, url + path, json=json) as response:
+        return await response.json()
