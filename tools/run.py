@@ -1,0 +1,579 @@
+"""`make run`: the whole suite in the foreground on one machine — Postgres and NATS (configured or
+embedded), migrations, the processor simulators, the four services and the dev gateway.
+
+Ctrl-C or SIGTERM stops everything it started; a child that dies stops the rest (exit 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = {"router": 8001, "external": 8002, "collections": 8003, "analytics": 8004}
+
+
+@dataclass(frozen=True)
+class Simulator:
+    name: str
+    module: str
+    port: int
+    base_var: str  # when this is configured, the real (or another) API is used instead
+    defaults: dict[str, str] = field(default_factory=dict)
+
+
+# One line per processor sandbox; a module that does not exist yet is skipped with a note.
+SIMULATORS = (
+    Simulator(
+        "stripe",
+        "sandbox.stripe_sim",
+        12111,
+        "STRIPE_API_BASE",
+        {"STRIPE_SECRET_KEY": "sk_test_sandbox"},
+    ),
+    Simulator("square", "sandbox.square_sim", 12112, "SQUARE_API_BASE"),
+    Simulator("paypal", "sandbox.paypal_sim", 12113, "PAYPAL_API_BASE"),
+)
+
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+
+
+class Shutdown(Exception):
+    """SIGINT or SIGTERM arrived."""
+
+
+class Failure(Exception):
+    """Startup or a child failed; the message says which and why."""
+
+
+# --- signals ---------------------------------------------------------------------------------
+# The handler raises Shutdown, except inside `deferred()`, where a signal only takes effect once
+# the block is done: a half-started Postgres or an unrecorded child would otherwise leak.
+_deferring = 0
+_pending: int | None = None
+
+
+def _on_signal(signum: int, _frame) -> None:
+    global _pending
+    if _deferring:
+        _pending = signum
+    else:
+        raise Shutdown(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        if not _deferring and _pending is not None:
+            raise Shutdown(signal.Signals(_pending).name)
+
+
+def hold_signals() -> None:
+    global _deferring
+    _deferring += 1
+
+
+# --- children --------------------------------------------------------------------------------
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: children just will not notice our SIGKILL
+    _prctl = None
+
+
+def _child_setup() -> None:
+    # Runs in the child before exec: SIGTERM it if this process dies without cleaning up.
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    log: Path
+    url: str
+
+    def signal_group(self, sig: int) -> None:
+        # Each child leads its own process group, so its workers go with it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+
+def spawn(
+    children: list[Child], name: str, args: list[str], env: dict[str, str], logs: Path, url: str
+) -> None:
+    """Start `python -m *args` in its own session, output to logs/<name>.log, and record it."""
+    log = logs / f"{name}.log"
+    with open(log, "wb") as out, deferred():
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # Safe here: every child is spawned before the log follower thread starts.
+            preexec_fn=_child_setup,  # noqa: PLW1509
+        )
+        children.append(Child(name, proc, log, url))
+
+
+def stop_children(children: list[Child], grace: float = 5.0) -> None:
+    for child in reversed(children):  # gateway first, simulators last
+        child.signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for child in children:
+        child.signal_group(signal.SIGKILL)  # whatever is left of each group, leader or not
+        child.proc.wait()
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return "    (no log)"
+    return "\n".join("    " + line for line in text) or "    (empty log)"
+
+
+class LogFollower(threading.Thread):
+    """Echoes new lines of every child's log file to the console, prefixed with its name."""
+
+    STYLES = (
+        "cyan",
+        "magenta",
+        "green",
+        "yellow",
+        "blue",
+        "bright_cyan",
+        "bright_magenta",
+        "bright_green",
+    )
+
+    def __init__(self, children: list[Child]) -> None:
+        super().__init__(daemon=True, name="log-follower")
+        self.files = []
+        for i, child in enumerate(children):
+            handle = open(child.log, "rb")  # noqa: SIM115 (open while following)
+            handle.seek(0, os.SEEK_END)  # startup output stays in the files
+            self.files.append((child.name, self.STYLES[i % len(self.STYLES)], handle))
+        self.width = max(len(c.name) for c in children)
+        self.done = threading.Event()
+
+    def drain(self) -> None:
+        for name, style, handle in self.files:
+            while line := handle.readline():
+                console.print(
+                    Text.assemble(
+                        (f"{name:<{self.width}} | ", style),
+                        line.decode(errors="replace").rstrip("\n"),
+                    )
+                )
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            self.drain()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+        self.drain()  # the children's shutdown lines
+        for _, _, handle in self.files:
+            handle.close()
+
+
+# --- helpers ---------------------------------------------------------------------------------
+def setting(config: dict[str, str], name: str, default: int) -> int:
+    raw = config.get(name) or str(default)
+    try:
+        port = int(raw)
+    except ValueError:
+        raise Failure(f"{name}: expected a port number, got {raw!r}") from None
+    if not 0 <= port <= 65535:
+        raise Failure(f"{name}: expected a port number, got {raw!r}")
+    return port or free_port()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_free(host: str, port: int, what: str) -> None:
+    with socket.socket() as s:
+        # SO_REUSEADDR: only a listener (not TIME_WAIT leftovers of a previous run) blocks the port.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise Failure(
+                f"port {port} ({what}) is already in use on {host}: {exc.strerror}. "
+                f"Stop whatever listens there or set another port (`python -m tools.run --help`)."
+            ) from None
+
+
+def http_status(url: str, timeout: float = 1.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, ValueError):
+        return 0
+
+
+def listening(url: str) -> bool:
+    parts = urlsplit(url)
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection((parts.hostname, parts.port), timeout=0.5),
+    ):
+        return True
+    return False
+
+
+def mask_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def wait_ready(children: list[Child], checks: dict[str, str | None], timeout: float) -> None:
+    """Wait until every check answers 200 (None: the port accepts connections)."""
+    pending = {c.name: c for c in children}
+    last: dict[str, int] = {}
+    deadline = time.monotonic() + timeout
+    while pending:
+        for name, child in list(pending.items()):
+            if child.proc.poll() is not None:
+                raise Failure(
+                    f"{name} exited with code {child.proc.returncode} during startup. "
+                    f"Last lines of {child.log}:\n{tail(child.log)}"
+                )
+            path = checks.get(name)
+            if path is None:
+                ok = listening(child.url)
+            else:
+                last[name] = http_status(child.url + path)
+                ok = last[name] == 200
+            if ok:
+                del pending[name]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            lines = [f"not ready after {timeout:.0f}s: {', '.join(pending)}"]
+            for name, child in pending.items():
+                answer = (
+                    f"/health/ready answered {last[name] or 'nothing (no connection)'}"
+                    if name in last
+                    else "not listening"
+                )
+                lines.append(
+                    f"{name} ({child.url}, {answer}); last lines of {child.log}:\n{tail(child.log)}"
+                )
+            raise Failure("\n".join(lines))
+        time.sleep(0.2)
+
+
+# --- the suite -------------------------------------------------------------------------------
+class Suite:
+    """Everything one `make run` starts, in start order; `stop()` undoes whatever got started."""
+
+    def __init__(self, config: dict[str, str]) -> None:
+        self.config = config
+        self.run_dir = (ROOT / config.get("RUN_DIR", ".run")).resolve()
+        self.state_file = self.run_dir / "run.json"
+        self.host = config.get("HOST", "127.0.0.1")
+        self.children: list[Child] = []
+        self.infra = None
+        self.follower: LogFollower | None = None
+        self.tokens: dict[str, str] = {}
+        self.generated_secret: str | None = None
+        self.database_url = ""
+
+    def start(self) -> None:
+        config, host = self.config, self.host
+        gateway_port = setting(config, "GATEWAY_PORT", 8000)
+        ports = {
+            name: setting(config, f"{name.upper()}_PORT", port) for name, port in SERVICES.items()
+        }
+        sims = []
+        for sim in SIMULATORS:
+            if config.get(sim.base_var):
+                continue  # configured: use that API
+            if importlib.util.find_spec(sim.module) is None:
+                console.print(
+                    f"[yellow]note:[/] no {sim.module} yet; {sim.name} is not simulated "
+                    f"({sim.base_var} keeps the service default)"
+                )
+                continue
+            sims.append((sim, setting(config, f"{sim.name.upper()}_SIM_PORT", sim.port)))
+        for name, port in [("gateway", gateway_port), *ports.items()]:
+            ensure_free(host, port, name)
+        for sim, port in sims:
+            ensure_free("127.0.0.1", port, f"{sim.name} simulator")
+
+        from tools.devinfra import create_database, start_infra
+
+        with deferred():
+            self.infra = start_infra(
+                self.run_dir,
+                force_embedded=config.get("RUN_EMBEDDED", "") in ("1", "true"),
+                env=config,
+            )
+        db_name = (
+            unquote(urlsplit(config.get("DATABASE_URL", "")).path.lstrip("/")) or "hybrid_payments"
+        )
+        create_database(self.infra.postgres_url, db_name)
+        self.database_url = self.infra.database_url(db_name)
+        from shared import migrations
+
+        for service in migrations.SERVICES:
+            migrations.upgrade(service, self.database_url)
+
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "NATS_URL": self.infra.nats_url,
+            "HOST": host,
+            "LOG_JSON": config.get("LOG_JSON", "false"),  # readable console lines
+            "EXTERNAL_SERVICE_URL": config.get(
+                "EXTERNAL_SERVICE_URL", f"http://127.0.0.1:{ports['external']}"
+            ),
+            "WEBHOOK_BASE_URL": config.get("WEBHOOK_BASE_URL", f"http://127.0.0.1:{gateway_port}"),
+        }
+        if not config.get("JWT_SECRET") and not config.get("JWT_PUBLIC_KEY"):
+            self.generated_secret = env["JWT_SECRET"] = secrets.token_urlsafe(32)
+        if not config.get("CONNECTION_ENCRYPTION_KEYS"):
+            from cryptography.fernet import Fernet
+
+            env["CONNECTION_ENCRYPTION_KEYS"] = Fernet.generate_key().decode()
+        for sim, port in sims:
+            env[sim.base_var] = f"http://127.0.0.1:{port}"
+            env.update({var: config.get(var) or value for var, value in sim.defaults.items()})
+
+        logs = self.run_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for sim, port in sims:
+            spawn(
+                self.children,
+                f"{sim.name}-sim",
+                [sim.module, "--port", str(port)],
+                env,
+                logs,
+                env[sim.base_var],
+            )
+        for name, port in ports.items():
+            spawn(
+                self.children,
+                name,
+                [f"services.{name}"],
+                {**env, "PORT": str(port)},
+                logs,
+                f"http://{_dial(host)}:{port}",
+            )
+        upstreams = [f"--upstream={n}=http://{_dial(host)}:{p}" for n, p in ports.items()]
+        spawn(
+            self.children,
+            "gateway",
+            [
+                "tools.gateway",
+                "--host",
+                host,
+                "--port",
+                str(gateway_port),
+                "--access-log",
+                *upstreams,
+            ],
+            env,
+            logs,
+            f"http://{_dial(host)}:{gateway_port}",
+        )
+        checks = {name: "/health/ready" for name in ports} | {"gateway": "/health/live"}
+        wait_ready(self.children, checks, float(config.get("RUN_READY_TIMEOUT", "30")))
+
+        secret = self.generated_secret or config.get("JWT_SECRET")
+        if secret and not config.get("JWT_PUBLIC_KEY"):  # with a public key we cannot mint tokens
+            from shared.auth import issue_token
+
+            self.tokens = {
+                "admin_token": issue_token(secret, "admin", "admin", ttl_seconds=86400),
+                "barber_token": issue_token(secret, 1, "barber", ttl_seconds=86400),
+            }
+        self.report()
+        self.write_state()
+        if config.get("RUN_FOLLOW_LOGS", "1") not in ("0", "false"):
+            self.follower = LogFollower(self.children)
+            self.follower.start()
+
+    def watch(self) -> None:
+        while True:
+            for child in self.children:
+                if child.proc.poll() is not None:
+                    raise Failure(
+                        f"{child.name} exited unexpectedly with code {child.proc.returncode}. "
+                        f"Last lines of {child.log}:\n{tail(child.log)}"
+                    )
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        stop_children(self.children)
+        if self.follower is not None:
+            self.follower.stop()
+        if self.infra is not None:
+            self.infra.stop()
+        self.state_file.unlink(missing_ok=True)
+
+    def write_state(self) -> None:
+        # For scripts and tests: who runs where, and the tokens (the file is private to the user).
+        infra = self.infra
+        self.state_file.write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "children": {c.name: c.proc.pid for c in self.children},
+                    "urls": {c.name: c.url for c in self.children},
+                    "database_url": self.database_url,
+                    "nats_url": infra.nats_url,
+                    "embedded": {
+                        "postgres": infra.postgres_pid if infra.embedded_postgres else None,
+                        "nats": infra.nats_pid if infra.embedded_nats else None,
+                    },
+                    **self.tokens,
+                },
+                indent=2,
+            )
+        )
+        self.state_file.chmod(0o600)
+
+    def report(self) -> None:
+        infra = self.infra
+        table = Table(title="Hybrid Payments — make run", title_justify="left")
+        for column in ("part", "listens on", "pid", "log / notes"):
+            table.add_column(column, overflow="fold")
+        table.add_row(
+            "postgres",
+            mask_url(self.database_url),
+            "",
+            "embedded" if infra.embedded_postgres else "configured / local",
+        )
+        table.add_row(
+            "nats", infra.nats_url, "", "embedded" if infra.embedded_nats else "configured / local"
+        )
+        for child in self.children:
+            table.add_row(child.name, child.url, str(child.proc.pid), os.path.relpath(child.log))
+        console.print(table)
+        console.print(
+            f"Logs go to {self.run_dir / 'logs'}/<name>.log; new lines are echoed below, prefixed "
+            f"with the name (RUN_FOLLOW_LOGS=0 turns that off). State: {self.state_file}"
+        )
+        if self.generated_secret:
+            console.print(
+                f"JWT_SECRET={self.generated_secret}   (generated; set it to reuse tokens)"
+            )
+        if self.tokens:
+            console.print(f"ADMIN_TOKEN={self.tokens['admin_token']}")
+            console.print(
+                f"BARBER_TOKEN={self.tokens['barber_token']}   (barber 1; both valid 24 h)"
+            )
+            gateway = next(c.url for c in self.children if c.name == "gateway")
+            console.print(
+                'try: curl -H "Authorization: Bearer $ADMIN_TOKEN" '
+                f"{gateway}/api/v1/hybrid-payments/config/1"
+            )
+        console.print("Ctrl-C stops everything.", style="bold")
+
+
+def _dial(host: str) -> str:
+    # Where to connect to reach something bound to `host`.
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+ENV_HELP = """\
+environment (also read from .env; the environment wins):
+  DATABASE_URL, NATS_URL      use these servers (else local ones on the default ports, else embedded
+                              ones); the database (default hybrid_payments) is created if missing
+  RUN_EMBEDDED=1              always start embedded Postgres and NATS
+  RUN_DIR                     state (run.json), logs/ and embedded data (default .run)
+  HOST                        bind address of the services, gateway (default 127.0.0.1)
+  GATEWAY_PORT                8000; ROUTER_PORT 8001, EXTERNAL_PORT 8002, COLLECTIONS_PORT 8003,
+                              ANALYTICS_PORT 8004; STRIPE_SIM_PORT 12111, SQUARE_SIM_PORT 12112,
+                              PAYPAL_SIM_PORT 12113 (0 anywhere: a free port)
+  STRIPE_API_BASE, SQUARE_API_BASE, PAYPAL_API_BASE
+                              set one to use that API instead of its simulator
+  STRIPE_SECRET_KEY           default sk_test_sandbox with the simulator
+  JWT_SECRET                  generated and printed when neither it nor JWT_PUBLIC_KEY is set;
+                              admin and barber-1 tokens are printed whenever it is known
+  CONNECTION_ENCRYPTION_KEYS  a fresh Fernet key when unset
+  EXTERNAL_SERVICE_URL, WEBHOOK_BASE_URL   default to the local external service and gateway
+  LOG_JSON                    default false under make run
+  RUN_READY_TIMEOUT           seconds to wait for every /health/ready (default 30)
+  RUN_FOLLOW_LOGS=0           do not echo the children's logs on the console
+  everything else (EVENT_STREAM, EVENT_SUBJECT_PREFIX, LOG_LEVEL, ...) passes through to
+  the services
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    argparse.ArgumentParser(
+        prog="python -m tools.run",
+        description=__doc__,
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    from shared.config import read_dotenv
+
+    suite = Suite(
+        {**read_dotenv(ROOT / ".env"), **os.environ}
+    )  # the environment wins, as in the services
+    code = 1
+    try:
+        suite.start()
+        suite.watch()
+    except Shutdown as stop:
+        console.print(f"\n{stop.args[0]}: stopping …")
+        code = 0
+    except Failure as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+    finally:  # anything else propagates with its traceback, after the cleanup
+        hold_signals()  # a second Ctrl-C must not cut the cleanup short
+        suite.stop()
+    console.print("stopped" if code == 0 else "stopped after a failure")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
