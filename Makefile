@@ -22,7 +22,7 @@ run: setup
 	$(PY) -m tools.run
 
 test: setup
-	$(PY) -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit tests/integration tests/e2e tests/load $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -38,6 +38,10 @@ migrate: setup
 
 downgrade: setup
 	$(PY) -m tools.migrate downgrade
+
+# The /route benchmark against `make run` (start it in another terminal first).
+load: setup
+	$(PY) -m tests.load.bench $(LOAD_ARGS)
 
 clean:
 	rm -rf .run .pytest_cache .hypothesis
