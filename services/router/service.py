@@ -9,6 +9,7 @@ from the attempt, record the outcome -> `transaction.recorded`), refunds, and th
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -71,8 +72,11 @@ CONFIG_FIELDS = (
     "webhook_notifications", "email_notifications", "analytics_enabled", "connect_account_id",
 )
 # How long a barber's config and connections are served from memory. Changes made through this
-# process (or announced on NATS) invalidate at once; the TTL bounds staleness otherwise.
-CACHE_TTL = 5.0
+# process, and every replica's config/connection events on NATS, invalidate at once; the TTL only
+# bounds staleness if such a message is lost. Jittered so entries do not all expire together.
+CACHE_TTL = 60.0
+# Built once: the hot path only binds parameters to it.
+_INSERT_DECISION = pg_insert(t.routing_decisions).on_conflict_do_nothing().returning(t.routing_decisions.c.route_id)
 _ROUTE_NAMESPACE = uuid.UUID("6f0b7a52-3f0e-4c55-9d55-6a1f2d0c9e41")
 
 
@@ -128,7 +132,7 @@ class RouterService:
             connections = await _load_connections(uow, barber_id)
         context = BarberContext(_to_config(dict(row) if row else None, self.defaults_row(barber_id)),
                                 dict(row) if row else None, connections)
-        self._cache[barber_id] = (now + CACHE_TTL, context)
+        self._cache[barber_id] = (now + CACHE_TTL * random.uniform(0.8, 1.0), context)
         return context
 
     def invalidate(self, barber_id: int | None) -> None:
@@ -269,24 +273,25 @@ class RouterService:
             fallback_used=route.fallback_used,
             decided_at=decided_at,
         )
-        async with self.rt.uow() as uow:
-            inserted = await uow.session.execute(
-                pg_insert(t.routing_decisions).values(
-                    route_id=out.route_id, barber_id=barber_id, appointment_id=body.appointment_id,
-                    client_id=body.client_id, amount=body.amount, currency=currency,
-                    payment_type=route.payment_type, processor=route.processor, connection_id=out.connection_id,
-                    commission_rate=priced.commission_rate, commission_amount=priced.commission_amount,
-                    estimated_processor_fee=priced.estimated_processor_fee, barber_net=priced.barber_net,
-                    reason=route.reason, fallback_used=route.fallback_used, decided_at=decided_at,
-                ).on_conflict_do_nothing().returning(t.routing_decisions.c.route_id)
-            )
-            if route_id is not None and inserted.first() is None:
-                existing = await self._load_decision(principal, route_id)
+        decision = dict(
+            route_id=out.route_id, barber_id=barber_id, appointment_id=body.appointment_id,
+            client_id=body.client_id, amount=body.amount, currency=currency,
+            payment_type=route.payment_type, processor=route.processor, connection_id=out.connection_id,
+            commission_rate=priced.commission_rate, commission_amount=priced.commission_amount,
+            estimated_processor_fee=priced.estimated_processor_fee, barber_net=priced.barber_net,
+            reason=route.reason, fallback_used=route.fallback_used, decided_at=decided_at,
+        )
+        if claim is None:
+            # The hot path: one insert, nothing else to keep atomic with it.
+            row = await self.rt.write_one(_INSERT_DECISION, decision)
+        else:
+            async with self.rt.uow() as uow:
+                row = (await uow.session.execute(_INSERT_DECISION, decision)).first()
+                if row is not None:
+                    claim.record(uow, 200, out)
                 await uow.commit()
-                return _route_out(existing)
-            if claim:
-                claim.record(uow, 200, out)
-            await uow.commit()
+        if row is None:  # this route id was recorded before (a retry of route-and-pay): answer that
+            return _route_out(await self._load_decision(principal, out.route_id))
         return out
 
     # ---- payments ------------------------------------------------------------------------
