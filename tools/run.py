@@ -426,6 +426,7 @@ class Suite:
             from shared.auth import issue_token
 
             self.tokens = {
+                "jwt_secret": secret,  # so `make load` can mint barber tokens for a generated secret
                 "admin_token": issue_token(secret, "admin", "admin", ttl_seconds=86400),
                 "barber_token": issue_token(secret, 1, "barber", ttl_seconds=86400),
             }

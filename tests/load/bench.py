@@ -58,7 +58,8 @@ def pick_jwt_secret(given: str | None) -> str:
         return given or os.environ["JWT_SECRET"]
     from shared.config import read_dotenv
 
-    return read_dotenv(ROOT / ".env").get("JWT_SECRET", "") if (ROOT / ".env").exists() else ""
+    from_dotenv = read_dotenv(ROOT / ".env").get("JWT_SECRET", "") if (ROOT / ".env").exists() else ""
+    return from_dotenv or _run_state().get("jwt_secret", "")
 
 
 def via_gateway(router_url: str) -> bool:
@@ -134,8 +135,10 @@ def render_checks(rows: list[dict[str, Any]], note: str | None) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.load.bench", description=__doc__)
-    p.add_argument("--router-url", default="http://127.0.0.1:8000",
-                   help="gateway (8000, default) or the router itself (8001)")
+    # The router's own port by default: the targets are about /route, and the dev gateway's extra
+    # Python hop on the same two cores costs more than the router itself (see README).
+    p.add_argument("--router-url", default="http://127.0.0.1:8001",
+                   help="the router itself (8001, default) or the gateway (8000)")
     p.add_argument("--database-url", help="for the ceiling app (default: see README)")
     p.add_argument("--jwt-secret", help="default: $JWT_SECRET, else JWT_SECRET in .env")
     p.add_argument("--duration", type=float, default=15.0, help="measured seconds per run")
