@@ -94,7 +94,9 @@ class NatsLink:
             with contextlib.suppress(BaseException):
                 await self._task
         if self.nc is not None:
+            # close, not drain: every publish already waited for its ack and the consumers are
+            # stopped before this, so there is nothing in flight to drain (and drain could stall).
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await self.nc.close()
         self._ready.clear()
         self.nc = self.js = None

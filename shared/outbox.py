@@ -126,6 +126,7 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._wake = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task | None = None
 
     def notify(self) -> None:
@@ -135,17 +136,29 @@ class OutboxRelay:
         self._task = asyncio.create_task(self.run(), name="outbox-relay")
 
     async def stop(self) -> None:
-        if self._task is not None:
+        """Ask the loop to finish its batch and stop; cancel only if it does not.
+
+        (Cancelling alone was not enough: on Python 3.11 `wait_for` can swallow a cancellation
+        that lands as the wake-up event fires, and the relay then ran on, hanging shutdown.)
+        """
+        if self._task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        done, _ = await asyncio.wait({self._task}, timeout=3.0)
+        if not done:
             self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-            self._task = None
+            await asyncio.wait({self._task}, timeout=2.0)
+        self._task = None
 
     async def run(self) -> None:
         backoff = 0.1
-        while True:
-            await self._link.wait_ready()
+        while not self._stopping:
             self._wake.clear()
+            if self._link.js is None:  # NATS not reachable yet: events wait in the outbox
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                continue
             try:
                 count = await self.publish_pending()
                 backoff = 0.1
@@ -156,7 +169,7 @@ class OutboxRelay:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            if count >= self._batch_size:
+            if count >= self._batch_size or self._stopping:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)

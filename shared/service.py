@@ -7,6 +7,7 @@ nothing connects at import time — the Litestar lifespan opens and closes every
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator, Sequence
@@ -36,6 +37,7 @@ from shared.ratelimit import rate_limit_middleware
 log = structlog.get_logger("service")
 
 # Paths that never need a token: probes, metrics, the OpenAPI document, processor webhooks.
+SHUTDOWN_STEP_TIMEOUT = 5.0
 PUBLIC_PATHS = ["^/health/", "^/metrics$", "^/schema", "^/api/v1/webhooks/"]
 
 
@@ -96,14 +98,19 @@ class ServiceRuntime:
             self.consumers.append(consumer)
 
     async def stop(self) -> None:
-        for consumer in self.consumers:
-            await consumer.stop()
+        """Stop in dependency order; a step that hangs is logged and left behind, so shutdown
+        always finishes (an orchestrator's SIGKILL would otherwise do it less politely)."""
+        steps = [(f"consumer {c.name}", c.stop()) for c in self.consumers]
         if self.relay is not None:
-            await self.relay.stop()
-        await self.link.close()
+            steps.append(("outbox relay", self.relay.stop()))
+        steps.append(("nats", self.link.close()))
         if self.engine is not None:
-            await self.hot_path.close()
-            await self.engine.dispose()
+            steps += [("hot-path pool", self.hot_path.close()), ("database engine", self.engine.dispose())]
+        for name, step in steps:
+            try:
+                await asyncio.wait_for(step, SHUTDOWN_STEP_TIMEOUT)
+            except TimeoutError:
+                log.warning("shutdown_step_timed_out", step=name, seconds=SHUTDOWN_STEP_TIMEOUT)
 
     async def write_one(self, statement: Any, params: dict[str, Any]) -> Any:  # -> first row or None
         """One self-contained INSERT in autocommit, on the hot-path pool: for a write that is atomic
