@@ -43,6 +43,7 @@ class UnitOfWork:
         self._relay = relay
         self._events: list[Event] = []
         self._pending_updates: list[Any] = []
+        self._after_commit: list[Any] = []
         self._committed = False
         self.session: AsyncSession
 
@@ -51,6 +52,7 @@ class UnitOfWork:
         await self.session.begin()
         self._events = []
         self._pending_updates = []
+        self._after_commit = []
         self._committed = False
         return self
 
@@ -66,6 +68,10 @@ class UnitOfWork:
         event = new_event(event_type, payload, version=version)
         self._events.append(event)
         return event
+
+    def after_commit(self, callback: Any) -> None:
+        """Run `callback()` once this transaction has committed (cache invalidation, signals)."""
+        self._after_commit.append(callback)
 
     def on_commit_write(self, statement: Any) -> None:
         """Queue a statement to run just before commit (idempotency records use this)."""
@@ -91,6 +97,8 @@ class UnitOfWork:
         self._committed = True
         if self._events and self._relay is not None:
             self._relay.notify()
+        for callback in self._after_commit:
+            callback()
 
     async def claim_event(self, consumer: str, event: Event) -> bool:
         """Record that `consumer` applies `event`; False if it already did (then skip it)."""

@@ -36,20 +36,28 @@ def create_app(settings: settings_module.RouterSettings | None = None) -> Litest
 
     @contextlib.asynccontextmanager
     async def cache_invalidation(_: Litestar) -> AsyncIterator[None]:
-        """Other replicas' config and connection changes drop this replica's cached entries."""
+        """Other replicas' changes drop this replica's cached entries: `config.changed` (published
+        after the writer committed) and the router's own post-commit hint for connections (the
+        raw `connection.changed` arrives before the read model is updated, so it cannot serve)."""
         subscriptions = []
 
-        async def drop(msg) -> None:
+        async def drop_config(msg) -> None:
             try:
-                payload = msgspec.json.decode(msg.data).get("payload", {})
-                router.invalidate(int(payload["barber_id"]))
+                router.invalidate(int(msgspec.json.decode(msg.data)["payload"]["barber_id"]))
             except Exception:
+                router.invalidate(None)
+
+        async def drop_barber(msg) -> None:
+            try:
+                router.invalidate(int(msg.data))
+            except ValueError:
                 router.invalidate(None)
 
         async def subscribe() -> None:
             await runtime.link.wait_ready()
-            for event_type in ("config.changed", "connection.changed"):
-                subscriptions.append(await runtime.link.nc.subscribe(settings.event_subject_prefix + event_type, cb=drop))
+            nc = runtime.link.nc
+            subscriptions.append(await nc.subscribe(settings.event_subject_prefix + "config.changed", cb=drop_config))
+            subscriptions.append(await nc.subscribe(router.invalidation_subject, cb=drop_barber))
 
         task = asyncio.create_task(subscribe())
         try:

@@ -9,6 +9,7 @@ from the attempt, record the outcome -> `transaction.recorded`), refunds, and th
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 import uuid
@@ -587,7 +588,20 @@ class RouterService:
                 where=pc.c.event_occurred_at <= stmt.excluded.event_occurred_at,
             )
         )
-        self.invalidate(values["barber_id"])
+        # After commit: a reader invalidated earlier could re-cache the old state before it lands.
+        uow.after_commit(lambda: self.connections_changed(values["barber_id"]))
+
+    def connections_changed(self, barber_id: int) -> None:
+        """Drop the barber's cached context here and, over core NATS, in every other replica."""
+        self.invalidate(barber_id)
+        nc = self.rt.link.nc
+        if nc is not None and nc.is_connected:
+            asyncio.ensure_future(nc.publish(self.invalidation_subject, str(barber_id).encode()))
+
+    @property
+    def invalidation_subject(self) -> str:
+        # Core NATS, outside the PAYMENTS stream: a hint between replicas, not a recorded event.
+        return f"{self.settings.event_subject_prefix}router.cache.invalidate"
 
 
 def transaction_event(row: dict[str, Any], *, refund_amount: Decimal | None = None) -> dict[str, Any]:
