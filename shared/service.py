@@ -20,12 +20,11 @@ import structlog
 from litestar import Litestar, MediaType, Response, get
 from litestar.di import Provide
 from litestar.params import SkipValidation
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin
 
 from shared.auth import TokenVerifier, auth_middleware
 from shared.config import BaseSettings
 from shared.consumer import EventConsumer, Handler
+from shared.docs import openapi_config
 from shared.db import HotPath, PlatformTables, create_engine, session_factory
 from shared.errors import ProblemError, exception_handlers
 from shared.idempotency import IdempotencyStore
@@ -201,10 +200,7 @@ def build_app(
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         lifespan=[lifespan, *lifespans],
         type_encoders={Decimal: str},
-        openapi_config=OpenAPIConfig(
-            title=title, version="1.0.0", description=description, path="/schema",
-            render_plugins=[JsonRenderPlugin()],
-        ),
+        openapi_config=openapi_config(title=title, description=description),
         debug=False,
     )
     app.state.runtime = runtime
