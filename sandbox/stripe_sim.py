@@ -3,46 +3,63 @@
 Tests and the dev sandbox point the official `stripe` SDK at it
 (`StripeClient(key, base_addresses={"api": url})`) instead of api.stripe.com. It speaks
 form-encoded requests with Stripe's nested keys, Bearer (or Basic) auth, Stripe's objects, list
-and error shapes and statuses, `Idempotency-Key` semantics, and sends events signed like Stripe
-(`Stripe-Signature: t=..,v1=..`) to endpoints registered through `/v1/webhook_endpoints`.
-State is in memory; every API key is its own account (objects, idempotency keys, endpoints).
+and error shapes and statuses, `Idempotency-Key` semantics (replays carry `Idempotent-Replayed:
+true`), and sends events signed like Stripe (`Stripe-Signature: t=..,v1=..`) to endpoints
+registered through `/v1/webhook_endpoints`. State is in memory; every API key is its own account
+(objects, idempotency keys, endpoints). Faults, idempotency records, webhook delivery, the common
+`/_sim` controls and the runners come from `sandbox.common`.
 
 Simulated: PaymentIntents (create, confirm, retrieve, list, cancel; automatic capture), the
-Charges they create, Refunds, Events, webhook endpoints, `/v1/account` and `/v1/balance` as
-credential checks, and Stripe's `pm_card_*` test payment methods. Simulator-only controls live
-under `/_sim/` (faults, duplicate webhooks, state dump, reset).
+Charges they create, Refunds (create, retrieve, list; pending, failed and canceled ones through
+the test cards and the control below), Events, webhook endpoints, `/v1/account` and
+`/v1/balance` as credential checks, and Stripe's `pm_card_*` test payment methods: the declining
+ones, the 3-D Secure ones, and `pm_card_pendingRefund` (refunds start `pending`) and
+`pm_card_refundFail` (refunds start `succeeded` and may fail later).
+
+Simulator-only controls (besides the common ones in `sandbox.common`: faults, webhook duplicate /
+delay / reorder / flush, deliveries, state dump, reset):
+  GET  /_sim/payment_intents[?account=acct_...]   every PaymentIntent, across accounts
+  POST /_sim/refunds/{id}/status  {"status": "succeeded"|"failed"|"canceled",
+                                   "failure_reason": "..." (failed only; default
+                                   expired_or_canceled_card)}
+       moves a refund as Stripe would some time later: pending -> succeeded|failed|canceled, or
+       succeeded -> failed for a refund of pm_card_refundFail. A failed or canceled refund gives
+       its amount back to the charge (`amount_refunded` counts pending and succeeded refunds).
+       Sends `charge.refund.updated` and `refund.updated` (with `previous_attributes`), and
+       `refund.failed` when it failed.
 
 Deliberately not simulated: customers and payment methods as objects (any other `pm_...` id is
 a good card), manual capture, 3-D Secure beyond `requires_action`, disputes, payouts, transfers
 and application fees as objects (their ids only), `Stripe-Account` scoping (the header only
-permits `application_fee_amount`), fees and balance arithmetic, API-version differences, rate
+permits `application_fee_amount`), refunds changing by themselves (use the control), refund
+cancellation through the API, fees and balance arithmetic, API-version differences, rate
 limits, and Stripe's three-day webhook retry schedule (a few quick retries here).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import base64
 import copy
+import functools
 import hashlib
 import hmac
 import json
 import logging
 import re
-import secrets
-import string
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Callable
 
-import aiohttp
 from aiohttp import web
+
+from sandbox import common
+from sandbox.common import (STATE, Claim, IdempotencyRecord, IdempotencyStore, Running,
+                            SimState, Webhook, header_key, json_response, random_token)
 
 API_VERSION = "2026-10-28.endive"
 log = logging.getLogger("stripe_sim")
-_ALNUM = string.ascii_letters + string.digits
 _ZERO_DECIMAL = {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx",
                  "vnd", "vuv", "xaf", "xof", "xpf"}
 _MINIMUM_AMOUNT = {"usd": 50, "eur": 50, "cad": 50, "aud": 50, "gbp": 30, "jpy": 50}
@@ -69,14 +86,24 @@ DECLINES = {
 AUTH_REQUIRED = {"authenticationRequired", "threeDSecureRequired", "threeDSecure2Required"}
 _AUTH_DECLINE = ("authentication_required", "authentication_required",
                  "Your card was declined. This transaction requires authentication.", None)
-
-
-def random_token(length: int = 24) -> str:
-    return "".join(secrets.choice(_ALNUM) for _ in range(length))
+# Cards whose charges succeed but whose refunds do not simply succeed (Stripe's testing docs).
+PENDING_REFUND_CARD, REFUND_FAIL_CARD = "pendingRefund", "refundFail"
+# Refund moves the /_sim control allows, as Stripe makes them after the fact.
+REFUND_MOVES = {("pending", "succeeded"), ("pending", "failed"), ("pending", "canceled"),
+                ("succeeded", "failed")}
+REFUND_FAILURE_REASONS = ("lost_or_stolen_card", "expired_or_canceled_card",
+                          "charge_for_pending_refund_disputed", "insufficient_funds", "declined",
+                          "merchant_request", "unknown")
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{random_token()}"
+
+
+def card_name(payment_method: str | None) -> str:
+    """`pm_card_[visa_]<name>` -> name; any other payment method -> ""."""
+    pm = payment_method or ""
+    return pm.removeprefix("pm_card_").removeprefix("visa_") if pm.startswith("pm_card_") else ""
 
 
 def sign_payload(payload: str, secret: str, timestamp: int | None = None) -> str:
@@ -84,10 +111,6 @@ def sign_payload(payload: str, secret: str, timestamp: int | None = None) -> str
     t = int(time.time()) if timestamp is None else timestamp
     mac = hmac.new(secret.encode(), f"{t}.{payload}".encode(), hashlib.sha256).hexdigest()
     return f"t={t},v1={mac}"
-
-
-def json_response(obj: Any, status: int = 200) -> web.Response:
-    return web.json_response(obj, status=status, dumps=lambda o: json.dumps(o, indent=2))
 
 
 def fmt_money(amount: int, currency: str) -> str:
@@ -208,13 +231,8 @@ def p_metadata(params: dict) -> dict:
 
 # --- state --------------------------------------------------------------------------------
 
-
-@dataclass
-class IdempotencyRecord:
-    fingerprint: tuple
-    request_id: str
-    status: int | None = None  # None while the first request is still running
-    body: bytes = b""
+# Stripe takes Idempotency-Key on POSTs only ("it has no effect" on GET and DELETE).
+IDEMPOTENCY_KEY = header_key("Idempotency-Key", methods=("POST",))
 
 
 @dataclass
@@ -225,7 +243,8 @@ class Account:
     refunds: dict[str, dict] = field(default_factory=dict)
     events: dict[str, dict] = field(default_factory=dict)
     webhook_endpoints: dict[str, dict] = field(default_factory=dict)
-    idempotency: dict[str, IdempotencyRecord] = field(default_factory=dict)
+    idempotency: IdempotencyStore = field(
+        default_factory=lambda: IdempotencyStore(IDEMPOTENCY_KEY))
 
     @property
     def id(self) -> str:
@@ -242,98 +261,62 @@ class Account:
         return None
 
 
-@dataclass
-class Fault:
-    mode: str = "none"  # none | error | slow | timeout
-    delay_ms: int = 0
-    count: int | None = None  # requests left to affect; None = until reset
-    path_prefix: str | None = None
-
-
-class SimState:
-    def __init__(self) -> None:
-        self.webhook_retry_delays: tuple[float, ...] = (0.2, 1.0, 3.0)
-        self.closing = asyncio.Event()
-        self.tasks: set[asyncio.Task] = set()
-        self.http: aiohttp.ClientSession | None = None
-        self.reset()
+class StripeState(SimState):
+    api_prefixes = ("/v1/",)
 
     def reset(self) -> None:
+        super().reset()
         self.accounts: dict[str, Account] = {}
-        self.fault = Fault()
-        self.duplicate_webhooks = False
-        self.deliveries: list[dict] = []
-        for task in list(self.tasks):
-            task.cancel()
 
-    def take_fault(self, path: str) -> Fault | None:
-        fault = self.fault
-        if fault.mode == "none" or not path.startswith(fault.path_prefix or "/v1/"):
-            return None
-        if fault.count is not None:
-            fault.count -= 1
-            if fault.count <= 0:
-                self.fault = Fault()
-        return fault
+    def sign_webhook(self, webhook: Webhook) -> Mapping[str, str]:
+        return {"Stripe-Signature": sign_payload(webhook.body.decode(), webhook.secret),
+                "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)"}
 
-    async def pause(self, seconds: float) -> None:
-        """Sleep, but wake at shutdown so a 30 s 'timeout' does not hold up teardown."""
-        try:
-            await asyncio.wait_for(self.closing.wait(), seconds)
-        except TimeoutError:
-            pass
+    def snapshot(self) -> dict:
+        return {"accounts": [{
+            "id": a.id, "api_key_hint": a.api_key[:8] + "..." + a.api_key[-4:],
+            "payment_intents": list(a.payment_intents.values()),
+            "charges": list(a.charges.values()), "refunds": list(a.refunds.values()),
+            "webhook_endpoints": list(a.webhook_endpoints.values()),
+            "events": [{"id": e["id"], "type": e["type"]} for e in a.events.values()],
+            "idempotency_keys": list(a.idempotency),
+        } for a in self.accounts.values()]}
 
-    def emit(self, call: Call, type_: str, obj: dict) -> None:
-        account = call.account
+    def emit(self, account: Account, type_: str, obj: dict, *, request_id: str | None = None,
+             idempotency_key: str | None = None, previous: dict | None = None) -> dict:
+        """Record an event and send it to the account's subscribed endpoints. Events that no
+        API request caused (a refund settling later) have a null request id, as on Stripe."""
         targets = [ep for ep in account.webhook_endpoints.values() if ep["status"] == "enabled"
                    and ("*" in ep["enabled_events"] or type_ in ep["enabled_events"])]
+        data: dict[str, Any] = {"object": copy.deepcopy(obj)}
+        if previous is not None:
+            data["previous_attributes"] = copy.deepcopy(previous)
         event = {
             "id": new_id("evt"), "object": "event", "api_version": API_VERSION,
-            "created": int(time.time()), "data": {"object": copy.deepcopy(obj)},
-            "livemode": account.livemode, "pending_webhooks": len(targets), "type": type_,
-            "request": {"id": call.request_id, "idempotency_key": call.idempotency_key},
+            "created": int(time.time()), "data": data, "livemode": account.livemode,
+            "pending_webhooks": len(targets), "type": type_,
+            "request": {"id": request_id, "idempotency_key": idempotency_key},
         }
         account.events[event["id"]] = event
         for endpoint in targets:
-            copies = 2 if self.duplicate_webhooks else 1
-            task = asyncio.create_task(self._deliver(account, endpoint, event, copies))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            payload = json.dumps(dict(event, api_version=endpoint["api_version"] or API_VERSION),
+                                 indent=2)
+            self.webhooks.send(Webhook(
+                event["id"], type_, endpoint["url"], payload.encode(), secret=endpoint["secret"],
+                endpoint_id=endpoint["id"],
+                wanted=functools.partial(_endpoint_exists, account, endpoint["id"])))
+        return event
 
-    async def _deliver(self, account: Account, endpoint: dict, event: dict, copies: int) -> None:
-        payload = json.dumps(dict(event, api_version=endpoint["api_version"] or API_VERSION),
-                             indent=2)
-        for _ in range(copies):  # a duplicate is the same event, signed afresh
-            for attempt, delay in enumerate((0.0, *self.webhook_retry_delays), 1):
-                await asyncio.sleep(delay)
-                if endpoint["id"] not in account.webhook_endpoints:
-                    return
-                status = await self._post_signed(endpoint, payload)
-                self.deliveries.append({"event_id": event["id"], "type": event["type"],
-                                        "endpoint": endpoint["id"], "url": endpoint["url"],
-                                        "attempt": attempt, "status": status})
-                if status is not None and 200 <= status < 300:
-                    break
 
-    async def _post_signed(self, endpoint: dict, payload: str) -> int | None:
-        self.http = self.http or aiohttp.ClientSession()
-        headers = {"Content-Type": "application/json; charset=utf-8",
-                   "Stripe-Signature": sign_payload(payload, endpoint["secret"]),
-                   "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)"}
-        try:
-            async with self.http.post(endpoint["url"], data=payload.encode(), headers=headers,
-                                      timeout=aiohttp.ClientTimeout(total=10)) as resp:
-                await resp.read()
-                return resp.status
-        except (aiohttp.ClientError, TimeoutError):
-            return None
+def _endpoint_exists(account: Account, endpoint_id: str) -> bool:
+    return endpoint_id in account.webhook_endpoints  # a deleted endpoint hears no more retries
 
 
 @dataclass
 class Call:
     """One authenticated /v1 request as the endpoint functions see it."""
 
-    state: SimState
+    state: StripeState
     account: Account
     params: dict
     path_id: str | None
@@ -342,7 +325,8 @@ class Call:
     stripe_account: str | None
 
     def emit(self, type_: str, obj: dict) -> None:
-        self.state.emit(self, type_, obj)
+        self.state.emit(self.account, type_, obj, request_id=self.request_id,
+                        idempotency_key=self.idempotency_key)
 
     def expand(self, obj: dict, prefix: str = "") -> dict:
         """Replace ids named in `expand[]` by the objects (one level, like most of Stripe)."""
@@ -358,11 +342,15 @@ class Call:
         return out
 
 
-STATE = web.AppKey("state", SimState)
 CALL = web.RequestKey("call", Call)
 
 
-# --- auth, idempotency and faults: one middleware in front of every /v1 endpoint ----------
+def stripe_state(request: web.Request) -> StripeState:
+    return request.app[STATE]  # type: ignore[return-value]  # create_app puts a StripeState
+
+
+# --- auth and idempotency: one middleware in front of every /v1 endpoint --------------------
+# Faults are applied in front of it by sandbox.common, so an `error` fault records nothing.
 
 
 def api_key_from(headers) -> str:
@@ -383,28 +371,45 @@ def api_key_from(headers) -> str:
     return key
 
 
-@web.middleware
-async def stripe_api(request: web.Request, handler) -> web.StreamResponse:
-    if not request.path.startswith("/v1/"):
-        return await handler(request)
-    state = request.app[STATE]
-    request_id = new_id("req")
-    fault = state.take_fault(request.path)
-    if fault and fault.mode == "error":  # an outage in front of the API: nothing is recorded
-        response = StripeError(500, "api_error", "An unknown error occurred (simulated fault)."
-                               ).response()
-    else:
-        if fault and fault.mode == "slow":
-            await state.pause(fault.delay_ms / 1000)
-        response = await _run_call(request, handler, state, request_id)
-        if fault and fault.mode == "timeout":  # processed and recorded; only the answer is late
-            await state.pause(fault.delay_ms / 1000)
+def _stripe_headers(response: web.StreamResponse, request: web.Request,
+                    request_id: str) -> web.StreamResponse:
     response.headers.setdefault("Request-Id", request_id)
     response.headers["Stripe-Version"] = request.headers.get("Stripe-Version", API_VERSION)
     return response
 
 
-async def _run_call(request: web.Request, handler, state: SimState,
+def fault_error(request: web.Request, status: int) -> web.StreamResponse:
+    """The answer of an `error` fault: an outage in front of the API, in Stripe's shape."""
+    response = StripeError(status, "api_error",
+                           "An unknown error occurred (simulated fault).").response()
+    return _stripe_headers(response, request, new_id("req"))
+
+
+@web.middleware
+async def stripe_api(request: web.Request, handler) -> web.StreamResponse:
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    request_id = new_id("req")
+    response = await _run_call(request, handler, stripe_state(request), request_id)
+    return _stripe_headers(response, request, request_id)
+
+
+def _idempotency_rejection(claim: Claim) -> web.Response:
+    if claim.outcome == "mismatch":
+        return StripeError(
+            400, "idempotency_error", "Keys for idempotent requests can only be used with the "
+            "same parameters they were first used with. Try using a key other than "
+            f"'{claim.key}' if you meant to execute a different request.").response()
+    return StripeError(
+        409, "idempotency_error", "There is currently another in-progress request using this "
+        f"Idempotent Key: {claim.key}. Please try again later.").response()
+
+
+def _replay_headers(record: IdempotencyRecord) -> dict[str, str]:
+    return {"Idempotent-Replayed": "true", "Original-Request": record.request_id}
+
+
+async def _run_call(request: web.Request, handler, state: StripeState,
                     request_id: str) -> web.Response:
     try:
         api_key = api_key_from(request.headers)
@@ -415,46 +420,26 @@ async def _run_call(request: web.Request, handler, state: SimState,
     except StripeError as err:
         return err.response()
     account = state.accounts.setdefault(api_key, Account(api_key))
-    key = request.headers.get("Idempotency-Key") if request.method == "POST" else None
+    key = account.idempotency.key_of(request, params)
     request[CALL] = Call(state, account, params, request.match_info.get("id"), request_id, key,
                          request.headers.get("Stripe-Account"))
-    record = None
-    if key:
-        fingerprint = (request.method, request.path, params)
-        record = account.idempotency.get(key)
-        if record is not None:
-            if record.fingerprint != fingerprint:
-                return StripeError(
-                    400, "idempotency_error", "Keys for idempotent requests can only be used "
-                    "with the same parameters they were first used with. Try using a key other "
-                    f"than '{key}' if you meant to execute a different request.").response()
-            if record.status is None:
-                return StripeError(
-                    409, "idempotency_error", "There is currently another in-progress request "
-                    f"using this Idempotent Key: {key}. Please try again later.").response()
-            return web.Response(body=record.body, status=record.status,
-                                content_type="application/json",
-                                headers={"Idempotent-Replayed": "true",
-                                         "Original-Request": record.request_id})
-        record = account.idempotency[key] = IdempotencyRecord(fingerprint, request_id)
-    try:
-        response = await handler(request)
-    except StripeError as err:
-        response = err.response()
-        if not err.saved and key:
-            del account.idempotency[key]
-            return response
-    except web.HTTPException as exc:  # no such route: Stripe's 404 shape, nothing recorded
-        if key:
-            del account.idempotency[key]
-        return bad(f"Unrecognized request URL ({request.method}: {request.path}).",
-                   status=404 if exc.status in (404, 405) else exc.status).response()
-    except Exception:
-        log.exception("stripe_sim endpoint failed")
-        response = StripeError(500, "api_error", "An unknown error occurred.").response()
-    if record is not None:
-        record.status, record.body = response.status, response.body
-    return response
+
+    async def run() -> tuple[web.Response, bool]:
+        """The endpoint's answer and whether Stripe would store it under the key."""
+        try:
+            return await handler(request), True
+        except StripeError as err:
+            return err.response(), err.saved
+        except web.HTTPException as exc:  # no such route: Stripe's 404 shape, nothing stored
+            return bad(f"Unrecognized request URL ({request.method}: {request.path}).",
+                       status=404 if exc.status in (404, 405) else exc.status).response(), False
+        except Exception:
+            log.exception("stripe_sim endpoint failed")
+            return StripeError(500, "api_error", "An unknown error occurred.").response(), True
+
+    return await account.idempotency.run(key, (request.method, request.path, params), request_id,
+                                         run, reject=_idempotency_rejection,
+                                         replay_headers=_replay_headers)
 
 
 def get_obj(table: dict, obj_id: str, kind: str, param: str = "id") -> dict:
@@ -583,7 +568,7 @@ def create_payment_intent(call: Call) -> dict:
 def attempt_payment(call: Call, pi: dict, off_session: bool) -> None:
     """Charge the PaymentIntent's test card; a decline raises the 402 Stripe answers with."""
     pm = pi["payment_method"]
-    name = pm.removeprefix("pm_card_").removeprefix("visa_") if pm.startswith("pm_card_") else ""
+    name = card_name(pm)
     decline = DECLINES.get(name)
     if name in AUTH_REQUIRED:
         if not off_session:
@@ -717,6 +702,7 @@ def create_refund(call: Call) -> dict:
     else:
         raise bad("One of the following params should be provided for this request: "
                   "payment_intent or charge.", code="parameter_missing")
+    # amount_refunded counts pending refunds too, so they cannot be refunded twice.
     remaining, currency = charge["amount"] - charge["amount_refunded"], charge["currency"]
     if remaining <= 0:
         raise bad(f"Charge {charge['id']} has already been refunded.",
@@ -726,11 +712,15 @@ def create_refund(call: Call) -> dict:
         raise bad(f"Refund amount ({fmt_money(amount, currency)}) is greater than unrefunded "
                   f"amount on charge ({fmt_money(remaining, currency)})", "amount",
                   "amount_too_large", saved=True)
+    pending = card_name(charge["payment_method"]) == PENDING_REFUND_CARD
     refund = {
         "id": new_id("re"), "object": "refund", "amount": amount,
         "balance_transaction": new_id("txn"), "charge": charge["id"],
-        "created": int(time.time()), "currency": currency, "metadata": p_metadata(params),
-        "payment_intent": charge["payment_intent"], "reason": reason, "status": "succeeded",
+        "created": int(time.time()), "currency": currency, "failure_balance_transaction": None,
+        "failure_reason": None, "metadata": p_metadata(params),
+        "payment_intent": charge["payment_intent"],
+        "pending_reason": "processing" if pending else None, "reason": reason,
+        "status": "pending" if pending else "succeeded",
         "transfer_reversal": new_id("trr") if reverse_transfer and charge["transfer"] else None,
     }
     account.refunds[refund["id"]] = refund
@@ -739,6 +729,37 @@ def create_refund(call: Call) -> dict:
     call.emit("refund.created", refund)
     call.emit("charge.refunded", charge)
     return call.expand(refund)
+
+
+class RefundMoveError(ValueError):
+    """A refund status change Stripe would never make."""
+
+
+def move_refund(state: StripeState, account: Account, refund: dict, status: str,
+                failure_reason: str = "expired_or_canceled_card") -> dict:
+    """What Stripe does to a refund some time after creating it (the /_sim control)."""
+    old = refund["status"]
+    if (old, status) not in REFUND_MOVES:
+        raise RefundMoveError(f"refund {refund['id']} is {old}; it cannot become {status}")
+    charge = account.charges[refund["charge"]]
+    if old == "succeeded" and card_name(charge["payment_method"]) != REFUND_FAIL_CARD:
+        raise RefundMoveError(f"refund {refund['id']} succeeded; only refunds of "
+                              f"pm_card_{REFUND_FAIL_CARD} fail after succeeding")
+    previous: dict[str, Any] = {"status": old}
+    if old == "pending":
+        previous["pending_reason"], refund["pending_reason"] = refund["pending_reason"], None
+    if status in ("failed", "canceled"):  # the money never left: the charge has it back
+        charge["amount_refunded"] -= refund["amount"]
+        charge["refunded"] = charge["amount_refunded"] == charge["amount"]
+    if status == "failed":
+        previous.update(failure_reason=None, failure_balance_transaction=None)
+        refund.update(failure_reason=failure_reason, failure_balance_transaction=new_id("txn"))
+    refund["status"] = status
+    state.emit(account, "charge.refund.updated", refund, previous=previous)
+    state.emit(account, "refund.updated", refund, previous=previous)
+    if status == "failed":
+        state.emit(account, "refund.failed", refund)
+    return refund
 
 
 def retrieve_refund(call: Call) -> dict:
@@ -836,65 +857,39 @@ API_ROUTES = [
 ]
 
 
-# --- simulator-only controls -----------------------------------------------------------------
-
-
-async def sim_faults(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    if request.method == "POST":
-        try:
-            body = await request.json()
-            mode = body.get("mode", "none")
-            if mode not in ("none", "error", "slow", "timeout"):
-                raise ValueError(f"mode must be none, error, slow or timeout, not {mode!r}")
-            delay = int(body.get("delay_ms") or {"timeout": 30_000, "slow": 1_000}.get(mode, 0))
-            count = body.get("count")
-            if count is not None and (not isinstance(count, int) or count < 1):
-                raise ValueError("count must be a positive integer or null")
-            state.fault = Fault(mode, delay, count, body.get("path_prefix"))
-        except (ValueError, TypeError, AttributeError) as exc:
-            return json_response({"error": str(exc)}, 400)
-    return json_response(asdict(state.fault))
-
-
-async def sim_duplicate_webhooks(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    try:
-        state.duplicate_webhooks = bool((await request.json()).get("enabled", True))
-    except (ValueError, AttributeError):
-        return json_response({"error": 'body must be {"enabled": true|false}'}, 400)
-    return json_response({"enabled": state.duplicate_webhooks})
+# --- simulator-only controls (the common ones are in sandbox.common) -------------------------
 
 
 async def sim_payment_intents(request: web.Request) -> web.Response:
     wanted = request.query.get("account")  # an acct_ id, as /_sim/state shows them
     return json_response({"object": "list", "data": [
-        pi for account in request.app[STATE].accounts.values() if wanted in (None, account.id)
-        for pi in account.payment_intents.values()]})
+        pi for account in stripe_state(request).accounts.values()
+        if wanted in (None, account.id) for pi in account.payment_intents.values()]})
 
 
-async def sim_state(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    return json_response({
-        "accounts": [{
-            "id": a.id, "api_key_hint": a.api_key[:8] + "..." + a.api_key[-4:],
-            "payment_intents": list(a.payment_intents.values()),
-            "charges": list(a.charges.values()), "refunds": list(a.refunds.values()),
-            "webhook_endpoints": list(a.webhook_endpoints.values()),
-            "events": [{"id": e["id"], "type": e["type"]} for e in a.events.values()],
-            "idempotency_keys": list(a.idempotency),
-        } for a in state.accounts.values()],
-        "faults": asdict(state.fault), "duplicate_webhooks": state.duplicate_webhooks,
-        "deliveries": state.deliveries,
-    })
+async def sim_refund_status(request: web.Request) -> web.Response:
+    state, refund_id = stripe_state(request), request.match_info["id"]
+    found = [(a, a.refunds[refund_id]) for a in state.accounts.values() if refund_id in a.refunds]
+    if not found:
+        return json_response({"error": f"no such refund: {refund_id}"}, 404)
+    try:
+        body = await common.read_json_object(request)
+        status = body.get("status")
+        if status not in ("succeeded", "failed", "canceled"):
+            raise ValueError('body must be {"status": "succeeded"|"failed"|"canceled"}')
+        reason = body.get("failure_reason", "expired_or_canceled_card")
+        if reason not in REFUND_FAILURE_REASONS:
+            raise ValueError(f"failure_reason must be one of {', '.join(REFUND_FAILURE_REASONS)}")
+    except ValueError as exc:
+        return json_response({"error": str(exc)}, 400)
+    [(account, refund)] = found
+    try:
+        return json_response(move_refund(state, account, refund, status, reason))
+    except RefundMoveError as exc:
+        return json_response({"error": str(exc)}, 409)
 
 
-async def sim_reset(request: web.Request) -> web.Response:
-    request.app[STATE].reset()
-    return json_response({"reset": True})
-
-
-# --- app and runners ---------------------------------------------------------------------------
+# --- app and runners -------------------------------------------------------------------------
 
 
 def _endpoint(fn: Callable[[Call], dict]):
@@ -903,65 +898,24 @@ def _endpoint(fn: Callable[[Call], dict]):
     return handler
 
 
-async def _lifecycle(app: web.Application):
-    state = app[STATE]
-    state.http = aiohttp.ClientSession()
-    yield
-    for task in list(state.tasks):
-        task.cancel()
-    await asyncio.gather(*state.tasks, return_exceptions=True)
-    await state.http.close()
-
-
-async def _wake_sleepers(app: web.Application) -> None:
-    app[STATE].closing.set()
-
-
 def create_app() -> web.Application:
-    app = web.Application(middlewares=[stripe_api])
-    app[STATE] = SimState()
-    app.cleanup_ctx.append(_lifecycle)
-    app.on_shutdown.append(_wake_sleepers)
+    app = common.sim_app(StripeState(), error_response=fault_error, middlewares=[stripe_api])
     for method, path, fn in API_ROUTES:
         app.router.add_route(method, path, _endpoint(fn))
-    app.router.add_route("*", "/_sim/faults", sim_faults)
-    app.router.add_post("/_sim/webhooks/duplicate", sim_duplicate_webhooks)
     app.router.add_get("/_sim/payment_intents", sim_payment_intents)
-    app.router.add_get("/_sim/state", sim_state)
-    app.router.add_post("/_sim/reset", sim_reset)
+    app.router.add_post("/_sim/refunds/{id}/status", sim_refund_status)
     return app
 
 
-@dataclass
-class RunningStripeSim:
-    """A simulator on a real port: `url` for the SDK, `state` for in-process peeks."""
-
-    runner: web.AppRunner
-    url: str
-
-    @property
-    def state(self) -> SimState:
-        return self.runner.app[STATE]
-
-    async def close(self) -> None:
-        await self.runner.cleanup()
+RunningStripeSim = Running  # its name before sandbox.common
 
 
-async def start_stripe_sim(host: str = "127.0.0.1", port: int = 0) -> RunningStripeSim:
-    runner = web.AppRunner(create_app(), shutdown_timeout=2.0, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return RunningStripeSim(runner, f"http://{host}:{runner.addresses[0][1]}")
+async def start_stripe_sim(host: str = "127.0.0.1", port: int = 0) -> Running:
+    return await common.start_sim(create_app, host, port)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Local Stripe API simulator (sandbox/tests).")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=12111)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    print(f"stripe_sim listening on http://{args.host}:{args.port}", flush=True)
-    web.run_app(create_app(), host=args.host, port=args.port, print=None, shutdown_timeout=2.0)
+    common.main(create_app, name="stripe_sim", default_port=12111, argv=argv)
 
 
 if __name__ == "__main__":

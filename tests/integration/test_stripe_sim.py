@@ -1,5 +1,6 @@
 """The Stripe simulator driven by the official `stripe` SDK: proves wire compatibility
-(form encoding, errors, idempotency, lists, signed webhooks) and the fault switches."""
+(form encoding, errors, idempotency, lists, refunds that settle later, signed webhooks) and the
+fault and webhook switches. The processor-neutral parts are in test_sim_common.py."""
 
 from __future__ import annotations
 
@@ -369,6 +370,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.received: list[tuple[str, str]] = []  # (payload, Stripe-Signature)
+        self.arrived: list[float] = []  # time.monotonic() of each entry in `received`
         self.fail_first = 0
         self.runner: web.AppRunner | None = None
         self.url = ""
@@ -379,6 +381,7 @@ class Receiver:
             self.fail_first -= 1
             return web.Response(status=500)
         self.received.append((payload, request.headers.get("Stripe-Signature", "")))
+        self.arrived.append(time.monotonic())
         return web.json_response({"received": True})
 
     async def wait_for(self, count: int, timeout: float = 5.0) -> None:
@@ -481,3 +484,277 @@ async def test_reset_clears_everything(client, control):
         state = await resp.json()
     assert state["accounts"] == [] and state["faults"]["mode"] == "none"
     assert json.dumps(state)  # plain JSON all the way down
+
+
+async def sim_call(control: aiohttp.ClientSession, method: str, path: str,
+                   body: dict | None = None) -> tuple[int, dict]:
+    async with control.request(method, path, json=body) as resp:
+        return resp.status, await resp.json()
+
+
+def verified_events(receiver: Receiver, secret: str) -> list[stripe.Event]:
+    """Every delivery checked against the endpoint's secret the way a receiver does it."""
+    return [stripe.Webhook.construct_event(payload, header, secret)
+            for payload, header in receiver.received]
+
+
+# --- refunds that change after they are created --------------------------------------------
+
+
+async def test_pending_refund_settles_to_succeeded_through_the_control(client, control,
+                                                                       receiver):
+    endpoint = await register(client, receiver.url, ["charge.refund.updated", "refund.updated"])
+    pi = await client.v1.payment_intents.create_async(
+        params=visa_payment(payment_method="pm_card_pendingRefund"))
+    assert pi.status == "succeeded"
+    refund = await client.v1.refunds.create_async(
+        params={"payment_intent": pi.id, "amount": 2000, "metadata": {"order": "42"}})
+    assert refund.status == "pending" and refund.pending_reason == "processing"
+    charge = await client.v1.charges.retrieve_async(pi.latest_charge)
+    assert charge.amount_refunded == 2000 and charge.refunded is False  # pending counts
+    with pytest.raises(stripe.InvalidRequestError) as exc:  # so it cannot be refunded twice
+        await client.v1.refunds.create_async(params={"payment_intent": pi.id, "amount": 3001})
+    assert exc.value.code == "amount_too_large"
+
+    status, settled = await sim_call(control, "POST", f"/_sim/refunds/{refund.id}/status",
+                                     {"status": "succeeded"})
+    assert status == 200 and settled["status"] == "succeeded"
+    assert settled["pending_reason"] is None and settled["failure_reason"] is None
+    fetched = await client.v1.refunds.retrieve_async(refund.id)
+    assert fetched.status == "succeeded" and fetched.metadata["order"] == "42"
+    charge = await client.v1.charges.retrieve_async(pi.latest_charge)
+    assert charge.amount_refunded == 2000
+
+    await receiver.wait_for(2)
+    events = sorted(verified_events(receiver, endpoint.secret), key=lambda e: e.type)
+    assert [e.type for e in events] == ["charge.refund.updated", "refund.updated"]
+    for event in events:
+        assert event.data.object.id == refund.id and event.data.object.status == "succeeded"
+        assert event.data.previous_attributes.status == "pending"
+        assert event.request.id is None  # nobody's API request caused it
+
+    # Only refunds of pm_card_refundFail fail after succeeding.
+    status, body = await sim_call(control, "POST", f"/_sim/refunds/{refund.id}/status",
+                                  {"status": "failed"})
+    assert status == 409 and "pm_card_refundFail" in body["error"]
+
+
+async def test_failed_refund_gives_the_amount_back(client, control, receiver):
+    endpoint = await register(client, receiver.url,
+                              ["charge.refund.updated", "refund.updated", "refund.failed"])
+    pi = await client.v1.payment_intents.create_async(
+        params=visa_payment(payment_method="pm_card_refundFail"))
+    refund = await client.v1.refunds.create_async(params={"payment_intent": pi.id})
+    assert refund.status == "succeeded" and refund.amount == 5000  # it fails only later
+    charge = await client.v1.charges.retrieve_async(pi.latest_charge)
+    assert charge.amount_refunded == 5000 and charge.refunded is True
+    with pytest.raises(stripe.InvalidRequestError) as exc:
+        await client.v1.refunds.create_async(params={"payment_intent": pi.id})
+    assert exc.value.code == "charge_already_refunded"
+
+    status, failed = await sim_call(control, "POST", f"/_sim/refunds/{refund.id}/status",
+                                    {"status": "failed"})
+    assert status == 200 and failed["status"] == "failed"
+    assert failed["failure_reason"] == "expired_or_canceled_card"
+    assert failed["failure_balance_transaction"].startswith("txn_")
+    charge = await client.v1.charges.retrieve_async(pi.latest_charge)
+    assert charge.amount_refunded == 0 and charge.refunded is False
+    fetched = await client.v1.refunds.retrieve_async(refund.id)
+    assert fetched.status == "failed" and fetched.failure_reason == "expired_or_canceled_card"
+
+    # The money is back on the charge, so it can be refunded again.
+    again = await client.v1.refunds.create_async(params={"payment_intent": pi.id,
+                                                         "amount": 1000})
+    assert again.status == "succeeded"
+    charge = await client.v1.charges.retrieve_async(pi.latest_charge)
+    assert charge.amount_refunded == 1000
+
+    await receiver.wait_for(3)
+    events = sorted(verified_events(receiver, endpoint.secret), key=lambda e: e.type)
+    assert [e.type for e in events] == ["charge.refund.updated", "refund.failed",
+                                        "refund.updated"]
+    assert all(e.data.object.id == refund.id and e.data.object.status == "failed"
+               for e in events)
+    status, _ = await sim_call(control, "POST", f"/_sim/refunds/{refund.id}/status",
+                               {"status": "succeeded"})
+    assert status == 409  # failed is final
+
+
+async def test_canceled_refund_gives_the_amount_back_and_impossible_moves_are_refused(
+        client, control):
+    pi = await client.v1.payment_intents.create_async(
+        params=visa_payment(payment_method="pm_card_pendingRefund"))
+    refund = await client.v1.refunds.create_async(params={"payment_intent": pi.id})
+    charge = await client.v1.charges.retrieve_async(pi.latest_charge)
+    assert refund.status == "pending" and charge.refunded is True
+
+    status, canceled = await sim_call(control, "POST", f"/_sim/refunds/{refund.id}/status",
+                                      {"status": "canceled"})
+    assert status == 200 and canceled["status"] == "canceled"
+    charge = await client.v1.charges.retrieve_async(pi.latest_charge)
+    assert charge.amount_refunded == 0 and charge.refunded is False
+    status, _ = await sim_call(control, "POST", f"/_sim/refunds/{refund.id}/status",
+                               {"status": "succeeded"})
+    assert status == 409
+
+    pending = await client.v1.refunds.create_async(params={"payment_intent": pi.id,
+                                                           "amount": 100})
+    url = f"/_sim/refunds/{pending.id}/status"
+    assert (await sim_call(control, "POST", url, {"status": "pending"}))[0] == 400
+    assert (await sim_call(control, "POST", url, {"status": "failed",
+                                                  "failure_reason": "bogus"}))[0] == 400
+    assert (await sim_call(control, "POST", "/_sim/refunds/re_nope/status",
+                           {"status": "succeeded"}))[0] == 404
+    status, failed = await sim_call(control, "POST", url, {"status": "failed",
+                                                           "failure_reason": "lost_or_stolen_card"})
+    assert status == 200 and failed["failure_reason"] == "lost_or_stolen_card"
+
+    plain = await client.v1.payment_intents.create_async(params=visa_payment())
+    ordinary = await client.v1.refunds.create_async(params={"payment_intent": plain.id})
+    assert ordinary.status == "succeeded"
+    status, body = await sim_call(control, "POST", f"/_sim/refunds/{ordinary.id}/status",
+                                  {"status": "failed"})
+    assert status == 409 and (await client.v1.refunds.retrieve_async(ordinary.id)).status \
+        == "succeeded"
+
+
+async def test_refund_list_filters_by_payment_intent_and_keeps_metadata(client):
+    first = await client.v1.payment_intents.create_async(params=visa_payment())
+    second = await client.v1.payment_intents.create_async(params=visa_payment())
+    noted = await client.v1.refunds.create_async(params={
+        "payment_intent": first.id, "amount": 1000, "metadata": {"reason_code": "no_show"}})
+    other = await client.v1.refunds.create_async(params={"payment_intent": second.id,
+                                                         "amount": 700})
+    plain = await client.v1.refunds.create_async(params={"payment_intent": first.id,
+                                                         "amount": 500})
+
+    of_first = await client.v1.refunds.list_async(params={"payment_intent": first.id})
+    assert [r.id for r in of_first.data] == [plain.id, noted.id]
+    assert of_first.data[1].metadata.to_dict() == {"reason_code": "no_show"}
+    assert of_first.data[0].metadata.to_dict() == {}
+    of_second = await client.v1.refunds.list_async(params={"payment_intent": second.id})
+    assert [r.id for r in of_second.data] == [other.id]
+    by_charge = await client.v1.refunds.list_async(params={"charge": second.latest_charge})
+    assert [r.id for r in by_charge.data] == [other.id]
+    assert len((await client.v1.refunds.list_async()).data) == 3
+
+
+async def test_payment_intent_list_honours_created_bounds_with_pagination(client, sim):
+    ids = [(await client.v1.payment_intents.create_async(params=visa_payment())).id
+           for _ in range(6)]
+    # Created in the same second; spread them 100 s apart so bounds can cut a window.
+    base = 1_700_000_000
+    for i, pi_id in enumerate(ids):
+        sim.state.accounts[KEY].payment_intents[pi_id]["created"] = base + 100 * i
+    window = {"gte": base + 100, "lte": base + 400}  # ids[1] .. ids[4]
+
+    page1 = await client.v1.payment_intents.list_async(params={"created": window, "limit": 2})
+    assert [pi.id for pi in page1.data] == [ids[4], ids[3]] and page1.has_more
+    page2 = await client.v1.payment_intents.list_async(
+        params={"created": window, "limit": 2, "starting_after": page1.data[-1].id})
+    assert [pi.id for pi in page2.data] == [ids[2], ids[1]] and not page2.has_more
+    walked = [pi.id async for pi in (await client.v1.payment_intents.list_async(
+        params={"created": window, "limit": 1})).auto_paging_iter()]
+    assert walked == [ids[4], ids[3], ids[2], ids[1]]
+    strict = await client.v1.payment_intents.list_async(
+        params={"created": {"gt": base + 100, "lt": base + 400}})
+    assert [pi.id for pi in strict.data] == [ids[3], ids[2]]
+    exact = await client.v1.payment_intents.list_async(params={"created": base + 500})
+    assert [pi.id for pi in exact.data] == [ids[5]]
+
+
+# --- disconnect fault -----------------------------------------------------------------------
+
+
+async def test_disconnect_fault_loses_the_answer_but_not_the_payment(client, control):
+    await sim_post(control, "/_sim/faults", {"mode": "disconnect", "count": 1,
+                                             "path_prefix": "/v1/payment_intents"})
+    key = str(uuid.uuid4())
+    with pytest.raises(stripe.APIConnectionError):
+        await client.v1.payment_intents.create_async(params=visa_payment(),
+                                                     options={"idempotency_key": key})
+    async with control.get("/_sim/state") as resp:
+        state = await resp.json()
+    [account] = state["accounts"]
+    [created] = account["payment_intents"]  # the request ran before the connection closed
+    assert created["status"] == "succeeded" and key in account["idempotency_keys"]
+    assert state["faults"]["mode"] == "none"  # count used up
+
+    retried = await client.v1.payment_intents.create_async(params=visa_payment(),
+                                                           options={"idempotency_key": key})
+    assert retried.id == created["id"]
+    assert retried.last_response.headers["Idempotent-Replayed"] == "true"
+    assert len(await sim_payment_intents(control)) == 1
+
+
+# --- webhook switches ------------------------------------------------------------------------
+
+
+async def test_webhook_delay_holds_each_delivery_back(client, control, receiver):
+    endpoint = await register(client, receiver.url, ["payment_intent.succeeded"])
+    assert (await sim_call(control, "POST", "/_sim/webhooks/delay", {"ms": -1}))[0] == 400
+    settings = await sim_post(control, "/_sim/webhooks/delay", {"ms": 600})
+    assert settings["delay_ms"] == 600
+    started = time.monotonic()
+    pi = await client.v1.payment_intents.create_async(params=visa_payment())
+    await receiver.wait_for(1)
+    assert receiver.arrived[0] - started >= 0.6  # a lower bound: never fails on a slow machine
+    [event] = verified_events(receiver, endpoint.secret)
+    assert event.data.object.id == pi.id
+
+
+async def test_reorder_holds_events_and_releases_them_newest_first(client, sim, control,
+                                                                    receiver):
+    endpoint = await register(client, receiver.url, ["payment_intent.succeeded"])
+    await sim_post(control, "/_sim/webhooks/reorder", {"enabled": True})
+    pis = [await client.v1.payment_intents.create_async(params=visa_payment())
+           for _ in range(3)]
+    await sim.state.webhooks.idle()  # nothing in flight: they are held, not merely late
+    assert receiver.received == []
+    async with control.get("/_sim/webhooks") as resp:
+        assert len((await resp.json())["held"]) == 3
+
+    assert (await sim_post(control, "/_sim/webhooks/flush", {}))["released"] == 3
+    await receiver.wait_for(3)
+    delivered = [e.data.object.id for e in verified_events(receiver, endpoint.secret)]
+    assert delivered == [pi.id for pi in reversed(pis)]
+
+    # With a batch size, every full batch leaves by itself, newest first.
+    await sim_post(control, "/_sim/webhooks/reorder", {"enabled": True, "batch": 2})
+    pair = [await client.v1.payment_intents.create_async(params=visa_payment())
+            for _ in range(2)]
+    await receiver.wait_for(5)
+    delivered = [e.data.object.id for e in verified_events(receiver, endpoint.secret)]
+    assert delivered[3:] == [pair[1].id, pair[0].id]
+
+    # Turning reordering off releases whatever is still held.
+    last = await client.v1.payment_intents.create_async(params=visa_payment())
+    await sim.state.webhooks.idle()
+    assert len(receiver.received) == 5
+    off = await sim_post(control, "/_sim/webhooks/reorder", {"enabled": False})
+    assert off["released"] == 1 and off["reorder"] is False
+    await receiver.wait_for(6)
+    assert verified_events(receiver, endpoint.secret)[-1].data.object.id == last.id
+
+
+async def test_duplicate_deliveries_are_recorded_per_copy_and_can_be_turned_off(
+        client, sim, control, receiver):
+    endpoint = await register(client, receiver.url, ["payment_intent.succeeded"])
+    assert (await sim_call(control, "POST", "/_sim/webhooks/duplicate",
+                           {"enabled": "yes"}))[0] == 400
+    await sim_post(control, "/_sim/webhooks/duplicate", {"enabled": True})
+    await client.v1.payment_intents.create_async(params=visa_payment())
+    await receiver.wait_for(2)
+    await sim.state.webhooks.idle()
+    async with control.get("/_sim/deliveries") as resp:
+        deliveries = (await resp.json())["data"]
+    assert [(d["copy"], d["status"]) for d in deliveries] == [(1, 200), (2, 200)]
+    assert len({d["event_id"] for d in deliveries}) == 1
+    assert all(d["endpoint"] == endpoint.id for d in deliveries)
+
+    await sim_post(control, "/_sim/webhooks/duplicate", {"enabled": False})
+    await client.v1.payment_intents.create_async(params=visa_payment())
+    await receiver.wait_for(3)
+    await sim.state.webhooks.idle()
+    assert len(receiver.received) == 3
+    assert len({e.id for e in verified_events(receiver, endpoint.secret)}) == 2
