@@ -40,8 +40,10 @@ downgrade: setup
 	$(PY) -m tools.migrate downgrade
 
 # The /route benchmark against `make run` (start it in another terminal first).
+# LOAD_URL: the router to measure (default the router itself, http://127.0.0.1:8001;
+# http://127.0.0.1:8000 goes through the dev gateway). LOAD_ARGS: any other bench flags.
 load: setup
-	$(PY) -m tests.load.bench $(LOAD_ARGS)
+	$(PY) -m tests.load.bench $(if $(LOAD_URL),--router-url '$(LOAD_URL)') $(LOAD_ARGS)
 
 clean:
 	rm -rf .run .pytest_cache .hypothesis

@@ -1,16 +1,30 @@
 """Development gateway: an aiohttp reverse proxy that routes the contract's path prefixes to the
 four services (`make run` starts it; production uses deploy/nginx/hybrid-payments.conf instead).
+
+Besides the API prefixes it serves each service's API docs: `GET /docs` is an index,
+`/docs/<service>/...` is that service's `/schema/...` (its docs page, and `openapi.json`).
+
+Every error the gateway produces itself is an RFC 9457 problem (`application/problem+json`), also
+for requests aiohttp refuses before any handler runs (a malformed request line or header, a bad
+Content-Length). Its own answers carry a versionless `Server` header; relayed answers keep the
+service's own (or none).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import html
 import logging
 import os
+import re
+import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
@@ -43,19 +57,61 @@ HOP_BY_HOP = frozenset(
     }
 )
 MAX_BODY = 10 * 1024 * 1024  # keep equal to client_max_body_size in the nginx config
+# What the gateway calls itself: in `Via`, and as `Server` on its own answers. No version: a
+# version number tells a scanner which known bugs to try and tells a client nothing useful.
+GATEWAY_NAME = "hybrid-payments-gateway"
+DOCS_PATH = "/docs"
+SCHEMA_PATH = "/schema"  # where every service serves its docs (shared/docs.py)
+READ_ONLY = ("GET", "HEAD")
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+# On a relayed response: the service's own Server header ("" when it sent none).
+UPSTREAM_SERVER = web.ResponseKey("upstream_server", str)
 
+_TITLES = {
+    400: "Bad request",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Payload too large",
+    500: "Internal server error",
+    502: "Bad gateway",
+    504: "Gateway timeout",
+}
+_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    500: "internal_error",
+    502: "upstream_unavailable",
+    504: "upstream_timeout",
+}
 
-def problem(status: int, code: str, title: str, detail: str) -> web.Response:
+def problem(
+    status: int,
+    code: str | None = None,
+    title: str | None = None,
+    detail: str = "",
+    *,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """An RFC 9457 problem answered by the gateway itself."""
+    code = code or _CODES.get(status, "bad_request" if status < 500 else "internal_error")
     body = {
         "type": PROBLEM_TYPE_BASE + code,
-        "title": title,
+        "title": title or _TITLES.get(status, "Error"),
         "status": status,
         "code": code,
         "detail": detail,
     }
-    return web.json_response(body, status=status, content_type=PROBLEM_MEDIA_TYPE)
+    response = web.json_response(
+        body, status=status, content_type=PROBLEM_MEDIA_TYPE, headers=headers
+    )
+    # Set here, not only in the prepare hook: answers to unparsable requests never reach the app's
+    # signals, and aiohttp would otherwise add `Server: Python/3.x aiohttp/3.x`.
+    response.headers["Server"] = GATEWAY_NAME
+    return response
 
 
 def _forwardable(headers: Mapping[str, str]) -> CIMultiDict[str]:
@@ -68,12 +124,153 @@ def _forwardable(headers: Mapping[str, str]) -> CIMultiDict[str]:
     )
 
 
+def parse_error_detail(message: str | None) -> str:
+    """aiohttp's parser messages echo the offending bytes and draw a caret under them; keep only
+    the words ("Invalid character in Content-Length", "Bad status line: Invalid HTTP version")."""
+    text = re.split(r"\s*(?:b'|b\"|bytearray\()", message or "", maxsplit=1)[0]
+    words = [line.strip().rstrip(":").strip() for line in text.splitlines()]
+    summary = ": ".join(w for w in words if w)[:200]
+    return f"malformed request: {summary}" if summary else "malformed request"
+
+
+class ProblemRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler, with its error answers as problems.
+
+    aiohttp answers a request it cannot parse (and a handler's unexpected exception) from
+    `RequestHandler.handle_error`, with a text/plain body, before and outside the application:
+    no middleware or signal sees those answers. Overriding that method is the only way to change
+    them; `serve()` installs this class.
+    """
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            # As aiohttp does: part of a response is out, so no error answer fits; it closes.
+            raise ConnectionError("response already started; cannot answer with an error")
+        if status >= 500:
+            self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
+            detail = "the gateway failed to handle the request"
+            if status == 504:
+                detail = "the request took too long"
+        else:
+            # The client's mistake, not ours: one line, no traceback.
+            detail = parse_error_detail(message)
+            self.logger.info("refused a request from %s: %s", request.remote, detail)
+        response = problem(status, detail=detail)
+        response.force_close()  # after a parse error the rest of the stream is meaningless
+        return response
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    app: web.Application,
+    host: str | None,
+    port: int,
+    *,
+    access_log: logging.Logger | None = None,
+    shutdown_timeout: float = 2.0,
+) -> AsyncIterator[tuple[str, int]]:
+    """Serve `app` on host:port with `ProblemRequestHandler` connections; yields the bound
+    address. aiohttp's sites always build the stock handler, so the listener is made here (with
+    the runner's public `server` as the connections' manager: shutdown still closes them)."""
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    loop = asyncio.get_running_loop()
+    handler_args: dict[str, Any] = {"access_log": access_log}
+    if access_log is not None:
+        handler_args["access_log_format"] = ACCESS_LOG_FORMAT
+
+    def connection() -> ProblemRequestHandler:
+        return ProblemRequestHandler(runner.server, loop=loop, **handler_args)
+
+    try:
+        listener = await loop.create_server(connection, host, port, reuse_address=True)
+    except BaseException:
+        await runner.cleanup()
+        raise
+    try:
+        yield listener.sockets[0].getsockname()[:2]
+    finally:
+        listener.close()  # no new connections; the runner closes the open ones
+        await runner.cleanup()
+
+
+def _read_only(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    # Registered for every method (else the catch-all proxy would take the others as a 404).
+    async def only_get(request: web.Request) -> web.StreamResponse:
+        if request.method not in READ_ONLY:
+            raise web.HTTPMethodNotAllowed(request.method, READ_ONLY)
+        return await handler(request)
+
+    return only_get
+
+
+def _problems(max_body: int) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def problems(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """aiohttp's HTTP errors (405, 413 from reading an over-limit body, ...) as problems."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            detail = {
+                405: f"{request.method} is not allowed on {request.path}",
+                413: f"the request body is over the gateway's limit of {max_body} bytes",
+            }.get(exc.status, exc.reason)
+            response = problem(exc.status, detail=detail, headers=headers)
+            if exc.status == 413:
+                response.force_close()  # do not read on through the rest of an over-limit body
+            return response
+
+    return problems
+
+
+async def _server_header(_: web.Request, response: web.StreamResponse) -> None:
+    # Runs after aiohttp filled in its default `Server: Python/3.x aiohttp/3.x`.
+    upstream = response.get(UPSTREAM_SERVER)
+    if upstream is None:  # the gateway's own answer
+        response.headers["Server"] = GATEWAY_NAME
+    elif not upstream:  # relayed, and the service named no server: neither do we
+        response.headers.popall("Server", None)
+
+
+def _docs_index(services: list[str]) -> str:
+    rows = "\n".join(
+        f'    <li><b>{html.escape(name)}</b>: '
+        f'<a href="{DOCS_PATH}/{quote(name)}/">API reference</a> · '
+        f'<a href="{DOCS_PATH}/{quote(name)}/swagger">Swagger UI</a> · '
+        f'<a href="{DOCS_PATH}/{quote(name)}/openapi.json">OpenAPI JSON</a></li>'
+        for name in services
+    )
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        "<title>Hybrid Payments API docs</title></head>\n<body>\n"
+        "  <h1>Hybrid Payments API docs</h1>\n  <ul>\n"
+        f"{rows}\n  </ul>\n  <p>Each service documents its own API; the gateway routes the "
+        "paths to it.</p>\n</body></html>\n"
+    )
+
+
 def create_gateway_app(
     routes: dict[str, str],
     *,
     prefixes: Mapping[str, str] = PREFIXES,
     timeout: float = 60.0,
     connect_timeout: float = 5.0,
+    max_body: int = MAX_BODY,
 ) -> web.Application:
     """`routes` maps a service name to its base URL (`{"router": "http://127.0.0.1:8001", ...}`);
     `prefixes` maps a path prefix to a service name. Longest prefix wins."""
@@ -101,10 +298,11 @@ def create_gateway_app(
                 return base
         return None
 
-    async def proxy(request: web.Request) -> web.StreamResponse:
-        base = upstream_for(request.path)
-        if base is None:
-            return problem(404, "not_found", "Not found", f"no service serves {request.path}")
+    async def forward(request: web.Request, base: str, target: str) -> web.StreamResponse:
+        """Relay the request to `base` + `target` (an encoded path and query)."""
+        if request.content_length is not None and request.content_length > max_body:
+            # Refused before reading; a chunked body over the limit fails in read() instead.
+            raise web.HTTPRequestEntityTooLarge(max_body, request.content_length)
         headers = _forwardable(request.headers)
         peer = request.remote or ""
         prior = headers.get("X-Forwarded-For")
@@ -113,8 +311,7 @@ def create_gateway_app(
         headers.setdefault("X-Forwarded-Host", request.host)
         headers.setdefault("X-Request-ID", uuid.uuid4().hex)
         body = await request.read()  # raw bytes: webhook signatures are computed over them
-        # raw_path keeps the client's exact encoding of path and query.
-        url = URL(base.rstrip("/") + request.raw_path, encoded=True)
+        url = URL(base.rstrip("/") + target, encoded=True)
         try:
             async with request.app[SESSION].request(
                 request.method, url, headers=headers, data=body or None, allow_redirects=False
@@ -126,19 +323,68 @@ def create_gateway_app(
                     body=payload,
                     headers=_forwardable(upstream.headers),
                 )
+                response[UPSTREAM_SERVER] = upstream.headers.get("Server", "")
         except TimeoutError:  # before ClientError: ServerTimeoutError is both
-            return problem(
-                504, "upstream_timeout", "Gateway timeout", f"{base} did not answer in time"
-            )
+            return problem(504, detail=f"{base} did not answer in time")
         except aiohttp.ClientError as exc:
-            return problem(
-                502,
-                "upstream_unavailable",
-                "Bad gateway",
-                f"{base} unreachable: {type(exc).__name__}",
-            )
-        response.headers.add("Via", "1.1 hybrid-payments-gateway")
+            return problem(502, detail=f"{base} unreachable: {type(exc).__name__}")
+        response.headers.add("Via", f"1.1 {GATEWAY_NAME}")
         return response
+
+    async def proxy(request: web.Request) -> web.StreamResponse:
+        base = upstream_for(request.path)
+        if base is None:
+            return problem(404, detail=f"no service serves {request.path}")
+        # raw_path keeps the client's exact encoding of path and query.
+        return await forward(request, base, request.raw_path)
+
+    async def docs_index(request: web.Request) -> web.Response:
+        services = list(routes)
+        accept = request.headers.get("Accept", "")
+        if "json" in accept and "html" not in accept:  # a script asking where the documents are
+            return web.json_response(
+                {
+                    name: {
+                        "docs": f"{DOCS_PATH}/{name}/",
+                        "openapi": f"{DOCS_PATH}/{name}/openapi.json",
+                    }
+                    for name in services
+                }
+            )
+        return web.Response(text=_docs_index(services), content_type="text/html")
+
+    def unknown_service(name: str) -> web.Response:
+        known = ", ".join(routes)
+        return problem(404, detail=f"no service named {name!r} (known: {known}); see {DOCS_PATH}")
+
+    async def docs_slash(request: web.Request) -> web.StreamResponse:
+        # The docs page loads its spec by a relative URL, which resolves right only under the
+        # trailing slash: /docs/router/ + openapi.json.
+        name = request.match_info["service"]
+        if name not in routes:
+            return unknown_service(name)
+        location = f"{DOCS_PATH}/{quote(name)}/"
+        if request.rel_url.raw_query_string:
+            location += "?" + request.rel_url.raw_query_string
+        return web.Response(status=308, headers={"Location": location})
+
+    async def docs_page(request: web.Request) -> web.StreamResponse:
+        name, tail = request.match_info["service"], request.match_info["tail"]
+        if name not in routes:
+            return unknown_service(name)
+        if ".." in tail.split("/"):  # stay inside the service's /schema
+            return problem(404, detail=f"no such document: {request.path}")
+        # /docs/<service>/<tail> is the service's /schema/<tail>: the same depth below a prefix,
+        # so relative links inside the pages stay right through the gateway.
+        target = f"{SCHEMA_PATH}/{quote(tail, safe='/')}"
+        if request.rel_url.raw_query_string:
+            target += "?" + request.rel_url.raw_query_string
+        return await forward(request, routes[name], target)
+
+    async def schema(_: web.Request) -> web.StreamResponse:
+        # Four services, four documents: the gateway has no /schema of its own; the index
+        # links each one (and answers JSON to `Accept: application/json`).
+        return web.Response(status=307, headers={"Location": DOCS_PATH})
 
     async def ready(request: web.Request) -> web.Response:
         session = request.app[SESSION]
@@ -159,10 +405,20 @@ def create_gateway_app(
     async def live(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=max_body, middlewares=[_problems(max_body)])
     app.cleanup_ctx.append(client_session)
-    app.router.add_get("/health/live", live)
-    app.router.add_get("/health/ready", ready)
+    app.on_response_prepare.append(_server_header)
+    for path, handler in [
+        ("/health/live", live),
+        ("/health/ready", ready),
+        (DOCS_PATH, docs_index),
+        (DOCS_PATH + "/", docs_index),
+        (DOCS_PATH + "/{service}", docs_slash),
+        (DOCS_PATH + "/{service}/{tail:.*}", docs_page),
+        (SCHEMA_PATH, schema),
+        (SCHEMA_PATH + "/{tail:.*}", schema),
+    ]:
+        app.router.add_route("*", path, _read_only(handler))
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app
 
@@ -172,6 +428,17 @@ def default_routes(env: Mapping[str, str] = os.environ) -> dict[str, str]:
         name: f"http://127.0.0.1:{env.get(f'{name.upper()}_PORT', port)}"
         for name, port in DEFAULT_PORTS.items()
     }
+
+
+async def _run(
+    app: web.Application, host: str, port: int, access_log: logging.Logger | None
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with serve(app, host, port, access_log=access_log):
+        await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -196,20 +463,15 @@ def main(argv: list[str] | None = None) -> None:
         routes[name] = url
     print(
         f"gateway listening on http://{args.host}:{args.port} -> "
-        + ", ".join(f"{n} {u}" for n, u in routes.items()),
+        + ", ".join(f"{n} {u}" for n, u in routes.items())
+        + f"; API docs on http://{args.host}:{args.port}{DOCS_PATH}",
         flush=True,
     )
     if args.access_log:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    web.run_app(
-        create_gateway_app(routes, timeout=args.timeout),
-        host=args.host,
-        port=args.port,
-        print=None,
-        access_log=logging.getLogger("aiohttp.access") if args.access_log else None,
-        access_log_format='%a "%r" %s %b %Tfs',
-        shutdown_timeout=2.0,
-    )
+    access_log = logging.getLogger("aiohttp.access") if args.access_log else None
+    app = create_gateway_app(routes, timeout=args.timeout)
+    asyncio.run(_run(app, args.host, args.port, access_log))
 
 
 if __name__ == "__main__":

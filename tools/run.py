@@ -1,7 +1,8 @@
 """`make run`: the whole suite in the foreground on one machine — Postgres and NATS (configured or
 embedded), migrations, the processor simulators, the four services and the dev gateway.
 
-Ctrl-C or SIGTERM stops everything it started; a child that dies stops the rest (exit 1).
+Ctrl-C or SIGTERM stops everything it started (pressing it again while it stops is only noted: the
+cleanup still runs to its end); a child that dies stops the rest (exit 1).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from rich.text import Text
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {"router": 8001, "external": 8002, "collections": 8003, "analytics": 8004}
+ADMIN_SUBJECT = 1000  # the printed admin token's `sub`: services accept only positive integer ids
 
 
 @dataclass(frozen=True)
@@ -67,18 +69,36 @@ class Failure(Exception):
 
 
 # --- signals ---------------------------------------------------------------------------------
-# The handler raises Shutdown, except inside `deferred()`, where a signal only takes effect once
-# the block is done: a half-started Postgres or an unrecorded child would otherwise leak.
+# The first SIGINT/SIGTERM switches the process into "shutting down" and raises Shutdown, except
+# inside `deferred()`, where it only takes effect once the block is done: a half-started Postgres
+# or an unrecorded child would otherwise leak. Every later signal is only noted: raising again
+# would break out of the cleanup (or out of the `except Shutdown` clause before the cleanup even
+# began, which ended in a traceback) and leave children or embedded servers running.
 _deferring = 0
-_pending: int | None = None
+_pending: int | None = None  # the first signal; set once, never cleared
+_delivered = False  # Shutdown has been raised for it
+_repeats = 0  # signals after the first one
 
 
-def _on_signal(signum: int, _frame) -> None:
-    global _pending
-    if _deferring:
-        _pending = signum
-    else:
-        raise Shutdown(signal.Signals(signum).name)
+def _on_signal(signum: int, _frame: object) -> None:
+    global _pending, _repeats
+    if _pending is not None:  # already shutting down
+        _repeats += 1
+        if _repeats == 1:
+            # os.write, not print: a buffered write interrupted by this handler must not be re-entered.
+            with contextlib.suppress(OSError):
+                name = signal.Signals(signum).name
+                os.write(sys.stderr.fileno(), f"\n{name}: already stopping …\n".encode())
+        return
+    _pending = signum
+    if not _deferring:
+        _deliver()
+
+
+def _deliver() -> None:
+    global _delivered
+    _delivered = True
+    raise Shutdown(signal.Signals(_pending).name)
 
 
 @contextlib.contextmanager
@@ -89,11 +109,12 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         _deferring -= 1
-        if not _deferring and _pending is not None:
-            raise Shutdown(signal.Signals(_pending).name)
+        if not _deferring and _pending is not None and not _delivered:
+            _deliver()
 
 
 def hold_signals() -> None:
+    """From here on no signal raises (the cleanup runs to its end); a first one is still noted."""
     global _deferring
     _deferring += 1
 
@@ -427,7 +448,8 @@ class Suite:
 
             self.tokens = {
                 "jwt_secret": secret,  # so `make load` can mint barber tokens for a generated secret
-                "admin_token": issue_token(secret, "admin", "admin", ttl_seconds=86400),
+                # Subjects are positive integer ids for every role; 1000 stands for the operator.
+                "admin_token": issue_token(secret, ADMIN_SUBJECT, "admin", ttl_seconds=86400),
                 "barber_token": issue_token(secret, 1, "barber", ttl_seconds=86400),
             }
         self.report()
@@ -501,12 +523,13 @@ class Suite:
             console.print(
                 f"JWT_SECRET={self.generated_secret}   (generated; set it to reuse tokens)"
             )
+        gateway = next(c.url for c in self.children if c.name == "gateway")
+        console.print(f"API docs: {gateway}/docs (each service's docs page and OpenAPI document)")
         if self.tokens:
-            console.print(f"ADMIN_TOKEN={self.tokens['admin_token']}")
+            console.print(f"ADMIN_TOKEN={self.tokens['admin_token']}   (admin {ADMIN_SUBJECT})")
             console.print(
                 f"BARBER_TOKEN={self.tokens['barber_token']}   (barber 1; both valid 24 h)"
             )
-            gateway = next(c.url for c in self.children if c.name == "gateway")
             console.print(
                 'try: curl -H "Authorization: Bearer $ADMIN_TOKEN" '
                 f"{gateway}/api/v1/hybrid-payments/config/1"
@@ -553,24 +576,28 @@ def main(argv: list[str] | None = None) -> int:
         epilog=ENV_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     ).parse_args(argv)
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
     from shared.config import read_dotenv
 
     suite = Suite(
         {**read_dotenv(ROOT / ".env"), **os.environ}
     )  # the environment wins, as in the services
     code = 1
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     try:
-        suite.start()
-        suite.watch()
+        try:
+            suite.start()
+            suite.watch()
+        finally:
+            # However the run ends, a signal from now on (a first one after a failure, too) is only
+            # noted: it must not cut the report or the cleanup short.
+            hold_signals()
     except Shutdown as stop:
         console.print(f"\n{stop.args[0]}: stopping …")
         code = 0
     except Failure as exc:
         console.print(f"[bold red]error:[/] {exc}")
     finally:  # anything else propagates with its traceback, after the cleanup
-        hold_signals()  # a second Ctrl-C must not cut the cleanup short
         suite.stop()
     console.print("stopped" if code == 0 else "stopped after a failure")
     return code

@@ -138,7 +138,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # The router's own port by default: the targets are about /route, and the dev gateway's extra
     # Python hop on the same two cores costs more than the router itself (see README).
     p.add_argument("--router-url", default="http://127.0.0.1:8001",
-                   help="the router itself (8001, default) or the gateway (8000)")
+                   help="the router itself (8001, default) or the gateway (8000); "
+                        "`make load LOAD_URL=...` sets it")
     p.add_argument("--database-url", help="for the ceiling app (default: see README)")
     p.add_argument("--jwt-secret", help="default: $JWT_SECRET, else JWT_SECRET in .env")
     p.add_argument("--duration", type=float, default=15.0, help="measured seconds per run")

@@ -29,6 +29,7 @@ from tests.load.stats import CLIENT_OVERLOAD, Recorder, send_offsets, verdict
 ROUTE_PATH = "/api/v1/hybrid-payments/route"
 CONFIG_PATH = "/api/v1/hybrid-payments/config"
 MODES = ("centralized", "decentralized", "hybrid")
+ADMIN_SUBJECT = 1000  # the seeding admin's id (the same operator id `make run` prints a token for)
 
 
 class LoadError(Exception):
@@ -186,7 +187,9 @@ async def seed_barbers(session: aiohttp.ClientSession, cfg: LoadConfig) -> None:
     """PUT every barber's config with an admin token; any failure stops the run."""
     from shared.auth import issue_token
 
-    headers = {"Authorization": f"Bearer {issue_token(cfg.jwt_secret, 'load-admin', 'admin', ttl_seconds=600)}"}
+    # `sub` must be a positive integer id for every role, admins included.
+    token = issue_token(cfg.jwt_secret, ADMIN_SUBJECT, "admin", ttl_seconds=600)
+    headers = {"Authorization": f"Bearer {token}"}
     gate = asyncio.Semaphore(16)
     base = cfg.url.rstrip("/") + cfg.config_path.rstrip("/")
 
