@@ -6,6 +6,7 @@ cached until they expire, so the hot path does not re-run the signature check pe
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Literal
 
@@ -23,9 +24,19 @@ ROLES: frozenset[str] = frozenset({"barber", "admin", "service"})
 _CACHE_LIMIT = 50_000
 
 
+# User ids are positive 32-bit integers (the id columns are `integer`); a `sub` outside that range
+# would overflow a query, so such a token is refused at the door rather than deep in a handler.
+MAX_USER_ID = 2**31 - 1
+_USER_ID = re.compile(r"[1-9][0-9]{0,9}")
+
+
 class Principal(msgspec.Struct, frozen=True):
     subject: str
     role: Role
+
+    @property
+    def user_id(self) -> int:
+        return int(self.subject)
 
     @property
     def is_privileged(self) -> bool:
@@ -34,12 +45,20 @@ class Principal(msgspec.Struct, frozen=True):
 
     @property
     def barber_id(self) -> int | None:
-        if self.role != "barber":
-            return None
-        try:
-            return int(self.subject)
-        except ValueError:
-            return None
+        return int(self.subject) if self.role == "barber" else None
+
+
+def user_id_claim(sub: object) -> int | None:
+    """The `sub` claim as a user id: a positive 32-bit integer, as a JSON number or ASCII digits."""
+    if isinstance(sub, bool):
+        return None
+    if isinstance(sub, int):
+        value = sub
+    elif isinstance(sub, str) and _USER_ID.fullmatch(sub):
+        value = int(sub)
+    else:
+        return None
+    return value if 1 <= value <= MAX_USER_ID else None
 
 
 class TokenVerifier:
@@ -65,7 +84,8 @@ class TokenVerifier:
                 token,
                 self._key,
                 algorithms=self._algorithms,
-                options={"require": ["exp", "sub"]},
+                # `sub` is checked below: PyJWT insists on a string, the contract allows an integer.
+                options={"require": ["exp"], "verify_sub": False},
                 leeway=self._leeway,
             )
         except jwt.ExpiredSignatureError:
@@ -73,9 +93,12 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise _unauthorized(f"invalid token: {exc}") from None
         role = claims.get("role")
-        if role not in ROLES:
-            raise _unauthorized("token has no valid role claim")
-        principal = Principal(subject=str(claims["sub"]), role=role)
+        if not isinstance(role, str) or role not in ROLES:
+            raise _unauthorized("token has no valid role claim (barber, admin or service)")
+        user_id = user_id_claim(claims.get("sub"))
+        if user_id is None:
+            raise _unauthorized(f"token subject must be a positive integer user id up to {MAX_USER_ID}")
+        principal = Principal(subject=str(user_id), role=role)
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[token] = (principal, float(claims["exp"]))
@@ -130,9 +153,7 @@ def require_roles(*roles: Role):
 def acting_barber_id(principal: Principal, requested: int | None, *, field: str = "barber_id") -> int:
     """The barber a request acts for: a barber acts only for itself; admins and services name one."""
     if principal.role == "barber":
-        own = principal.barber_id
-        if own is None:
-            raise ProblemError(403, "forbidden", "barber token has a non-numeric subject")
+        own = principal.user_id
         if requested is not None and requested != own:
             raise ProblemError(403, "forbidden", f"{field} must be your own barber id")
         return own

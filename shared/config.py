@@ -7,6 +7,7 @@ the service at start with a `SettingsError` that names the variable.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -61,19 +62,44 @@ class BaseSettings(msgspec.Struct, kw_only=True, frozen=True):
             raise SettingsError("EVENT_SUBJECT_PREFIX: must end with '.' (e.g. 'test42.')")
 
     def __repr__(self) -> str:
-        # Settings get logged; secrets and keys must not be.
-        shown = ", ".join(
-            f"{f}={'***' if _is_secret(f) and getattr(self, f) else repr(getattr(self, f))}"
-            for f in self.__struct_fields__
-        )
-        return f"{type(self).__name__}({shown})"
+        # Settings get logged; secrets, keys and passwords inside URLs must not be.
+        def shown(name: str) -> str:
+            value = getattr(self, name)
+            if _is_secret(name) and value:
+                return "'***'"
+            return repr(mask_url(value) if isinstance(value, str) else value)
+
+        return f"{type(self).__name__}({', '.join(f'{f}={shown(f)}' for f in self.__struct_fields__)})"
 
     @property
     def async_database_url(self) -> str:
         return normalise_database_url(self.database_url)
 
 
+class PlatformStripeSettings(BaseSettings, kw_only=True, frozen=True):
+    """Settings of a service that uses the platform's own Stripe account (router: centralized
+    payments; collections: charging barbers). The API base points at a simulator in the sandbox."""
+
+    stripe_secret_key: str | None = None
+    stripe_api_base: str = "https://api.stripe.com"
+    # Seconds before a Stripe call counts as timed out (its outcome is then unknown).
+    stripe_timeout: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.stripe_api_base.startswith(("http://", "https://")):
+            raise SettingsError(f"STRIPE_API_BASE: expected an http(s) URL, got {self.stripe_api_base!r}")
+
+
 S = TypeVar("S", bound=BaseSettings)
+
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:\s]*:)[^/\s]*@", re.IGNORECASE)
+
+
+def mask_url(text: str) -> str:
+    """`postgresql://app:s3cret@db/x` -> `postgresql://app:***@db/x`; other text unchanged."""
+    return _URL_PASSWORD.sub(r"\g<head>***@", text)
 
 
 def normalise_database_url(url: str) -> str:

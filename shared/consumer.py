@@ -1,9 +1,17 @@
-"""Durable JetStream pull consumers that apply each event exactly once.
+"""Durable JetStream pull consumers that apply each event exactly once, and never drop one.
 
-Per message: decode (undecodable -> terminated at once), then in one transaction record the
-`event_id` in the service's `processed_events` and apply the handler; commit; then ack.
-A handler failure naks with a growing delay; after `max_deliver` attempts the message is
-terminated and logged, never redelivered forever.
+Per message: decode, then in one transaction record the `event_id` in the service's
+`processed_events` and apply the handler; commit; then ack. What happens on failure depends on
+whether trying again can help:
+
+- transient (database or network unavailable, a serialisation conflict): nak with a capped
+  back-off and try again, without limit. A Postgres restart of an hour delays events; it never
+  loses one (a bounded redelivery that ends in `term` dropped money events during long outages).
+- deterministic (the event cannot be applied: it does not decode, or the handler refuses it the
+  same way `max_attempts` times): parked in the consumer schema's `dead_letters` table, counted in
+  `/metrics` and logged, then acked. An operator replays it once fixed (`python -m tools.dead_letters`).
+
+If parking itself fails (the database went away meanwhile), the message is nak'd, not acked.
 """
 
 from __future__ import annotations
@@ -13,19 +21,51 @@ import contextlib
 from collections.abc import Awaitable, Callable
 
 import msgspec
+import sqlalchemy as sa
 import structlog
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from shared.events import Event, decode_event
 from shared.messaging import NatsLink
-from shared.observability import EVENTS_CONSUMED
+from shared.observability import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED
 from shared.outbox import UnitOfWork
 
 log = structlog.get_logger("consumer")
 
 Handler = Callable[[UnitOfWork, Event], Awaitable[None]]
+MAX_BACKOFF_SECONDS = 30.0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the same event could succeed later: the failure is in the surroundings (database
+    or network unavailable, lock or serialisation conflicts), not in the event or the handler."""
+    import asyncpg
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError,
+                                sa.exc.DisconnectionError)):
+            return True
+        if isinstance(current, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                                asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+                                asyncpg.SerializationError, asyncpg.DeadlockDetectedError,
+                                asyncpg.AdminShutdownError, asyncpg.LockNotAvailableError)):
+            return True
+        if isinstance(current, (ConnectionError, TimeoutError, OSError, NatsError)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def backoff(delivered: int, base: float = 0.5, cap: float = MAX_BACKOFF_SECONDS) -> float:
+    return min(base * 2 ** min(delivered, 10), cap)
 
 
 class EventConsumer:
@@ -37,18 +77,21 @@ class EventConsumer:
         handler: Handler,
         link: NatsLink,
         unit_of_work: Callable[[], UnitOfWork],
-        max_deliver: int = 5,
+        max_attempts: int = 5,
         batch: int = 50,
         ack_wait: float = 30.0,
+        backoff_base: float = 0.5,
+        backoff_cap: float = MAX_BACKOFF_SECONDS,
     ) -> None:
         self.name = name
         self.event_types = event_types
         self._handler = handler
         self._link = link
         self._uow = unit_of_work
-        self._max_deliver = max_deliver
+        self._max_attempts = max_attempts
         self._batch = batch
         self._ack_wait = ack_wait
+        self._backoff = (backoff_base, backoff_cap)
         self._task: asyncio.Task | None = None
         self._stopping = asyncio.Event()
 
@@ -82,8 +125,7 @@ class EventConsumer:
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self._ack_wait,
-            # One more than ours, so our own accounting terminates before the server gives up.
-            max_deliver=self._max_deliver + 1,
+            max_deliver=-1,  # the server never gives up on a message; we park or apply each one
             **self._filter(prefix),
         )
         try:
@@ -128,12 +170,11 @@ class EventConsumer:
 
     async def handle(self, msg) -> str:
         """Apply one message; returns the outcome (for metrics and tests)."""
+        delivered = msg.metadata.num_delivered if msg.metadata else 1
         try:
             event = decode_event(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.error("poison_message_terminated", consumer=self.name, subject=msg.subject, error=str(exc))
-            await msg.term()
-            return self._count("poison")
+            return await self._park(msg, None, f"undecodable event: {exc}", delivered)
         try:
             async with self._uow() as uow:
                 if not await uow.claim_event(self.name, event):
@@ -143,24 +184,34 @@ class EventConsumer:
                     outcome = "applied"
                 await uow.commit()
         except Exception as exc:
-            delivered = msg.metadata.num_delivered if msg.metadata else 1
-            if delivered >= self._max_deliver:
-                log.error(
-                    "event_terminated_after_retries",
-                    consumer=self.name,
-                    event_id=str(event.event_id),
-                    event_type=event.event_type,
-                    attempts=delivered,
-                    error=str(exc) or type(exc).__name__,
-                )
-                await msg.term()
-                return self._count("terminated")
-            log.warning("event_failed_will_retry", consumer=self.name, event_id=str(event.event_id),
-                        attempt=delivered, error=str(exc) or type(exc).__name__)
-            await msg.nak(delay=min(0.5 * 2**delivered, 30.0))
-            return self._count("retry")
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            if is_transient(exc) or delivered < self._max_attempts:
+                log.warning("event_failed_will_retry", consumer=self.name, event_id=str(event.event_id),
+                            attempt=delivered, transient=is_transient(exc), error=error)
+                await msg.nak(delay=backoff(delivered, *self._backoff))
+                return self._count("retry")
+            return await self._park(msg, event, error, delivered)
         await msg.ack_sync()
         return self._count(outcome)
+
+    async def _park(self, msg, event: Event | None, error: str, attempts: int) -> str:
+        """Keep the message in `dead_letters` (its exact bytes), then ack it: parked, not dropped."""
+        try:
+            async with self._uow() as uow:
+                await uow.park_event(
+                    consumer=self.name, event=event, subject=msg.subject, body=msg.data, error=error,
+                    attempts=attempts,
+                )
+                await uow.commit()
+        except Exception as exc:  # could not park (database gone?): keep it in the stream
+            log.warning("dead_letter_park_failed", consumer=self.name, error=str(exc) or type(exc).__name__)
+            await msg.nak(delay=backoff(attempts, *self._backoff))
+            return self._count("retry")
+        log.error("event_dead_lettered", consumer=self.name, subject=msg.subject, attempts=attempts,
+                  event_id=str(event.event_id) if event else None, error=error)
+        EVENTS_DEAD_LETTERED.labels(self.name).inc()
+        await msg.ack_sync()
+        return self._count("parked")
 
     def _count(self, outcome: str) -> str:
         EVENTS_CONSUMED.labels(self.name, outcome).inc()

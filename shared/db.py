@@ -89,6 +89,8 @@ class PlatformTables:
         return existing
 
     def _define(self, metadata: sa.MetaData) -> None:
+        # The live model; the migrations that create these tables are frozen DDL in
+        # `shared.migrations` (a change here needs a new migration there).
         self.metadata = metadata
         self.outbox = sa.Table(
             "outbox",
@@ -103,6 +105,7 @@ class PlatformTables:
             sa.Column("published_at", sa.DateTime(timezone=True)),
             sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
             sa.Column("last_error", sa.Text),
+            sa.Index("outbox_unpublished", "id", postgresql_where=sa.text("published_at IS NULL")),
         )
         self.processed_events = sa.Table(
             "processed_events",
@@ -126,24 +129,23 @@ class PlatformTables:
             sa.Column("locked_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
             sa.CheckConstraint("state in ('in_progress', 'completed')", name="idempotency_state"),
             sa.CheckConstraint("char_length(key) between 1 and 255", name="idempotency_key_length"),
+            sa.Index("idempotency_keys_created", "created_at"),
         )
-
-
-def create_platform_tables(op, schema: str) -> None:
-    """Body of each service's first migration: the schema-local platform tables.
-
-    The migration builds them from `PlatformTables`, so a later change to that class must
-    come with a new migration (and a frozen copy of the old shape here), never silently.
-    """
-    tables = PlatformTables(sa.MetaData(schema=schema))
-    bind = op.get_bind()
-    tables.metadata.create_all(bind)
-    op.create_index(
-        "outbox_unpublished", "outbox", ["id"], schema=schema, postgresql_where=sa.text("published_at IS NULL")
-    )
-    op.create_index("idempotency_keys_created", "idempotency_keys", ["created_at"], schema=schema)
-
-
-def drop_platform_tables(op, schema: str) -> None:
-    for name in ("idempotency_keys", "processed_events", "outbox"):
-        op.drop_table(name, schema=schema)
+        self.dead_letters = sa.Table(
+            "dead_letters",
+            metadata,
+            sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+            sa.Column("consumer", sa.Text, nullable=False),
+            sa.Column("event_id", UUID(as_uuid=True)),  # null when the message did not even decode
+            sa.Column("event_type", sa.Text),
+            sa.Column("subject", sa.Text, nullable=False),
+            sa.Column("body", sa.LargeBinary, nullable=False),
+            sa.Column("error", sa.Text, nullable=False),
+            sa.Column("attempts", sa.Integer, nullable=False),
+            sa.Column("parked_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+            sa.Column("replayed_at", sa.DateTime(timezone=True)),
+            sa.Column("discarded_at", sa.DateTime(timezone=True)),
+            sa.Column("note", sa.Text),
+            sa.Index("dead_letters_one_per_event", "consumer", "event_id", unique=True,
+                     postgresql_where=sa.text("event_id IS NOT NULL")),
+        )

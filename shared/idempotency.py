@@ -196,5 +196,8 @@ async def run_idempotent(
         await store.release(claim)
         raise
     if not claim.completed:
-        await store.save(claim, status_code, result, "application/json")
+        if isinstance(result, Response):  # an action that chose its own status code
+            await store.save(claim, result.status_code, result.content, "application/json")
+        else:
+            await store.save(claim, status_code, result, "application/json")
     return result

@@ -14,6 +14,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from shared.config import mask_url
 from shared.events import ensure_stream
 
 log = structlog.get_logger("messaging")
@@ -64,7 +65,7 @@ class NatsLink:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("nats_connect_failed", url=self.url, error=str(exc) or type(exc).__name__)
+                log.warning("nats_connect_failed", url=mask_url(self.url), error=str(exc) or type(exc).__name__)
                 if nc is not None:
                     with contextlib.suppress(Exception):
                         await nc.close()
@@ -73,7 +74,7 @@ class NatsLink:
                 continue
             self.nc, self.js = nc, js
             self._ready.set()
-            log.info("nats_connected", url=self.url, stream=self.stream)
+            log.info("nats_connected", url=mask_url(self.url), stream=self.stream)
             return
 
     async def _on_error(self, exc: Exception) -> None:

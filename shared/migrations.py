@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import sqlalchemy as sa
+import sqlalchemy.dialects.postgresql  # noqa: F401  (sa.dialects.postgresql below)
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -77,3 +78,83 @@ def downgrade(service: str, database_url: str | None = None, revision: str = "ba
 
 def current(service: str, database_url: str | None = None) -> None:
     command.current(alembic_config(service, database_url), verbose=False)
+
+
+# ---- frozen DDL of the platform tables every service schema has ----------------------------------
+# Written out, not built from `shared.db.PlatformTables`: a migration must create the same tables
+# forever, whatever the live model becomes. A change to the live model needs a new function here.
+
+def create_platform_tables_v1(op, schema: str) -> None:
+    """Revision 1 of every service: outbox, processed events, idempotency keys."""
+    tz = sa.DateTime(timezone=True)
+    op.create_table(
+        "outbox",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("event_id", sa.dialects.postgresql.UUID(as_uuid=True), nullable=False, unique=True),
+        sa.Column("subject", sa.Text, nullable=False),
+        sa.Column("event_type", sa.Text, nullable=False),
+        sa.Column("body", sa.LargeBinary, nullable=False),
+        sa.Column("created_at", tz, nullable=False, server_default=sa.func.now()),
+        sa.Column("published_at", tz),
+        sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("last_error", sa.Text),
+        schema=schema,
+    )
+    op.create_index("outbox_unpublished", "outbox", ["id"], schema=schema,
+                    postgresql_where=sa.text("published_at IS NULL"))
+    op.create_table(
+        "processed_events",
+        sa.Column("consumer", sa.Text, primary_key=True),
+        sa.Column("event_id", sa.dialects.postgresql.UUID(as_uuid=True), primary_key=True),
+        sa.Column("event_type", sa.Text, nullable=False),
+        sa.Column("processed_at", tz, nullable=False, server_default=sa.func.now()),
+        schema=schema,
+    )
+    op.create_table(
+        "idempotency_keys",
+        sa.Column("scope", sa.Text, primary_key=True),
+        sa.Column("key", sa.Text, primary_key=True),
+        sa.Column("fingerprint", sa.Text, nullable=False),
+        sa.Column("state", sa.Text, nullable=False),
+        sa.Column("response_status", sa.Integer),
+        sa.Column("response_body", sa.LargeBinary),
+        sa.Column("response_media_type", sa.Text),
+        sa.Column("created_at", tz, nullable=False, server_default=sa.func.now()),
+        sa.Column("locked_at", tz, nullable=False, server_default=sa.func.now()),
+        sa.CheckConstraint("state in ('in_progress', 'completed')", name="idempotency_state"),
+        sa.CheckConstraint("char_length(key) between 1 and 255", name="idempotency_key_length"),
+        schema=schema,
+    )
+    op.create_index("idempotency_keys_created", "idempotency_keys", ["created_at"], schema=schema)
+
+
+def drop_platform_tables_v1(op, schema: str) -> None:
+    for name in ("idempotency_keys", "processed_events", "outbox"):
+        op.drop_table(name, schema=schema)
+
+
+def create_dead_letters_v2(op, schema: str) -> None:
+    """Revision 2 of every service: events a consumer could not apply, kept for replay."""
+    tz = sa.DateTime(timezone=True)
+    op.create_table(
+        "dead_letters",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("consumer", sa.Text, nullable=False),
+        sa.Column("event_id", sa.dialects.postgresql.UUID(as_uuid=True)),
+        sa.Column("event_type", sa.Text),
+        sa.Column("subject", sa.Text, nullable=False),
+        sa.Column("body", sa.LargeBinary, nullable=False),
+        sa.Column("error", sa.Text, nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("parked_at", tz, nullable=False, server_default=sa.func.now()),
+        sa.Column("replayed_at", tz),
+        sa.Column("discarded_at", tz),
+        sa.Column("note", sa.Text),
+        schema=schema,
+    )
+    op.create_index("dead_letters_one_per_event", "dead_letters", ["consumer", "event_id"], unique=True,
+                    schema=schema, postgresql_where=sa.text("event_id IS NOT NULL"))
+
+
+def drop_dead_letters_v2(op, schema: str) -> None:
+    op.drop_table("dead_letters", schema=schema)

@@ -6,7 +6,13 @@ refused everywhere, because a float has already lost the cents we are asked to k
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+import re
+from decimal import ROUND_HALF_UP, Decimal
+
+# Plain ASCII decimal notation only. `Decimal(str)` alone would also take "５０" (full-width
+# digits), "1_000", " 50 " and "1e3"; none of those is how anyone writes an amount of money.
+_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+_NON_FINITE = frozenset({"nan", "-nan", "+nan", "snan", "inf", "-inf", "+inf", "infinity", "-infinity", "+infinity"})
 
 # ISO 4217 minor-unit exponents. Currencies absent here have two decimals; those listed are
 # the ones the processors we speak to accept with a different exponent.
@@ -60,10 +66,11 @@ def to_decimal(value: object) -> Decimal:
     elif isinstance(value, int):
         result = Decimal(value)
     elif isinstance(value, str):
-        try:
-            result = Decimal(value.strip())
-        except InvalidOperation:
-            raise MoneyError(f"amount {value!r} is not a decimal number") from None
+        if value.lower() in _NON_FINITE:
+            raise MoneyError("amount must be finite (no NaN or Infinity)")
+        if len(value) > 40 or not _PLAIN_DECIMAL.fullmatch(value):
+            raise MoneyError(f"amount {value[:40]!r} is not a plain decimal number (ASCII digits, one optional '.')")
+        result = Decimal(value)
     else:
         raise MoneyError(f"amount must be a number or string, not {type(value).__name__}")
     if not result.is_finite():

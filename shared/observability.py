@@ -22,6 +22,10 @@ REQUEST_LATENCY = Histogram(
 OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox events published to JetStream")
 OUTBOX_PUBLISH_ERRORS = Counter("outbox_publish_errors_total", "Outbox publish attempts that failed")
 EVENTS_CONSUMED = Counter("events_consumed_total", "Events applied by consumers", ["consumer", "outcome"])
+EVENTS_DEAD_LETTERED = Counter(
+    "events_dead_lettered_total", "Events parked in dead_letters after failing deterministically", ["consumer"]
+)
+JOB_RUNS = Counter("scheduled_job_runs_total", "Scheduled job runs by outcome", ["job", "outcome"])
 
 REQUEST_ID_HEADER = "x-request-id"
 

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import PlatformTables
-from shared.events import Event, encode_event, new_event
+from shared.events import Event, EventPayload, encode_event, new_event
 from shared.messaging import NatsLink
 from shared.observability import OUTBOX_PUBLISHED, OUTBOX_PUBLISH_ERRORS
 
@@ -63,9 +63,10 @@ class UnitOfWork:
         finally:
             await self.session.close()
 
-    def emit(self, event_type: str, payload: dict[str, Any], *, version: int = 1) -> Event:
-        """Queue an event; it is written to the outbox in this transaction's commit."""
-        event = new_event(event_type, payload, version=version)
+    def emit(self, payload: EventPayload | str, data: dict[str, Any] | None = None) -> Event:
+        """Queue an event (a typed payload from `shared.events`); it is written to the outbox in
+        this transaction's commit. (`emit("type", {...})` is for tests and tools.)"""
+        event = new_event(payload, data)
         self._events.append(event)
         return event
 
@@ -110,6 +111,22 @@ class UnitOfWork:
             .returning(table.c.event_id)
         )
         return result.first() is not None
+
+    async def park_event(self, *, consumer: str, event: Event | None, subject: str, body: bytes, error: str,
+                         attempts: int) -> None:
+        """Keep a message that cannot be applied (see `shared.consumer`); one row per event."""
+        table = self.tables.dead_letters
+        stmt = pg_insert(table).values(
+            consumer=consumer, event_id=event.event_id if event else None,
+            event_type=event.event_type if event else None, subject=subject, body=body, error=error,
+            attempts=attempts,
+        )
+        await self.session.execute(stmt.on_conflict_do_update(
+            index_elements=[table.c.consumer, table.c.event_id],
+            index_where=table.c.event_id.is_not(None),
+            set_={"error": stmt.excluded.error, "attempts": stmt.excluded.attempts, "parked_at": sa.func.now(),
+                  "replayed_at": None},
+        ))
 
     @property
     def events(self) -> list[Event]:

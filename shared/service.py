@@ -24,14 +24,15 @@ from litestar.params import SkipValidation
 from shared.auth import TokenVerifier, auth_middleware
 from shared.config import BaseSettings
 from shared.consumer import EventConsumer, Handler
-from shared.docs import openapi_config
 from shared.db import HotPath, PlatformTables, create_engine, session_factory
+from shared.docs import openapi_config
 from shared.errors import ProblemError, exception_handlers
 from shared.idempotency import IdempotencyStore
 from shared.messaging import NatsLink
 from shared.observability import configure_logging, metrics_payload, request_context_middleware
 from shared.outbox import OutboxRelay, UnitOfWork
 from shared.ratelimit import rate_limit_middleware
+from shared.scheduler import Job, SingletonJob
 
 log = structlog.get_logger("service")
 
@@ -47,7 +48,17 @@ class ConsumerSpec:
     name: str
     event_types: list[str]
     handler: Handler
-    max_deliver: int = 5
+    # Deterministic failures before the event is parked in dead_letters (transient ones retry forever).
+    max_attempts: int = 5
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A periodic job a service runs in one replica at a time (see `shared.scheduler`)."""
+
+    name: str
+    interval: float
+    job: Job
 
 
 @dataclass
@@ -55,7 +66,9 @@ class ServiceRuntime:
     settings: BaseSettings
     metadata: sa.MetaData
     consumer_specs: Sequence[ConsumerSpec] = ()
+    job_specs: Sequence[JobSpec] = ()
     start_relay: bool = True
+    start_jobs: bool = True
     tables: PlatformTables = field(init=False)
 
     def __post_init__(self) -> None:
@@ -64,6 +77,7 @@ class ServiceRuntime:
         self.sessions = None
         self.relay: OutboxRelay | None = None
         self.consumers: list[EventConsumer] = []
+        self.jobs: dict[str, SingletonJob] = {}
         self.idempotency: IdempotencyStore | None = None
         self.link = NatsLink(
             self.settings.nats_url,
@@ -91,15 +105,22 @@ class ServiceRuntime:
                 handler=spec.handler,
                 link=self.link,
                 unit_of_work=self.uow,
-                max_deliver=spec.max_deliver,
+                max_attempts=spec.max_attempts,
             )
             consumer.start()
             self.consumers.append(consumer)
+        for job_spec in self.job_specs:
+            job = SingletonJob(f"{self.settings.service_name}-{job_spec.name}", job_spec.interval, job_spec.job,
+                               self.engine)
+            self.jobs[job_spec.name] = job
+            if self.start_jobs:
+                job.start()
 
     async def stop(self) -> None:
         """Stop in dependency order; a step that hangs is logged and left behind, so shutdown
         always finishes (an orchestrator's SIGKILL would otherwise do it less politely)."""
-        steps = [(f"consumer {c.name}", c.stop()) for c in self.consumers]
+        steps = [(f"job {name}", job.stop()) for name, job in self.jobs.items()]
+        steps += [(f"consumer {c.name}", c.stop()) for c in self.consumers]
         if self.relay is not None:
             steps.append(("outbox relay", self.relay.stop()))
         steps.append(("nats", self.link.close()))

@@ -37,7 +37,8 @@ START_TIMEOUT = 30
 LOCAL_NATS = "nats://127.0.0.1:4222"
 # Unix socket paths are limited to 107 bytes; past that Postgres listens on TCP only.
 SOCKET_DIR_MAX = 90
-PgHandle = tuple[list[str], Path, Path, list[Path]]  # setpriv prefix, pg_ctl, data, dirs to remove
+# setpriv prefix, pg_ctl, data, dirs to remove, server options
+PgHandle = tuple[list[str], Path, Path, list[Path], str]
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Infra:
                 proc.wait()
             shutil.rmtree(nats_dir, ignore_errors=True)
         if self._pg:
-            prefix, pg_ctl, data, dirs = self._pg
+            prefix, pg_ctl, data, dirs, _ = self._pg
             subprocess.run([*prefix, str(pg_ctl), "-D", str(data), "-m", "fast", "-w", "stop"],
                            capture_output=True, cwd=data.parent)
             # pg_ctl daemonises the postmaster, so it is no child of ours to wait for.
@@ -82,6 +83,26 @@ class Infra:
                 if pid is None or _wait_dead(pid, 5):
                     break
             _remove(dirs)
+
+    def stop_postgres(self) -> None:
+        """Stop the embedded Postgres but keep its data (fault tests: the database goes away)."""
+        self._pg_ctl("-m", "fast", "-w", "stop")
+
+    def start_postgres(self) -> None:
+        """Start a stopped embedded Postgres again, on the same port with the same data."""
+        assert self._pg is not None
+        data, opts = self._pg[2], self._pg[4]
+        self._pg_ctl("-w", "-t", str(START_TIMEOUT), "-l", str(data.parent / "postgres.log"), "-o", opts, "start")
+        self.postgres_pid = int((data / "postmaster.pid").read_text().split()[0])
+
+    def _pg_ctl(self, *args: str) -> None:
+        if self._pg is None:
+            raise RuntimeError("only an embedded Postgres can be stopped and started")
+        prefix, pg_ctl, data, _, _ = self._pg
+        r = subprocess.run([*prefix, str(pg_ctl), "-D", str(data), *args], capture_output=True, text=True,
+                           cwd=data.parent, env={k: v for k, v in os.environ.items() if not k.startswith("PG")})
+        if r.returncode:
+            raise RuntimeError(f"pg_ctl {' '.join(args)} failed:\n{r.stdout}{r.stderr}")
 
     def __enter__(self) -> Infra:
         return self
@@ -349,7 +370,7 @@ def _start_postgres(run_dir: Path) -> tuple[str, int, PgHandle]:
             if r.returncode == 0:
                 pid = int((data / "postmaster.pid").read_text().split()[0])
                 url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
-                return url, pid, (prefix, bindir / "pg_ctl", data, dirs)
+                return url, pid, (prefix, bindir / "pg_ctl", data, dirs, opts)
             if "could not bind" not in _tail(log, 50):
                 break
         raise RuntimeError(f"embedded Postgres: pg_ctl start failed:\n{r.stdout}{r.stderr}\n"

@@ -6,18 +6,15 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from shared.config import BaseSettings, load_settings, require_range
+from shared.config import PlatformStripeSettings, load_settings, require_range
 
 
-class CollectionsSettings(BaseSettings, kw_only=True, frozen=True):
+class CollectionsSettings(PlatformStripeSettings, kw_only=True, frozen=True):
     service_name: str = "collections"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8003
     commission_collection_frequency: Literal["daily", "weekly", "monthly"] = "weekly"
     auto_collection_enabled: bool = True
     minimum_collection_amount: Decimal = Decimal("25.00")
-    # The platform's Stripe account, charged to collect commission from barbers.
-    stripe_secret_key: str | None = None
-    stripe_api_base: str = "https://api.stripe.com"
 
     def __post_init__(self) -> None:
         super().__post_init__()

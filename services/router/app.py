@@ -1,4 +1,5 @@
-"""Composition root of the router service: wires its adapters and routes into a Litestar app."""
+"""Composition root of the router service: the one place that wires its adapters (database, NATS,
+the platform's payment processor) to its use cases and routes them into a Litestar app."""
 
 from __future__ import annotations
 
@@ -12,27 +13,48 @@ from litestar import Litestar
 
 import services.router as package
 from services.router import settings as settings_module
+from services.router.configs import ConfigService
 from services.router.controllers import HybridPaymentsController
-from services.router.service import RouterService
+from services.router.payments import PaymentService
+from services.router.read_model import ConnectionReadModel
+from services.router.refunds import RefundService
+from services.router.routing import BarberContexts, RoutingService
 from services.router.tables import metadata
-from shared.processors.base import Secret
-from shared.processors.stripe import StripeGateway
-from shared.service import ConsumerSpec, ServiceRuntime, build_app
+from services.router.usecases import RouterUseCases
+from shared.circuit import CircuitBoard
+from shared.processors.base import PaymentProcessor
+from shared.processors.stripe import platform_stripe
+from shared.service import ConsumerSpec, JobSpec, ServiceRuntime, build_app
 
 log = structlog.get_logger("router")
 
 
-def create_app(settings: settings_module.RouterSettings | None = None) -> Litestar:
+def create_app(settings: settings_module.RouterSettings | None = None, *,
+               processor: PaymentProcessor | None = None) -> Litestar:
+    """`processor` replaces the platform's Stripe account (tests pass a fake through this door)."""
     settings = settings or settings_module.load()
-    stripe = (
-        StripeGateway(Secret(settings.stripe_secret_key), api_base=settings.stripe_api_base,
-                      timeout=settings.stripe_timeout)
-        if settings.stripe_secret_key
-        else None
-    )
+    processor = processor or platform_stripe(settings)
     runtime = ServiceRuntime(settings=settings, metadata=metadata)
-    router = RouterService(runtime, settings, stripe)
-    runtime.consumer_specs = [ConsumerSpec("connections", ["connection.changed"], router.apply_connection_changed)]
+    circuits = CircuitBoard()
+    contexts = BarberContexts(runtime, settings)
+    routing = RoutingService(runtime, settings, contexts, circuits)
+    router = RouterUseCases(
+        configs=ConfigService(runtime, settings, contexts, circuits),
+        routing=routing,
+        payments=PaymentService(runtime, settings, contexts, routing, circuits, processor),
+        refunds=RefundService(runtime, settings, circuits, processor),
+        connections=ConnectionReadModel(runtime, settings, contexts),
+        contexts=contexts,
+    )
+    runtime.consumer_specs = [
+        ConsumerSpec("connections", ["connection.changed"], router.connections.apply_connection_changed),
+    ]
+
+    async def sweep(now) -> None:
+        await router.payments.sweep_pending(now)
+        await router.refunds.sweep_pending(now)
+
+    runtime.job_specs = [JobSpec("pending-sweeper", settings.sweep_interval, sweep)]
 
     @contextlib.asynccontextmanager
     async def cache_invalidation(_: Litestar) -> AsyncIterator[None]:
@@ -43,21 +65,21 @@ def create_app(settings: settings_module.RouterSettings | None = None) -> Litest
 
         async def drop_config(msg) -> None:
             try:
-                router.invalidate(int(msgspec.json.decode(msg.data)["payload"]["barber_id"]))
+                contexts.invalidate(int(msgspec.json.decode(msg.data)["payload"]["barber_id"]))
             except Exception:
-                router.invalidate(None)
+                contexts.invalidate(None)
 
         async def drop_barber(msg) -> None:
             try:
-                router.invalidate(int(msg.data))
+                contexts.invalidate(int(msg.data))
             except ValueError:
-                router.invalidate(None)
+                contexts.invalidate(None)
 
         async def subscribe() -> None:
             await runtime.link.wait_ready()
             nc = runtime.link.nc
             subscriptions.append(await nc.subscribe(settings.event_subject_prefix + "config.changed", cb=drop_config))
-            subscriptions.append(await nc.subscribe(router.invalidation_subject, cb=drop_barber))
+            subscriptions.append(await nc.subscribe(router.connections.invalidation_subject, cb=drop_barber))
 
         task = asyncio.create_task(subscribe())
         try:
@@ -67,10 +89,10 @@ def create_app(settings: settings_module.RouterSettings | None = None) -> Litest
             for sub in subscriptions:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
-            if stripe is not None:
-                await stripe.close()
+            if processor is not None:
+                await processor.close()
 
-    return build_app(
+    app = build_app(
         settings=settings,
         runtime=runtime,
         route_handlers=[HybridPaymentsController],
@@ -79,3 +101,5 @@ def create_app(settings: settings_module.RouterSettings | None = None) -> Litest
         dependencies={"router": router},
         lifespans=[cache_invalidation],
     )
+    app.state.router = router
+    return app

@@ -1,14 +1,16 @@
-"""HTTP edge of the router: parse, authorise, hand to `RouterService`, return its struct."""
+"""HTTP edge of the router: parse, authorise, hand to the use case, return its struct."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
+from typing import Annotated, Literal
 
 import msgspec
-from litestar import Controller, Request, get, post, put
-from litestar.params import FromPath, JSONBody, SkipValidation
+from litestar import Controller, Request, Response, get, post, put
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter, SkipValidation
 
-from services.router.service import RouterService
+from services.router.usecases import RouterUseCases
 from services.router.wire import (
     ConfigOut,
     ConfigUpdate,
@@ -19,15 +21,20 @@ from services.router.wire import (
     RefundOut,
     RouteIn,
     RouteOut,
+    TransactionOut,
+    TransactionPage,
 )
-from shared.auth import Principal, require_roles
-from shared.errors import ProblemError
+from shared.auth import MAX_USER_ID, Principal, require_roles
+from shared.errors import ProblemError, validation_error
 from shared.idempotency import run_idempotent
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
-Router = SkipValidation[RouterService]
+Router = SkipValidation[RouterUseCases]
+Caller = Request[Principal, str, object]
 barber_only = [require_roles("barber")]
 admin_only = [require_roles("admin")]
 any_caller = [require_roles("barber", "admin", "service")]
+TransactionStatus = Literal["pending", "completed", "failed", "canceled", "refunded", "partially_refunded"]
 
 
 class HybridPaymentsController(Controller):
@@ -35,56 +42,83 @@ class HybridPaymentsController(Controller):
     tags = ["hybrid-payments"]
 
     @get("/my-options", guards=barber_only)
-    async def my_options(self, request: Request[Principal, str, object], router: Router) -> MyOptions:
-        return await router.my_options(request.user.barber_id)
+    async def my_options(self, request: Caller, router: Router) -> MyOptions:
+        return await router.configs.my_options(request.user.user_id)
 
     @get("/config", guards=barber_only)
-    async def own_config(self, request: Request[Principal, str, object], router: Router) -> ConfigOut:
-        return await router.get_config(request.user.barber_id)
+    async def own_config(self, request: Caller, router: Router) -> ConfigOut:
+        return await router.configs.get_config(request.user.user_id)
 
     @put("/config", guards=barber_only)
-    async def update_own_config(
-        self, request: Request[Principal, str, object], data: JSONBody[ConfigUpdate], router: Router
-    ) -> ConfigOut:
-        return await router.update_config(request.user, request.user.barber_id, data, None)
+    async def update_own_config(self, request: Caller, data: JSONBody[ConfigUpdate], router: Router) -> ConfigOut:
+        return await router.configs.update_config(request.user, request.user.user_id, data, None)
 
     @get("/config/{barber_id:int}", guards=admin_only)
     async def barber_config(self, barber_id: FromPath[int], router: Router) -> ConfigOut:
-        return await router.get_config(_barber_id(barber_id))
+        return await router.configs.get_config(_barber_id(barber_id))
 
     @put("/config/{barber_id:int}", guards=admin_only)
     async def update_barber_config(
-        self, request: Request[Principal, str, object], barber_id: FromPath[int], data: JSONBody[ConfigUpdate], router: Router
+        self, request: Caller, barber_id: FromPath[int], data: JSONBody[ConfigUpdate], router: Router
     ) -> ConfigOut:
-        return await router.update_config(request.user, _barber_id(barber_id), data, None)
+        return await router.configs.update_config(request.user, _barber_id(barber_id), data, None)
 
     @post("/route", guards=any_caller, status_code=200)
-    async def route(self, request: Request[Principal, str, object], data: JSONBody[RouteIn], router: Router) -> RouteOut:
+    async def route(self, request: Caller, data: JSONBody[RouteIn], router: Router) -> RouteOut:
         return await run_idempotent(
-            router.rt.idempotency, request, data, lambda claim: router.route_payment(request.user, data, claim)
+            router.idempotency, request, data, lambda claim: router.routing.route_payment(request.user, data, claim)
         )
 
+    @get("/routes/{route_id:uuid}", guards=any_caller)
+    async def get_route(self, request: Caller, route_id: FromPath[uuid.UUID], router: Router) -> RouteOut:
+        return await router.routing.get_route(request.user, route_id)
+
     @post("/process", guards=any_caller, status_code=200)
-    async def process(
-        self, request: Request[Principal, str, object], data: JSONBody[ProcessIn], router: Router
-    ) -> ProcessOut:
+    async def process(self, request: Caller, data: JSONBody[ProcessIn], router: Router) -> ProcessOut:
         return await run_idempotent(
-            router.rt.idempotency, request, data, lambda claim: router.process_payment(request.user, data, claim)
+            router.idempotency, request, data, lambda claim: router.payments.process_payment(request.user, data, claim)
+        )
+
+    @get("/transactions/{transaction_id:uuid}", guards=any_caller)
+    async def get_transaction(self, request: Caller, transaction_id: FromPath[uuid.UUID],
+                              router: Router) -> TransactionOut:
+        return await router.payments.get_transaction(request.user, transaction_id)
+
+    @get("/transactions", guards=admin_only)
+    async def list_transactions(
+        self,
+        router: Router,
+        barber_id: Annotated[int | None, QueryParameter(ge=1, le=MAX_USER_ID)] = None,
+        status: FromQuery[TransactionStatus | None] = None,
+        payment_type: FromQuery[Literal["centralized", "external"] | None] = None,
+        since: Annotated[datetime | None, QueryParameter(name="from")] = None,
+        until: Annotated[datetime | None, QueryParameter(name="to")] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+        cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+    ) -> TransactionPage:
+        """Platform (centralized) payments, newest first; `from`/`to` bound `created_at` (to exclusive)."""
+        for name, value in (("from", since), ("to", until)):
+            if value is not None and value.tzinfo is None:
+                raise validation_error(name, "give a time zone (e.g. 2026-11-01T00:00:00Z)")
+        return await router.payments.list_transactions(
+            barber_id=barber_id, status=status, payment_type=payment_type, since=since, until=until, cursor=cursor,
+            limit=limit,
         )
 
     @post("/transactions/{transaction_id:uuid}/refund", guards=any_caller, status_code=200)
-    async def refund(
-        self, request: Request[Principal, str, object], transaction_id: FromPath[uuid.UUID], router: Router
-    ) -> RefundOut:
+    async def refund(self, request: Caller, transaction_id: FromPath[uuid.UUID],
+                     router: Router) -> Response[RefundOut]:
+        """Full refund without a body (or `{}`), partial with `{"amount": ...}`. 200 when the
+        processor refunded it, 202 while the processor reports it pending."""
         body = await _optional_body(request, RefundIn)
         return await run_idempotent(
-            router.rt.idempotency, request, body,
-            lambda claim: router.refund_payment(request.user, transaction_id, body, claim),
+            router.idempotency, request, body,
+            lambda claim: router.refunds.refund_payment(request.user, transaction_id, body, claim),
         )
 
 
 def _barber_id(barber_id: int) -> int:
-    if not 1 <= barber_id <= 2**31 - 1:
+    if not 1 <= barber_id <= MAX_USER_ID:
         raise ProblemError(422, "validation_error", "barber_id: must be a positive 32-bit integer", field="barber_id")
     return barber_id
 
@@ -98,5 +132,5 @@ async def _optional_body(request: Request, struct: type[msgspec.Struct]) -> msgs
         return msgspec.json.decode(raw, type=struct)
     except msgspec.ValidationError as exc:
         raise ProblemError(422, "validation_error", str(exc)) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise ProblemError(400, "invalid_json", f"malformed JSON body: {exc}") from None

@@ -1,9 +1,12 @@
-"""The routing decision and its money arithmetic: plain functions over plain values, no I/O.
+"""The router's decisions: plain functions over plain values, no I/O, no clock.
 
-`decide_route` applies the contract's rules in order and says which one decided (`reason`).
-`price_route` computes commission, the estimated processor fee and the barber's net so that
-`commission + fee + net == amount` holds to the cent (the fee is zero in that identity for
-centralized payments, where the platform pays Stripe out of its application fee).
+- Routing: `decide_route` applies the contract's rules in order and says which one decided
+  (`reason`); `price_route` computes commission, the estimated processor fee and the barber's net.
+- Payment lifecycle: which status a processor outcome gives an attempt (`settled_status`).
+- Refund lifecycle: what may be refunded (`plan_refund`) and what a succeeded refund does to the
+  payment (`apply_refund`), computed from the payment row locked in the settling transaction.
+
+Every amount is in the payment's own currency and rounded half-up to that currency's minor unit.
 """
 
 from __future__ import annotations
@@ -13,20 +16,27 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from shared.money import percentage_of, round_money
+from shared.money import format_amount, percentage_of, round_money
 
 PaymentMode = Literal["centralized", "decentralized", "hybrid"]
 Processor = Literal["stripe", "square", "paypal"]
 PaymentType = Literal["centralized", "external"]
 PROCESSORS: tuple[Processor, ...] = ("stripe", "square", "paypal")
+PaymentStatus = Literal["pending", "completed", "failed", "canceled", "refunded", "partially_refunded"]
+RefundStatus = Literal["pending", "succeeded", "failed"]
 
-# Card-not-present list prices, used when a connection states no fees of its own.
-LIST_PRICES: dict[str, tuple[Decimal, Decimal]] = {
-    "stripe": (Decimal("2.9"), Decimal("0.30")),
-    "square": (Decimal("2.9"), Decimal("0.30")),
-    "paypal": (Decimal("3.49"), Decimal("0.49")),
+# Card-not-present list prices, used when a connection states no fees of its own: a percentage,
+# and a fixed part known per currency. In a currency without a known fixed part the estimate is
+# the percentage alone (never a USD fee added to yen).
+LIST_PRICES: dict[str, tuple[Decimal, dict[str, Decimal]]] = {
+    "stripe": (Decimal("2.9"), {"USD": Decimal("0.30"), "CAD": Decimal("0.30"), "AUD": Decimal("0.30"),
+                                "NZD": Decimal("0.30"), "EUR": Decimal("0.25"), "GBP": Decimal("0.20")}),
+    "square": (Decimal("2.9"), {"USD": Decimal("0.30"), "CAD": Decimal("0.30")}),
+    "paypal": (Decimal("3.49"), {"USD": Decimal("0.49")}),
 }
 
+
+# ---- routing -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class PaymentConfig:
@@ -40,6 +50,8 @@ class PaymentConfig:
     min_external_amount: Decimal | None = None
     max_platform_amount: Decimal | None = None
     split_threshold: Decimal | None = None
+    # The currency the three amounts above are in; other currencies are not compared with them.
+    threshold_currency: str = "USD"
     connect_account_id: str | None = None
     is_default: bool = False
 
@@ -54,7 +66,7 @@ class Connection:
     default_currency: str
     supports_payments: bool
     connected_at: datetime
-    processing_fees: tuple[Decimal, Decimal] | None = None  # (percent, fixed)
+    processing_fees: tuple[Decimal, Decimal] | None = None  # (percent, fixed), in default_currency
 
     def can_take(self, currency: str) -> bool:
         return self.status == "active" and self.supports_payments and self.default_currency == currency
@@ -97,11 +109,32 @@ class RoutingInput:
     unavailable_processors: frozenset[str] = field(default_factory=frozenset)
 
 
-def choose_connection(
-    config: PaymentConfig, connections: tuple[Connection, ...], currency: str, unavailable: frozenset[str]
-) -> Connection | None:
-    """The preferred processor's usable connection, else the oldest other usable one."""
-    usable = [c for c in connections if c.can_take(currency) and c.processor not in unavailable]
+def estimate_fee(processor: str, connection: Connection | None, amount: Decimal, currency: str) -> Decimal:
+    """The processor's fee for `amount`, from the connection's own fees, else the list price."""
+    if connection is not None and connection.processing_fees is not None:
+        percent, fixed = connection.processing_fees
+    else:
+        percent, fixed_by_currency = LIST_PRICES[processor]
+        fixed = fixed_by_currency.get(currency, Decimal(0))
+    return round_money(amount * percent / Decimal(100) + fixed, currency)
+
+
+def external_net(connection: Connection, amount: Decimal, currency: str, rate: Decimal) -> Decimal:
+    return amount - percentage_of(amount, rate, currency) - estimate_fee(connection.processor, connection,
+                                                                          amount, currency)
+
+
+def choose_connection(given: RoutingInput, *, unavailable: frozenset[str], check_fees: bool = True
+                      ) -> Connection | None:
+    """The preferred processor's usable connection, else the oldest other usable one. Usable: it
+    can take the currency, its processor is not failing, and its fees plus the commission do not
+    exceed the amount (the route must never promise the barber a negative net)."""
+    config = given.config
+    usable = [
+        c for c in given.connections
+        if c.can_take(given.currency) and c.processor not in unavailable
+        and (not check_fees or external_net(c, given.amount, given.currency, config.commission_rate) >= 0)
+    ]
     preferred = [c for c in usable if c.processor == config.preferred_processor]
     pool = preferred or usable
     return min(pool, key=lambda c: (c.connected_at, c.id)) if pool else None
@@ -115,25 +148,33 @@ def decide_route(given: RoutingInput) -> Route:
     if config.payment_mode == "centralized":
         return _with(centralized, "mode_centralized")
 
-    candidate = choose_connection(config, given.connections, given.currency, given.unavailable_processors)
-    # Set when a usable connection exists but only on a processor that is failing right now.
-    blocked = candidate is None and choose_connection(config, given.connections, given.currency, frozenset())
+    candidate = choose_connection(given, unavailable=given.unavailable_processors)
+
+    def missing_reason() -> tuple[str, str]:
+        if choose_connection(given, unavailable=frozenset()) is not None:
+            return "processor_unavailable", "its processor is failing"
+        if choose_connection(given, unavailable=given.unavailable_processors, check_fees=False) is not None:
+            return "external_fees_exceed_amount", "its fees and the commission exceed the amount"
+        return "no_external_connection", "none active"
 
     def external_or_fallback(reason: str) -> Route:
         if candidate is not None:
             return Route("external", candidate.processor, candidate, reason)
-        missing = "processor_unavailable" if blocked else "no_external_connection"
+        missing, why = missing_reason()
         if config.fallback_enabled:
             return Route("centralized", "stripe", None, missing, fallback_used=True)
-        raise NoPaymentRoute(
-            missing,
-            f"no usable external connection for {given.currency} "
-            f"({'its processor is failing' if blocked else 'none active'}) and fallback is disabled",
-        )
+        raise NoPaymentRoute(missing, f"no usable external connection for {given.currency} ({why}) "
+                                      "and fallback is disabled")
 
     if config.payment_mode == "decentralized":
         return external_or_fallback("mode_decentralized")
 
+    if given.currency != config.threshold_currency:
+        # Amount rules are stated in another currency and there is no exchange rate here to
+        # compare them: the payment goes where hybrid goes without rules.
+        if candidate is not None:
+            return Route("external", candidate.processor, candidate, "other_currency_prefers_external")
+        return _with(centralized, "other_currency_without_external_connection")
     amount = given.amount
     if config.min_external_amount is not None and amount < config.min_external_amount:
         return _with(centralized, "below_min_external_amount")
@@ -156,18 +197,9 @@ def decide_route(given: RoutingInput) -> Route:
     return _with(centralized, "hybrid_without_external_connection")
 
 
-def estimate_fee(route: Route, amount: Decimal, currency: str) -> Decimal:
-    percent, fixed = (
-        route.connection.processing_fees
-        if route.connection is not None and route.connection.processing_fees is not None
-        else LIST_PRICES[route.processor]
-    )
-    return round_money(amount * percent / Decimal(100) + fixed, currency)
-
-
 def price_route(route: Route, amount: Decimal, currency: str, commission_rate: Decimal) -> PricedRoute:
     commission = percentage_of(amount, commission_rate, currency)
-    fee = estimate_fee(route, amount, currency)
+    fee = estimate_fee(route.processor, route.connection, amount, currency)
     if route.payment_type == "centralized":
         net = amount - commission  # the platform pays Stripe's fee out of its application fee
     else:
@@ -189,3 +221,48 @@ def validate_rules(
 
 def _with(route: Route, reason: str) -> Route:
     return Route(route.payment_type, route.processor, route.connection, reason, route.fallback_used)
+
+
+# ---- payment lifecycle ---------------------------------------------------------------------------
+#   pending --processor says--> completed | failed | canceled | (still) pending
+#   completed --refund succeeded--> partially_refunded | refunded
+
+_SETTLED: dict[str, PaymentStatus] = {
+    "pending": "pending", "completed": "completed", "failed": "failed", "canceled": "canceled",
+}
+REFUNDABLE: frozenset[str] = frozenset({"completed", "partially_refunded"})
+
+
+def settled_status(processor_status: str) -> PaymentStatus:
+    """An attempt's status from the processor interface's payment status (exhaustive)."""
+    return _SETTLED[processor_status]
+
+
+class RefundRefused(Exception):
+    def __init__(self, code: str, detail: str, status: int = 422) -> None:
+        super().__init__(detail)
+        self.code, self.detail, self.status = code, detail, status
+
+
+def plan_refund(*, status: str, amount: Decimal, refunded_amount: Decimal, pending_refunds: Decimal,
+                requested: Decimal | None, currency: str) -> Decimal:
+    """How much this refund is for: the request, or all that is left. Pending refunds count as
+    taken, so two refunds racing on one payment can never add up to more than it."""
+    if status not in REFUNDABLE:
+        raise RefundRefused("not_refundable", f"a {status} payment cannot be refunded", status=409)
+    remaining = amount - refunded_amount - pending_refunds
+    if remaining <= 0:
+        raise RefundRefused("not_refundable", "nothing is left to refund (refunds in flight count)", status=409)
+    refund = remaining if requested is None else requested
+    if refund > remaining:
+        raise RefundRefused("refund_exceeds_payment", f"amount: {format_amount(refund, currency)} exceeds the "
+                                                      f"refundable {format_amount(remaining, currency)}")
+    return refund
+
+
+def apply_refund(*, amount: Decimal, refunded_amount: Decimal, refund: Decimal) -> tuple[Decimal, PaymentStatus]:
+    """The payment's refunded total and status once a refund succeeded (from the locked row)."""
+    total = refunded_amount + refund
+    if refund <= 0 or total > amount:
+        raise ValueError(f"a refund of {refund} on {refunded_amount} of {amount} is not possible")
+    return total, "refunded" if total == amount else "partially_refunded"

@@ -6,12 +6,12 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from shared.config import BaseSettings, load_settings, require_range
+from shared.config import PlatformStripeSettings, SettingsError, load_settings, require_range
 
 PaymentMode = Literal["centralized", "decentralized", "hybrid"]
 
 
-class RouterSettings(BaseSettings, kw_only=True, frozen=True):
+class RouterSettings(PlatformStripeSettings, kw_only=True, frozen=True):
     service_name: str = "router"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8001
     # Kill switch: false routes every payment centralized.
@@ -21,17 +21,19 @@ class RouterSettings(BaseSettings, kw_only=True, frozen=True):
     # Defaults a new barber config starts from (collections reads them from config.changed).
     commission_collection_frequency: Literal["daily", "weekly", "monthly"] = "weekly"
     auto_collection_enabled: bool = True
-    # The platform's Stripe account (centralized payments); the API base points at a simulator in the sandbox.
-    stripe_secret_key: str | None = None
-    stripe_api_base: str = "https://api.stripe.com"
-    # Seconds before a Stripe call counts as timed out (the client then gets a 504 and retries).
-    stripe_timeout: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
+    # The sweeper settles payment attempts and refunds left pending (a timeout nobody retried)
+    # once nobody has touched them for this many seconds; it runs every `sweep_interval` seconds.
+    pending_sweep_after: Annotated[float, msgspec.Meta(ge=1)] = 300.0
+    sweep_interval: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     # Where the external service answers internal calls (external charges).
     external_service_url: str = "http://127.0.0.1:8002"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require_range("DEFAULT_COMMISSION_RATE", self.default_commission_rate, Decimal(0), Decimal(1))
+        if self.pending_sweep_after <= 2 * self.stripe_timeout:
+            # The sweeper must never settle an attempt whose processor call may still be running.
+            raise SettingsError(f"PENDING_SWEEP_AFTER: must exceed twice STRIPE_TIMEOUT ({self.stripe_timeout} s)")
 
 
 @cache

@@ -26,6 +26,7 @@ hybrid_payment_configs = sa.Table(
     sa.Column("min_external_amount", Money),
     sa.Column("max_platform_amount", Money),
     sa.Column("split_threshold", Money),
+    sa.Column("threshold_currency", sa.Text, nullable=False),
     sa.Column("commission_rate", Rate, nullable=False),
     sa.Column("commission_collection_frequency", sa.Text, nullable=False),
     sa.Column("auto_collection_enabled", sa.Boolean, nullable=False),
@@ -55,6 +56,7 @@ processor_connections = sa.Table(
     sa.Column("connected_at", TZ, nullable=False),
     sa.Column("event_occurred_at", TZ, nullable=False),
     sa.Column("updated_at", TZ, nullable=False),
+    sa.Index("processor_connections_barber", "barber_id"),
 )
 
 routing_decisions = sa.Table(
@@ -76,6 +78,7 @@ routing_decisions = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("fallback_used", sa.Boolean, nullable=False),
     sa.Column("decided_at", TZ, nullable=False),
+    sa.Index("routing_decisions_barber", "barber_id", "decided_at"),
 )
 
 platform_payments = sa.Table(
@@ -101,9 +104,18 @@ platform_payments = sa.Table(
     sa.Column("failure_code", sa.Text),
     sa.Column("failure_reason", sa.Text),
     sa.Column("processor_response", JSONB),
+    # When the processor settled it (completed, failed or canceled): the payment's own time.
+    sa.Column("processed_at", TZ),
     sa.Column("created_at", TZ, nullable=False),
+    # Also the lease of a pending attempt: whoever calls the processor touches it first, and the
+    # sweeper only settles attempts nobody touched for a while.
     sa.Column("updated_at", TZ, nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
+    sa.Index("platform_payments_one_live_per_route", "route_id", unique=True,
+             postgresql_where=sa.text("status NOT IN ('failed', 'canceled')")),
+    sa.Index("platform_payments_barber", "barber_id", "created_at"),
+    sa.Index("platform_payments_created", "created_at", "id"),
+    sa.Index("platform_payments_pending", "updated_at", postgresql_where=sa.text("status = 'pending'")),
 )
 
 platform_refunds = sa.Table(
@@ -117,5 +129,7 @@ platform_refunds = sa.Table(
     sa.Column("stripe_refund_id", sa.Text, unique=True),
     sa.Column("failure_reason", sa.Text),
     sa.Column("created_at", TZ, nullable=False),
-    sa.Column("updated_at", TZ, nullable=False),
+    sa.Column("updated_at", TZ, nullable=False),  # the lease of a pending refund, as for payments
+    sa.Index("platform_refunds_payment", "payment_id"),
+    sa.Index("platform_refunds_pending", "updated_at", postgresql_where=sa.text("status = 'pending'")),
 )

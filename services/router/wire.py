@@ -15,7 +15,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from services.router.domain import PaymentMode, Processor, validate_rules
-from shared.money import MoneyError, amount_field, normalise_currency, parse_rate
+from shared.money import MoneyError, amount_field, normalise_currency, parse_rate, to_decimal
 
 PositiveId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 BarberId = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
@@ -24,8 +24,22 @@ PaymentMethod = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 AccountId = Annotated[str, msgspec.Meta(pattern=r"^acct_[A-Za-z0-9]{1,64}$")]
 
 
-def _threshold(name: str, value: Decimal | None) -> Decimal | None:
-    return None if value is None else amount_field(name, value, "USD", max_amount=None)
+def _currency(value: str, field: str = "currency") -> str:
+    try:
+        return normalise_currency(value)
+    except MoneyError as exc:
+        raise ValueError(f"{field}: {exc}") from None
+
+
+def _number(field: str, value: Decimal) -> Decimal:
+    """A finite number; its minor units are checked where its currency is known."""
+    try:
+        return to_decimal(value)
+    except MoneyError as exc:
+        raise ValueError(f"{field}: {exc}") from None
+
+
+THRESHOLDS = ("min_external_amount", "max_platform_amount", "split_threshold")
 
 
 class ConfigUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -37,6 +51,8 @@ class ConfigUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     min_external_amount: Decimal | None | UnsetType = UNSET
     max_platform_amount: Decimal | None | UnsetType = UNSET
     split_threshold: Decimal | None | UnsetType = UNSET
+    # The currency of the three amount rules (ISO 4217; default USD).
+    threshold_currency: str | UnsetType = UNSET
     commission_rate: Decimal | UnsetType = UNSET
     commission_collection_frequency: Frequency | UnsetType = UNSET
     auto_collection_enabled: bool | UnsetType = UNSET
@@ -44,14 +60,19 @@ class ConfigUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     email_notifications: bool | UnsetType = UNSET
     analytics_enabled: bool | UnsetType = UNSET
     connect_account_id: AccountId | None | UnsetType = UNSET
-    # Optimistic concurrency: when given, the write applies only to this version.
-    expected_version: Annotated[int, msgspec.Meta(ge=1)] | UnsetType = UNSET
+    # Optimistic concurrency: when given, the write applies only to this version (0: the
+    # barber has no row yet, so the write creates it or fails with 409).
+    expected_version: Annotated[int, msgspec.Meta(ge=0)] | UnsetType = UNSET  # 0: "no row yet"
 
     def __post_init__(self) -> None:
-        for name in ("min_external_amount", "max_platform_amount", "split_threshold"):
+        # The amounts are checked against their currency by the service, which knows the
+        # barber's current `threshold_currency` when this body does not change it.
+        for name in THRESHOLDS:
             value = getattr(self, name)
-            if value is not UNSET:
-                setattr(self, name, _threshold(name, value))
+            if value is not UNSET and value is not None:
+                setattr(self, name, _number(name, value))
+        if self.threshold_currency is not UNSET:
+            self.threshold_currency = _currency(self.threshold_currency, "threshold_currency")
         if self.commission_rate is not UNSET:
             try:
                 self.commission_rate = parse_rate(self.commission_rate)
@@ -74,6 +95,7 @@ class ConfigOut(msgspec.Struct, kw_only=True):
     min_external_amount: str | None
     max_platform_amount: str | None
     split_threshold: str | None
+    threshold_currency: str
     commission_rate: str
     commission_collection_frequency: Frequency
     auto_collection_enabled: bool
@@ -94,12 +116,17 @@ class RouteIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     client_id: PositiveId | None = None
 
     def __post_init__(self) -> None:
-        try:
-            self.currency = normalise_currency(self.currency)
-        except MoneyError as exc:
-            raise ValueError(f"currency: {exc}") from None
-        # The configured maximum is applied by the service, which knows the settings.
-        self.amount = amount_field("amount", self.amount, self.currency, max_amount=None)
+        self.currency, self.amount = _payment_amount(self.currency, self.amount)
+
+
+def _payment_amount(currency: str, amount: Decimal) -> tuple[str, Decimal]:
+    """The currency, and the amount checked in that currency's minor units. (The configured
+    maximum is applied by the service, which knows the settings.)"""
+    currency = _currency(currency)
+    try:
+        return currency, amount_field("amount", amount, currency, max_amount=None)
+    except MoneyError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class RouteOut(msgspec.Struct, kw_only=True):
@@ -136,6 +163,8 @@ class ProcessIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("route_id: give a route_id, or appointment_id and amount to route and pay at once")
         if self.route_id is not None and self.amount is not None:
             raise ValueError("amount: not allowed with route_id (the route fixed the amount)")
+        if self.amount is not None:  # route and pay: validated exactly as /route validates
+            self.currency, self.amount = _payment_amount(self.currency, self.amount)
 
     def as_route(self) -> RouteIn:
         assert self.appointment_id is not None and self.amount is not None
@@ -156,21 +185,63 @@ class ProcessOut(msgspec.Struct, kw_only=True):
 
 
 class RefundIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Absent `amount`: refund all that is left. Checked in the payment's currency by the service."""
+
     amount: Decimal | None = None
 
     def __post_init__(self) -> None:
         if self.amount is not None:
-            self.amount = amount_field("amount", self.amount, "USD", max_amount=None)
+            self.amount = _number("amount", self.amount)
 
 
 class RefundOut(msgspec.Struct, kw_only=True):
     transaction_id: uuid.UUID
     refund_id: uuid.UUID
-    status: str
+    refund_status: Literal["pending", "succeeded", "failed"]
+    status: str  # the payment's status after this refund
     refund_amount: str
     refunded_amount: str
     amount: str
     currency: str
+    failure_reason: str | None = None
+
+
+class RefundSummary(msgspec.Struct, kw_only=True):
+    refund_id: uuid.UUID
+    amount: str
+    status: str
+    failure_reason: str | None
+    created_at: datetime
+
+
+class TransactionOut(msgspec.Struct, kw_only=True):
+    """A platform (centralized) payment as recorded: what was decided and what happened."""
+
+    transaction_id: uuid.UUID
+    route_id: uuid.UUID
+    barber_id: int
+    appointment_id: int
+    client_id: int | None
+    status: str
+    payment_type: Literal["centralized", "external"]
+    processor: Processor
+    external_transaction_id: str | None
+    amount: str
+    refunded_amount: str
+    currency: str
+    commission_rate: str
+    commission_amount: str
+    processor_fee: str
+    failure_code: str | None
+    failure_reason: str | None
+    created_at: datetime
+    processed_at: datetime | None
+    refunds: list[RefundSummary] | None = None
+
+
+class TransactionPage(msgspec.Struct, kw_only=True):
+    items: list[TransactionOut]
+    next_cursor: str | None
 
 
 class ProcessorOption(msgspec.Struct, kw_only=True):
@@ -192,8 +263,16 @@ class MyOptions(msgspec.Struct, kw_only=True):
     platform_defaults: dict[str, str]
 
 
-def rule_error(changes: dict[str, object], current: dict[str, object]) -> str | None:
-    merged = {**current, **changes}
-    return validate_rules(
-        merged.get("min_external_amount"), merged.get("max_platform_amount"), merged.get("split_threshold")
-    )
+def config_rule_error(merged: dict[str, object]) -> str | None:
+    """The merged config's amount rules: each a positive amount in `threshold_currency`'s minor
+    units, and coherent with each other; None when all is well."""
+    currency = str(merged["threshold_currency"])
+    for name in THRESHOLDS:
+        value = merged.get(name)
+        if value is not None:
+            try:
+                merged[name] = amount_field(name, value, currency, max_amount=None)
+            except MoneyError as exc:
+                return str(exc)
+    return validate_rules(merged.get("min_external_amount"), merged.get("max_platform_amount"),
+                          merged.get("split_threshold"))

@@ -1,20 +1,32 @@
-"""What every processor adapter speaks: outcomes, errors, and a secret that never prints.
+"""The one processor interface: what every adapter (Stripe, Square, PayPal) speaks.
 
-Adapters map their processor's statuses onto `PaymentStatus` exhaustively and raise these
-errors, so callers handle Stripe, Square and PayPal alike.
+Requests and results carry exact `Decimal` money in the payment's currency and neutral fields
+(`platform_fee`, `destination`, `reference`); each adapter converts to its processor's units and
+maps its statuses exhaustively in its own `transformers` module. Callers handle every processor
+alike through `PaymentProcessor` and the errors below.
+
+Two failure kinds must never be confused, because money depends on it:
+- `ProcessorUnavailable`: the processor surely did nothing (connection refused, rate limited).
+- `OutcomeUnknown` (and its `ProcessorTimeout`): the request may have been processed; settle it by
+  retrying with the same idempotency key or by looking the payment up, never by assuming.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal, Protocol, runtime_checkable
 
+ProcessorName = Literal["stripe", "square", "paypal"]
+PROCESSOR_NAMES: tuple[ProcessorName, ...] = ("stripe", "square", "paypal")
 PaymentStatus = Literal["pending", "completed", "failed", "canceled"]
 RefundStatus = Literal["pending", "succeeded", "failed"]
 
 
 class Secret:
-    """A credential: `repr`/`str` are masked so it cannot leak into logs or tracebacks."""
+    """A credential: `repr`/`str` are masked so it cannot leak into logs, errors or tracebacks."""
 
     __slots__ = ("_value",)
 
@@ -33,22 +45,95 @@ class Secret:
 
     __str__ = __repr__
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+# ---- requests and results ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PaymentRequest:
+    amount: Decimal
+    currency: str
+    payment_method: str  # the processor's token: a Stripe PaymentMethod, a Square nonce, a PayPal order
+    idempotency_key: str  # derived from a stored attempt, so a retry sends the same one
+    reference: str  # our id for the attempt, stored with the processor so it can be found again
+    platform_fee: Decimal | None = None  # kept by the platform (Stripe: application_fee_amount)
+    destination: str | None = None  # where the rest goes (Stripe: transfer_data[destination])
+    off_session: bool = False  # the payer is not present (collections charging a saved method)
+    customer: str | None = None
+    description: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
 
 @dataclass(frozen=True)
 class PaymentResult:
     processor_payment_id: str
     status: PaymentStatus
+    amount: Decimal
+    currency: str
+    created_at: datetime
+    reference: str | None = None
     charge_id: str | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    failure_code: str | None = None
+    failure_message: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class RefundRequest:
+    processor_payment_id: str
+    amount: Decimal
+    currency: str
+    idempotency_key: str
+    reference: str  # our refund id
+    reverse_platform_fee: bool = False  # destination charges: reverse the transfer and the fee too
 
 
 @dataclass(frozen=True)
 class RefundResult:
-    refund_id: str
+    processor_refund_id: str
+    processor_payment_id: str
     status: RefundStatus
-    amount_minor: int
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    amount: Decimal
+    currency: str
+    reference: str | None = None
+    failure_reason: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
+
+@dataclass(frozen=True)
+class AccountInfo:
+    account_id: str
+    default_currency: str | None = None
+
+
+@dataclass(frozen=True)
+class WebhookRegistration:
+    endpoint_id: str
+    secret: Secret  # Stripe signing secret, Square signature key, PayPal webhook id
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    """A verified processor notification, reduced to what changed in our terms."""
+
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+    payment: PaymentResult | None = None
+    refund: RefundResult | None = None
+
+    @property
+    def understood(self) -> bool:
+        """False for event types we do not act on (answered 200 and ignored)."""
+        return self.payment is not None or self.refund is not None
+
+
+# ---- errors ------------------------------------------------------------------------------------
 
 class ProcessorError(Exception):
     """A processor call did not succeed; subclasses say how."""
@@ -61,7 +146,7 @@ class ProcessorError(Exception):
 
 
 class PaymentDeclined(ProcessorError):
-    """The processor refused the payment (card declined, insufficient funds, ...)."""
+    """The processor refused the payment (card declined, insufficient funds, ...): it is final."""
 
     def __init__(self, message: str, *, code: str | None = None, processor_payment_id: str | None = None,
                  raw: dict[str, Any] | None = None) -> None:
@@ -69,12 +154,18 @@ class PaymentDeclined(ProcessorError):
         self.processor_payment_id = processor_payment_id
 
 
-class ProcessorTimeout(ProcessorError):
-    """No answer in time: the outcome is unknown and must be settled by a retry with the same key."""
+class OutcomeUnknown(ProcessorError):
+    """The request may have reached the processor and been processed (the connection dropped after
+    sending, or the processor answered 5xx mid-way). Retry with the same key, or look it up."""
+
+
+class ProcessorTimeout(OutcomeUnknown):
+    """No answer in time: the outcome is unknown."""
 
 
 class ProcessorUnavailable(ProcessorError):
-    """The processor answered 5xx or could not be reached: nothing happened, as far as we know."""
+    """The processor surely did nothing: the connection was refused, or it declined to start
+    (rate limited). Safe to try elsewhere."""
 
 
 class InvalidCredentials(ProcessorError):
@@ -83,3 +174,66 @@ class InvalidCredentials(ProcessorError):
 
 class ProcessorRequestError(ProcessorError):
     """The processor refused the request itself (a 4xx other than a decline): our bug or bad input."""
+
+
+class InvalidSignature(ProcessorError):
+    """A webhook's signature is missing, forged or too old."""
+
+
+# ---- the interface -----------------------------------------------------------------------------
+
+@runtime_checkable
+class PaymentProcessor(Protocol):
+    """One account at one processor (the platform's, or a barber's own)."""
+
+    name: ProcessorName
+
+    async def check_credentials(self) -> AccountInfo:
+        """Raises `InvalidCredentials` when the processor refuses them."""
+        ...
+
+    async def create_payment(self, request: PaymentRequest) -> PaymentResult:
+        """Charge; raises `PaymentDeclined` on a decline."""
+        ...
+
+    async def retrieve_payment(self, processor_payment_id: str) -> PaymentResult: ...
+
+    async def refund(self, request: RefundRequest) -> RefundResult: ...
+
+    async def retrieve_refund(self, processor_refund_id: str) -> RefundResult: ...
+
+    async def list_refunds(self, processor_payment_id: str) -> list[RefundResult]: ...
+
+    async def list_payments(self, since: datetime, until: datetime) -> list[PaymentResult]:
+        """Payments created in [since, until) (reconciliation, and finding a lost attempt)."""
+        ...
+
+    async def register_webhook(self, url: str) -> WebhookRegistration:
+        """Register our endpoint with the processor; the registration carries its signing secret."""
+        ...
+
+    async def verify_webhook(self, body: bytes, headers: Mapping[str, str], *, secret: Secret,
+                             url: str) -> None:
+        """Raise `InvalidSignature` unless the processor signed exactly these bytes."""
+        ...
+
+    def parse_webhook(self, body: bytes) -> WebhookEvent: ...
+
+    async def close(self) -> None: ...
+
+
+async def find_payment(processor: PaymentProcessor, reference: str, *, since: datetime,
+                       until: datetime) -> PaymentResult | None:
+    """The payment we created under `reference`, if the processor has it (a lost answer)."""
+    for payment in await processor.list_payments(since, until):
+        if payment.reference == reference:
+            return payment
+    return None
+
+
+async def find_refund(processor: PaymentProcessor, processor_payment_id: str,
+                      reference: str) -> RefundResult | None:
+    for refund in await processor.list_refunds(processor_payment_id):
+        if refund.reference == reference:
+            return refund
+    return None

@@ -43,7 +43,7 @@ def barber(barber_id: int) -> dict[str, str]:
 
 
 def admin() -> dict[str, str]:
-    return {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'ops', 'admin')}"}
+    return {"Authorization": f"Bearer {issue_token(JWT_SECRET, 1000, 'admin')}"}
 
 
 async def sim_call(url: str, method: str, path: str, json: dict | None = None) -> dict:

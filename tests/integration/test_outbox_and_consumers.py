@@ -1,6 +1,7 @@
 """The outbox and consumer guarantees, against a real Postgres and a real JetStream server:
 published once after commit, never on rollback, re-published after a crash and de-duplicated,
-applied once per event, poison messages terminated.
+applied once per event; transient failures (a real Postgres going away) retried without limit,
+deterministic ones parked in dead_letters and replayable, nothing dropped.
 """
 
 from __future__ import annotations
@@ -12,12 +13,26 @@ from decimal import Decimal
 import msgspec
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 from nats.js.errors import NotFoundError
 
-from shared.consumer import EventConsumer
+from shared.consumer import EventConsumer, is_transient
+from shared.db import session_factory
 from shared.events import Event, encode_event, new_event
-from tests.integration.platform_support import make_relay, make_uow, stream_messages, unpublished, widgets
+from shared.observability import EVENTS_DEAD_LETTERED
+from tests.integration.platform_support import (
+    SCHEMA,
+    make_relay,
+    make_uow,
+    metadata,
+    stream_messages,
+    tables,
+    unpublished,
+    widgets,
+)
 from tests.support import eventually
+from tools import dead_letters
+from tools.devinfra import start_infra
 
 
 async def add_widget_with_event(uow, name: str) -> Event:
@@ -127,30 +142,48 @@ async def test_nats_down_keeps_events_until_it_is_back(sessions, link, monkeypat
 
 
 class Applied:
-    """A consumer handler that records what it applied, in the consumer's own transaction."""
+    """A consumer handler that records what it applied, in the consumer's own transaction.
+    It raises `error` for its first `fail_times` calls."""
 
-    def __init__(self, fail_times: int = 0) -> None:
+    def __init__(self, fail_times: int = 0, error: type[Exception] = RuntimeError) -> None:
         self.calls = 0
         self.applied: list[uuid.UUID] = []
         self.fail_times = fail_times
+        self.error = error
 
     async def __call__(self, uow, event: Event) -> None:
         self.calls += 1
         if self.calls <= self.fail_times:
-            raise RuntimeError("handler failure")
+            raise self.error("handler failure")
         await uow.session.execute(sa.insert(widgets).values(name=f"applied-{event.event_id}", amount=1))
         self.applied.append(event.event_id)
 
 
-def consumer_for(link, sessions, handler, name: str, max_deliver: int = 5) -> EventConsumer:
+def consumer_for(link, sessions, handler, name: str, max_attempts: int = 5) -> EventConsumer:
     return EventConsumer(
         name=name,
         event_types=["transaction.recorded"],
         handler=handler,
         link=link,
         unit_of_work=lambda: make_uow(sessions, link),
-        max_deliver=max_deliver,
+        max_attempts=max_attempts,
+        backoff_base=0.05,
+        backoff_cap=0.2,
     )
+
+
+def recording(consumer: EventConsumer) -> list[str]:
+    """Outcomes of every message the consumer handles, in order."""
+    outcomes: list[str] = []
+    original = consumer.handle
+
+    async def record(msg):
+        outcome = await original(msg)
+        outcomes.append(outcome)
+        return outcome
+
+    consumer.handle = record  # type: ignore[method-assign]
+    return outcomes
 
 
 async def consumer_idle(link, durable: str) -> bool:
@@ -159,6 +192,18 @@ async def consumer_idle(link, durable: str) -> bool:
     except NotFoundError:  # not created yet
         return False
     return info.delivered.stream_seq > 0 and info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def applied_count(sessions, event_id) -> int:
+    async with sessions() as session:
+        return await session.scalar(sa.select(sa.func.count()).where(widgets.c.name == f"applied-{event_id}"))
+
+
+async def parked(sessions, consumer: str) -> list[dict]:
+    dl = tables.dead_letters
+    async with sessions() as session:
+        rows = await session.execute(sa.select(dl).where(dl.c.consumer == consumer).order_by(dl.c.id))
+        return [dict(r) for r in rows.mappings()]
 
 
 async def test_same_event_twice_is_applied_once(sessions, link):
@@ -173,11 +218,7 @@ async def test_same_event_twice_is_applied_once(sessions, link):
     try:
         await eventually(lambda: consumer_idle(link, consumer.durable))
         assert handler.applied == [event.event_id]
-        async with sessions() as session:
-            count = await session.scalar(
-                sa.select(sa.func.count()).where(widgets.c.name == f"applied-{event.event_id}")
-            )
-        assert count == 1
+        assert await applied_count(sessions, event.event_id) == 1
     finally:
         await consumer.stop()
 
@@ -196,31 +237,112 @@ async def test_failed_handler_is_retried_then_applied(sessions, link):
         await consumer.stop()
 
 
-async def test_poison_messages_are_terminated_not_redelivered_forever(sessions, link):
+def test_transient_and_deterministic_failures_are_told_apart():
+    assert is_transient(ConnectionRefusedError())
+    assert is_transient(TimeoutError())
+    assert is_transient(sa.exc.OperationalError("select 1", {}, OSError("connection refused")))
+    wrapped = RuntimeError("while applying")
+    wrapped.__cause__ = ConnectionResetError()
+    assert is_transient(wrapped)
+    assert not is_transient(ValueError("amount: not a number"))
+    assert not is_transient(KeyError("barber_id"))
+    assert not is_transient(sa.exc.IntegrityError("insert", {}, Exception("duplicate key")))
+
+
+async def test_transient_failures_retry_past_the_attempt_limit(sessions, link):
+    """A network or database error is never a reason to give up on a money event."""
+    event = new_event("transaction.recorded", {"n": 4})
+    await link.js.publish(link.subject_prefix + "transaction.recorded", encode_event(event))
+    handler = Applied(fail_times=8, error=ConnectionResetError)
+    consumer = consumer_for(link, sessions, handler, "transient", max_attempts=2)
+    outcomes = recording(consumer)
+    consumer.start()
+    try:
+        await eventually(lambda: handler.applied, timeout=20)
+        assert outcomes == ["retry"] * 8 + ["applied"]
+        assert await parked(sessions, consumer.name) == []
+    finally:
+        await consumer.stop()
+
+
+async def test_deterministic_failures_and_poison_are_parked_then_replayed(sessions, link, database_url, infra):
     subject = link.subject_prefix + "transaction.recorded"
     await link.js.publish(subject, b"{not json")
     await link.js.publish(subject, b'{"event_id": "not-a-uuid"}')
-    always_failing = Applied(fail_times=10_000)
     failing_event = new_event("transaction.recorded", {"n": 3})
     await link.js.publish(subject, encode_event(failing_event))
-    consumer = consumer_for(link, sessions, always_failing, "poison", max_deliver=3)
-    outcomes: list[str] = []
-    original = consumer.handle
-
-    async def record(msg):
-        outcome = await original(msg)
-        outcomes.append(outcome)
-        return outcome
-
-    consumer.handle = record  # type: ignore[method-assign]
+    broken = Applied(fail_times=10_000)
+    consumer = consumer_for(link, sessions, broken, "poison", max_attempts=3)
+    outcomes = recording(consumer)
+    before = EVENTS_DEAD_LETTERED.labels(consumer.name)._value.get()
     consumer.start()
     try:
-        await eventually(lambda: outcomes.count("terminated") == 1, timeout=20)
+        await eventually(lambda: outcomes.count("parked") == 3, timeout=20)
         await eventually(lambda: consumer_idle(link, consumer.durable))
-        await asyncio.sleep(1.0)  # nothing comes back after termination
-        assert outcomes.count("poison") == 2
-        assert outcomes.count("retry") == 2 and outcomes.count("terminated") == 1
-        assert always_failing.calls == 3
+        await asyncio.sleep(0.5)  # nothing comes back once parked
+        assert outcomes.count("retry") == 2 and broken.calls == 3
+        rows = await parked(sessions, consumer.name)
+        assert [r["body"] for r in rows[:2]] == [b"{not json", b'{"event_id": "not-a-uuid"}']
+        assert [r["event_id"] for r in rows] == [None, None, failing_event.event_id]
+        assert rows[2]["attempts"] == 3 and "handler failure" in rows[2]["error"]
+        assert EVENTS_DEAD_LETTERED.labels(consumer.name)._value.get() - before == 3
+    finally:
+        await consumer.stop()
+
+    # The bug is fixed; the operator replays the parked event and it is applied exactly once.
+    fixed = Applied()
+    consumer = consumer_for(link, sessions, fixed, "poison", max_attempts=3)
+    consumer.start()
+    try:
+        replayed = await dead_letters.replay(database_url, infra.nats_url, link.stream, SCHEMA, [rows[2]["id"]])
+        assert replayed == [rows[2]["id"]]
+        await eventually(lambda: fixed.applied, timeout=10)
+        assert await dead_letters.replay(database_url, infra.nats_url, link.stream, SCHEMA, [rows[2]["id"]])
+        await asyncio.sleep(0.5)
+        await eventually(lambda: consumer_idle(link, consumer.durable))
+        assert fixed.applied == [failing_event.event_id]  # the second replay was a duplicate
+        assert await applied_count(sessions, failing_event.event_id) == 1
+        assert [r["id"] for r in await dead_letters.list_parked(database_url, SCHEMA)
+                if r["consumer"] == consumer.name] == [rows[0]["id"], rows[1]["id"]]
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture
+async def own_postgres(tmp_path):
+    """An embedded Postgres this test may stop and start: a real database outage."""
+    infra = start_infra(tmp_path, force_embedded=True)
+    engine = create_async_engine(infra.postgres_url, pool_pre_ping=True)
+    async with engine.begin() as conn:
+        await conn.execute(sa.text(f"CREATE SCHEMA {SCHEMA}"))
+        await conn.run_sync(metadata.create_all)
+    try:
+        yield infra, session_factory(engine)
+    finally:
+        await engine.dispose()
+        infra.stop()
+
+
+@pytest.mark.embedded
+async def test_an_event_survives_a_postgres_outage_longer_than_the_retry_limit(own_postgres, link):
+    infra, sessions = own_postgres
+    handler = Applied()
+    consumer = consumer_for(link, sessions, handler, "outage", max_attempts=2)
+    outcomes = recording(consumer)
+    infra.stop_postgres()
+    event = new_event("transaction.recorded", {"n": 5})
+    await link.js.publish(link.subject_prefix + "transaction.recorded", encode_event(event))
+    consumer.start()
+    try:
+        # Far more failed deliveries than max_attempts while the database is down...
+        await eventually(lambda: outcomes.count("retry") >= 6, timeout=30)
+        assert handler.applied == [] and "parked" not in outcomes
+        infra.start_postgres()
+        # ...and once it is back, the event is applied: nothing was dropped or parked.
+        await eventually(lambda: handler.applied, timeout=30)
+        assert handler.applied == [event.event_id]
+        assert await applied_count(sessions, event.event_id) == 1
+        assert await parked(sessions, consumer.name) == []
     finally:
         await consumer.stop()
 

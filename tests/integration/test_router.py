@@ -133,18 +133,6 @@ async def test_config_version_conflict_and_incoherent_rules(client):
             assert field in response.json()["detail"]
 
 
-async def test_concurrent_config_writers_serialise_on_the_version(client):
-    b = next_barber()
-    await set_config(client, b, payment_mode="hybrid")
-    responses = await asyncio.gather(*(
-        client.put(f"{BASE}/config/{b}", headers=admin(), json={"split_threshold": str(10 + i), "expected_version": 1})
-        for i in range(5)
-    ))
-    statuses = sorted(r.status_code for r in responses)
-    assert statuses == [200, 409, 409, 409, 409]
-    assert (await client.get(f"{BASE}/config/{b}", headers=admin())).json()["version"] == 2
-
-
 # ---- routing ----------------------------------------------------------------------------
 
 async def test_route_records_a_centralized_decision(client, db):
@@ -226,13 +214,8 @@ async def test_route_idempotency(client, db):
     assert first.json() == second.json() and second.headers["idempotent-replayed"] == "true"
     reused = await client.post(f"{BASE}/route", json={**body, "amount": "43.00"}, headers=headers)
     assert reused.status_code == 422 and reused.json()["code"] == "idempotency_key_reused"
-
-    racing = {**barber(b), "Idempotency-Key": f"race-{b}"}
-    responses = await asyncio.gather(*(client.post(f"{BASE}/route", json=body, headers=racing) for _ in range(8)))
-    assert {r.status_code for r in responses} <= {200, 409}
-    route_ids = {r.json()["route_id"] for r in responses if r.status_code == 200}
-    assert len(route_ids) == 1
-    assert await scalar(db, sa.select(sa.func.count()).where(t.routing_decisions.c.barber_id == b)) == 2
+    assert await scalar(db, sa.select(sa.func.count()).where(t.routing_decisions.c.barber_id == b)) == 1
+    # (Concurrent same-key requests are raced against a real server in test_router_concurrency.py.)
 
 
 
@@ -273,8 +256,8 @@ async def test_connection_read_model_drives_external_routes(client, infra, event
     assert process.status_code == 503 and process.json()["code"] == "external_processing_unavailable"
 
     # An older event arriving late must not undo the newer state.
-    disconnected = new_event("connection.changed", {**active.payload, "status": "disconnected"})
-    stale = msgspec.structs.replace(new_event("connection.changed", {**active.payload, "status": "active"}),
+    disconnected = new_event("connection.changed", {**active.data(), "status": "disconnected"})
+    stale = msgspec.structs.replace(new_event("connection.changed", {**active.data(), "status": "active"}),
                                     occurred_at=active.occurred_at.replace(year=2020))
     await js.publish(subject, encode_event(disconnected))
     await js.publish(subject, encode_event(stale))
@@ -414,11 +397,11 @@ async def test_money_is_conserved_across_many_payments(client, db, stripe_sim):
     amounts = [Decimal(a) for a in ("0.50", "0.99", "1.01", "9.99", "10.05", "33.33", "49.95", "66.67", "99.99",
                                      "100.00", "123.45", "250.10", "333.33", "999.99", "1234.56")]
     methods = ["pm_card_visa"] * 12 + ["pm_card_chargeDeclined"] * 3
-    results = await asyncio.gather(*(
-        client.post(f"{BASE}/process", headers={**barber(b), "Idempotency-Key": f"cons-{b}-{i}"},
-                    json={"appointment_id": 1000 + i, "amount": str(a), "payment_method": m})
-        for i, (a, m) in enumerate(zip(amounts, methods))
-    ))
+    results = [
+        await client.post(f"{BASE}/process", headers={**barber(b), "Idempotency-Key": f"cons-{b}-{i}"},
+                          json={"appointment_id": 1000 + i, "amount": str(a), "payment_method": m})
+        for i, (a, m) in enumerate(zip(amounts, methods, strict=True))
+    ]
     assert sorted(r.status_code for r in results) == [200] * 12 + [402] * 3
     completed = [r.json() for r in results if r.status_code == 200]
     paid_amounts = sorted(Decimal(c["amount"]) for c in completed)
@@ -435,7 +418,7 @@ async def test_money_is_conserved_across_many_payments(client, db, stripe_sim):
         cents(Decimal(e["amount"])) for e in events) == sum(cents(a) for a in paid_amounts)
     assert sum(cents(p["commission_amount"]) for p in ok) == sum(pi["application_fee_amount"] for pi in intents) == sum(
         cents(Decimal(e["commission_amount"])) for e in events)
-    # Commission is exactly 15 % of each amount, half-up to the cent.
+    # Commission is exactly 15 % of each amount, half-up to the cent (integer oracle in cents).
     for p in ok:
-        assert p["commission_amount"] == (p["amount"] * Decimal("0.15")).quantize(Decimal("0.01"), "ROUND_HALF_UP")
+        assert cents(p["commission_amount"]) == (cents(p["amount"]) * 15 * 2 + 100) // 200
     assert len({e["transaction_id"] for e in events}) == 12

@@ -29,9 +29,9 @@ def test_rs256_round_trip_and_hs256_token_refused():
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode()
     verifier = TokenVerifier(public_key=public)
-    assert verifier.verify(issue_token(SECRET, "ops", "admin", private_key=private)).is_privileged
+    assert verifier.verify(issue_token(SECRET, 1000, "admin", private_key=private)).is_privileged
     with pytest.raises(ProblemError) as info:
-        verifier.verify(issue_token(SECRET, "ops", "admin"))
+        verifier.verify(issue_token(SECRET, 1000, "admin"))
     assert info.value.status == 401
 
 
@@ -43,12 +43,35 @@ def test_rs256_round_trip_and_hs256_token_refused():
         {"sub": "1", "exp": int(time.time()) + 60},  # no role
         {"role": "barber", "exp": int(time.time()) + 60},  # no subject
         {"sub": "1", "role": "barber"},  # no expiry
+        {"sub": "1", "role": ["admin"], "exp": int(time.time()) + 60},  # a list is not a role
+        {"sub": "1", "role": {"r": "admin"}, "exp": int(time.time()) + 60},
+        {"sub": "1", "role": 3, "exp": int(time.time()) + 60},
+        {"sub": "0", "role": "barber", "exp": int(time.time()) + 60},  # ids start at 1
+        {"sub": "-5", "role": "barber", "exp": int(time.time()) + 60},
+        {"sub": -5, "role": "barber", "exp": int(time.time()) + 60},
+        {"sub": "2147483648", "role": "barber", "exp": int(time.time()) + 60},  # beyond int32
+        {"sub": 99999999999999999999, "role": "admin", "exp": int(time.time()) + 60},
+        {"sub": "ops", "role": "admin", "exp": int(time.time()) + 60},  # not an id
+        {"sub": "12a", "role": "barber", "exp": int(time.time()) + 60},
+        {"sub": "１２", "role": "barber", "exp": int(time.time()) + 60},  # full-width digits
+        {"sub": " 12", "role": "barber", "exp": int(time.time()) + 60},
+        {"sub": "012", "role": "barber", "exp": int(time.time()) + 60},
+        {"sub": True, "role": "barber", "exp": int(time.time()) + 60},
+        {"sub": 1.5, "role": "barber", "exp": int(time.time()) + 60},
+        {"sub": None, "role": "barber", "exp": int(time.time()) + 60},
     ],
 )
 def test_bad_claims_are_401(claims):
     with pytest.raises(ProblemError) as info:
         TokenVerifier(secret=SECRET).verify(jwt.encode(claims, SECRET, algorithm="HS256"))
     assert info.value.status == 401 and info.value.code == "unauthorized"
+
+
+@pytest.mark.parametrize(("sub", "user_id"), [("1", 1), (7, 7), ("2147483647", 2**31 - 1)])
+def test_subjects_that_are_user_ids(sub, user_id):
+    token = jwt.encode({"sub": sub, "role": "barber", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    principal = TokenVerifier(secret=SECRET).verify(token)
+    assert principal.user_id == principal.barber_id == user_id
 
 
 def test_wrong_signature_and_garbage_are_401():
@@ -66,7 +89,7 @@ def test_none_algorithm_is_refused():
 
 def test_acting_barber_id():
     barber = Principal("7", "barber")
-    admin = Principal("ops", "admin")
+    admin = Principal("1000", "admin")
     assert acting_barber_id(barber, None) == 7
     assert acting_barber_id(barber, 7) == 7
     with pytest.raises(ProblemError) as info:

@@ -56,9 +56,23 @@ def test_parse_amount_accepts(value, currency, expected):
         ("10.5", "JPY", "decimal places"),
         ("1.2345", "KWD", "decimal places"),
         ("100000.01", "USD", "maximum"),
-        ("1e400", "USD", "maximum"),
-        ("abc", "USD", "not a decimal"),
-        ("", "USD", "not a decimal"),
+        (Decimal("1e400"), "USD", "maximum"),
+        ("abc", "USD", "not a plain decimal"),
+        ("", "USD", "not a plain decimal"),
+        # Only plain ASCII decimal notation is money (Decimal() itself accepts all of these).
+        ("５０", "USD", "not a plain decimal"),  # full-width digits
+        ("٥٠", "USD", "not a plain decimal"),  # Arabic-Indic digits
+        ("1_000", "USD", "not a plain decimal"),
+        (" 50", "USD", "not a plain decimal"),
+        ("50 ", "USD", "not a plain decimal"),
+        ("5 0", "USD", "not a plain decimal"),
+        ("1e3", "USD", "not a plain decimal"),
+        ("+50", "USD", "not a plain decimal"),
+        ("50.", "USD", "not a plain decimal"),
+        (".50", "USD", "not a plain decimal"),
+        ("0x10", "USD", "not a plain decimal"),
+        ("nan", "USD", "finite"),
+        ("-Infinity", "USD", "finite"),
         (None, "USD", "number or string"),
         ([1], "USD", "number or string"),
         ("10", "XXX", "unsupported currency"),
@@ -151,11 +165,12 @@ def test_rounding_is_half_up_and_within_half_a_unit(value, currency):
     assert rounded == rounded.quantize(unit)
 
 
-@given(cents, rates)
-def test_commission_plus_net_is_the_amount(units, rate):
-    amount = from_minor_units(units)
-    commission = percentage_of(amount, rate)
-    net = amount - commission
-    assert commission + net == amount
-    assert Decimal(0) <= commission <= amount
-    assert abs(commission - amount * rate) <= Decimal("0.005")
+@given(st.integers(min_value=1, max_value=10**9), st.integers(min_value=0, max_value=10_000),
+       st.sampled_from([("USD", 2), ("JPY", 0), ("KWD", 3)]))
+def test_percentage_matches_integer_half_up(units, rate_units, currency_exponent):
+    """Oracle: integer arithmetic in minor units (rate in ten-thousandths), rounded half-up."""
+    currency, exponent = currency_exponent
+    amount = Decimal(units).scaleb(-exponent)
+    expected_units = (2 * units * rate_units + 10_000) // 20_000
+    got = percentage_of(amount, Decimal(rate_units).scaleb(-4), currency)
+    assert to_minor_units(got, currency) == expected_units

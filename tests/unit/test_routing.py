@@ -150,6 +150,43 @@ def test_open_circuit_makes_the_processor_unavailable():
 
 
 # Pricing.
+# Money in other currencies, and routes that would cost the barber more than the payment.
+def test_list_price_fixed_fee_is_per_currency():
+    # Stripe's list price has no fixed part known for JPY: 2.9 % of 1000 is 29, never 29 + 0.30.
+    assert estimate_fee("stripe", None, D("1000"), "JPY") == D("29")
+    assert estimate_fee("stripe", None, D("10.00"), "EUR") == D("0.54")  # 0.29 + 0.25
+    assert estimate_fee("stripe", None, D("10.00"), "USD") == D("0.59")  # 0.29 + 0.30
+    assert estimate_fee("paypal", None, D("1.125"), "KWD") == D("0.039")  # 3.49 % alone, in fils
+
+
+def test_thresholds_apply_only_in_their_currency():
+    cfg = config(min_external_amount=D("20.00"), split_threshold=D("100.00"), max_platform_amount=D("500.00"))
+    # 10 EUR is "below 20" only if the rule were in EUR; it is in USD, so it is not compared.
+    route = decide(cfg, [conn(currency="EUR")], amount="10.00", currency="EUR")
+    assert (route.payment_type, route.reason) == ("external", "other_currency_prefers_external")
+    route = decide(cfg, [], amount="900.00", currency="EUR")  # above the USD maximum, but not in USD
+    assert (route.payment_type, route.reason) == ("centralized", "other_currency_without_external_connection")
+    jpy = config(min_external_amount=D("2000"), threshold_currency="JPY")
+    assert decide(jpy, [conn(currency="JPY")], amount="1999", currency="JPY").reason == "below_min_external_amount"
+    assert decide(jpy, [conn(currency="JPY")], amount="2000", currency="JPY").payment_type == "external"
+
+
+def test_external_route_never_promises_a_negative_net():
+    # 0.50 through PayPal: fee 0.49 + 3.49 % = 0.51 > 0.50, so that connection cannot take it.
+    paypal = conn(9, "paypal")
+    route = decide(config("decentralized"), [paypal], amount="0.50")
+    assert (route.payment_type, route.reason, route.fallback_used) == (
+        "centralized", "external_fees_exceed_amount", True)
+    with pytest.raises(NoPaymentRoute) as info:
+        decide(config("decentralized", fallback_enabled=False), [paypal], amount="0.50")
+    assert info.value.reason == "external_fees_exceed_amount"
+    # A cheaper connection that can take it is used instead.
+    route = decide(config("decentralized", preferred_processor="paypal"), [paypal, conn(3, "stripe")], amount="0.50")
+    assert (route.payment_type, route.processor) == ("external", "stripe")
+    priced = price_route(route, D("0.50"), "USD", D("0.20"))
+    assert priced.barber_net == D("0.50") - D("0.10") - D("0.31") >= 0
+
+
 def test_pricing_examples():
     centralized = price_route(decide(config("centralized"), []), D("50.00"), "USD", D("0.20"))
     assert (centralized.commission_amount, centralized.estimated_processor_fee, centralized.barber_net) == (
@@ -172,21 +209,26 @@ def test_rule_validation():
     assert validate_rules(D("10"), D("500"), D("100")) is None
 
 
-# Properties.
-amounts = st.integers(min_value=1, max_value=10_000_000).map(lambda c: D(c).scaleb(-2))
-rates = st.decimals(min_value=0, max_value=1, places=4)
-optional_amounts = st.none() | amounts
+# Properties. The oracle is integer arithmetic in minor units, independent of the Decimal code.
+EXPONENT = {"USD": 2, "EUR": 2, "JPY": 0, "KWD": 3}
+amounts = st.integers(min_value=1, max_value=10_000_000)  # minor units
+rates = st.integers(min_value=0, max_value=10_000)  # ten-thousandths: 0.2000 is 2000
+optional_amounts = st.none() | amounts.map(lambda c: D(c).scaleb(-2))
 processors = st.sampled_from(["stripe", "square", "paypal"])
+fee_percents = st.integers(0, 1000)  # hundredths of a percent: 2.90 % is 290
+fee_fixed = st.integers(0, 200)  # minor units
 connections = st.lists(
     st.builds(
-        conn,
+        lambda id, processor, status, currency, payments, age_days, fees: conn(
+            id, processor, status, currency, payments, age_days,
+            None if fees is None else (D(fees[0]).scaleb(-2), D(fees[1]).scaleb(-EXPONENT[currency]))),
         id=st.integers(1, 1000),
         processor=processors,
         status=st.sampled_from(["active", "pending", "disconnected", "error"]),
-        currency=st.sampled_from(["USD", "EUR"]),
+        currency=st.sampled_from(["USD", "EUR", "JPY", "KWD"]),
         payments=st.booleans(),
         age_days=st.integers(0, 400),
-        fees=st.none() | st.tuples(st.decimals(0, 10, places=2), st.decimals(0, 2, places=2)),
+        fees=st.none() | st.tuples(fee_percents, fee_fixed),
     ),
     max_size=5,
 )
@@ -201,11 +243,32 @@ configs = st.builds(
 )
 
 
-@given(configs, connections, amounts, st.sampled_from(["USD", "EUR"]), st.booleans(),
+def half_up_div(numerator: int, denominator: int) -> int:
+    """round(numerator / denominator) half-up, for non-negative integers."""
+    return (2 * numerator + denominator) // (2 * denominator)
+
+
+def oracle_fee(connection, processor: str, units: int, currency: str) -> int:
+    """The fee in minor units from integers only: percent in hundredths, fixed in minor units."""
+    if connection is not None and connection.processing_fees is not None:
+        percent, fixed = connection.processing_fees
+    else:
+        from services.router.domain import LIST_PRICES
+
+        percent, by_currency = LIST_PRICES[processor]
+        fixed = by_currency.get(currency, D(0))
+    hundredths = int(percent * 100)
+    return half_up_div(units * hundredths, 10_000) + int(fixed.scaleb(EXPONENT[currency]))
+
+
+@given(configs, connections, amounts, st.sampled_from(["USD", "EUR", "JPY", "KWD"]), st.booleans(),
        st.frozensets(processors), rates)
-def test_decisions_name_only_usable_connections_and_conserve_money(
-    cfg, conns, amount, currency, enabled, unavailable, rate
+def test_decisions_name_only_usable_connections_and_price_exactly(
+    cfg, conns, units, currency, enabled, unavailable, rate_units
 ):
+    amount = D(units).scaleb(-EXPONENT[currency])
+    rate = D(rate_units).scaleb(-4)
+    cfg = PaymentConfig(**{**cfg.__dict__, "commission_rate": rate})
     try:
         route = decide_route(RoutingInput(cfg, tuple(conns), amount, currency, enabled, unavailable))
     except NoPaymentRoute as refused:
@@ -219,9 +282,13 @@ def test_decisions_name_only_usable_connections_and_conserve_money(
     else:
         assert route.connection is None and route.processor == "stripe"
     priced = price_route(route, amount, currency, rate)
-    if route.payment_type == "centralized":
-        assert priced.commission_amount + priced.barber_net == amount
-    else:
-        assert priced.commission_amount + priced.barber_net + priced.estimated_processor_fee == amount
-    assert 0 <= priced.commission_amount <= amount
-    assert priced.estimated_processor_fee == estimate_fee(route, amount, currency) >= 0
+    commission = half_up_div(units * rate_units, 10_000)
+    fee = oracle_fee(route.connection, route.processor, units, currency)
+    scale = EXPONENT[currency]
+    assert priced.commission_amount.scaleb(scale) == commission
+    assert priced.estimated_processor_fee.scaleb(scale) == fee
+    expected_net = units - commission - (fee if route.payment_type == "external" else 0)
+    assert priced.barber_net.scaleb(scale) == expected_net
+    assert expected_net >= 0  # no route ever promises the barber a negative net
+    for value in (priced.commission_amount, priced.estimated_processor_fee, priced.barber_net):
+        assert value == value.quantize(D(1).scaleb(-scale))  # exact in the currency's minor units

@@ -7,7 +7,7 @@ Create Date: 2026-11-24
 
 from alembic import op
 
-from shared.db import create_platform_tables, drop_platform_tables
+from shared.migrations import create_platform_tables_v1, drop_platform_tables_v1
 
 revision = "col0001"
 down_revision = None
@@ -18,8 +18,8 @@ SCHEMA = "collections"
 
 
 def upgrade() -> None:
-    create_platform_tables(op, SCHEMA)
+    create_platform_tables_v1(op, SCHEMA)
 
 
 def downgrade() -> None:
-    drop_platform_tables(op, SCHEMA)
+    drop_platform_tables_v1(op, SCHEMA)

@@ -1,0 +1,121 @@
+"""Barber payment configs: read (a barber without a row gets the platform defaults), change
+(-> `config.changed`), and `/my-options`.
+
+A change locks the barber's row; the first write for a barber inserts it with `ON CONFLICT DO
+NOTHING`, and a writer that lost that race locks the winner's row and applies its change on top,
+so concurrent first writes serialise on the version instead of failing on the unique key.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from msgspec import UNSET
+
+from services.router import store
+from services.router.mapping import config_changed, config_out
+from services.router.routing import BarberContexts
+from services.router.settings import RouterSettings
+from services.router.wire import ConfigOut, ConfigUpdate, MyOptions, ProcessorOption, config_rule_error
+from shared.auth import Principal
+from shared.circuit import CircuitBoard
+from shared.errors import ProblemError
+from shared.idempotency import Claim
+from shared.money import format_rate
+from shared.service import ServiceRuntime
+
+CONFIG_FIELDS = (
+    "payment_mode", "preferred_processor", "fallback_enabled", "min_external_amount", "max_platform_amount",
+    "split_threshold", "threshold_currency", "commission_rate", "commission_collection_frequency",
+    "auto_collection_enabled", "webhook_notifications", "email_notifications", "analytics_enabled",
+    "connect_account_id",
+)
+
+
+class ConfigService:
+    def __init__(self, runtime: ServiceRuntime, settings: RouterSettings, contexts: BarberContexts,
+                 circuits: CircuitBoard) -> None:
+        self.rt = runtime
+        self.settings = settings
+        self.contexts = contexts
+        self.circuits = circuits
+
+    async def get_config(self, barber_id: int) -> ConfigOut:
+        context = await self.contexts.get(barber_id, fresh=True)
+        return config_out(context.config_row or self.contexts.defaults_row(barber_id),
+                          is_default=context.config_row is None)
+
+    async def update_config(
+        self, principal: Principal, barber_id: int, update: ConfigUpdate, claim: Claim | None
+    ) -> ConfigOut:
+        changes = update.changes()
+        if "commission_rate" in changes and principal.role != "admin":
+            raise ProblemError(403, "forbidden", "commission_rate: only an admin may change it", field="commission_rate")
+        now = datetime.now(UTC)
+        async with self.rt.uow() as uow:
+            row = await store.load_config(uow.session, barber_id, lock=True)
+            current = row or self.contexts.defaults_row(barber_id)
+            expected = update.expected_version
+            if expected is not UNSET and expected != current["version"]:
+                raise ProblemError(409, "version_conflict", f"config is at version {current['version']}, not {expected}",
+                                   current_version=current["version"])
+            values = {**{f: current[f] for f in CONFIG_FIELDS}, **changes}
+            if problem := config_rule_error(values):
+                raise ProblemError(422, "validation_error", problem, field=problem.split(":", 1)[0])
+            saved = None
+            if row is None:
+                saved = await store.insert_config(uow.session, {
+                    "barber_id": barber_id, **values, "effective_from": now, "created_at": now, "updated_at": now,
+                    "version": 1})
+                if saved is None:
+                    # A concurrent first write won the insert; it has committed (ON CONFLICT waited for
+                    # it), so lock its row and apply this change on top, as if this writer came second.
+                    raced = await store.load_config(uow.session, barber_id, lock=True)
+                    assert raced is not None
+                    if expected is not UNSET:
+                        raise ProblemError(409, "version_conflict",
+                                           f"config is at version {raced['version']}, not {expected}",
+                                           current_version=raced["version"])
+                    values = {**{f: raced[f] for f in CONFIG_FIELDS}, **changes}
+                    if problem := config_rule_error(values):
+                        raise ProblemError(422, "validation_error", problem, field=problem.split(":", 1)[0])
+                    row = raced
+            if saved is None:
+                saved = await store.update_config(uow.session, barber_id, row["version"], {**values, "updated_at": now})
+            out = config_out(saved, is_default=False)
+            uow.emit(config_changed(out))
+            if claim:
+                claim.record(uow, 200, out)
+            await uow.commit()
+        self.contexts.invalidate(barber_id)
+        return out
+
+    async def my_options(self, barber_id: int) -> MyOptions:
+        context = await self.contexts.get(barber_id, fresh=True)
+        config = config_out(context.config_row or self.contexts.defaults_row(barber_id),
+                            is_default=context.config_row is None)
+        enabled = self.settings.hybrid_payments_enabled
+        open_now = self.circuits.open_names(time.monotonic())
+        return MyOptions(
+            config=config,
+            hybrid_payments_enabled=enabled,
+            available_modes=["centralized", "decentralized", "hybrid"] if enabled else ["centralized"],
+            processors=[
+                ProcessorOption(
+                    connection_id=conn.id, processor=conn.processor, account_id=row["account_id"],
+                    status=conn.status, default_currency=conn.default_currency,
+                    supports_payments=conn.supports_payments, supports_refunds=row["supports_refunds"],
+                    usable=enabled and conn.can_take(conn.default_currency) and conn.processor not in open_now,
+                )
+                for conn, row in zip(context.connections, context.connection_rows, strict=True)
+            ],
+            platform_defaults={
+                "payment_mode": self.settings.default_payment_mode,
+                "commission_rate": format_rate(self.settings.default_commission_rate),
+                "commission_collection_frequency": self.settings.commission_collection_frequency,
+                "max_payment_amount": str(self.settings.max_payment_amount),
+                "threshold_currency": "USD",
+                "centralized_processor": "stripe",
+            },
+        )

@@ -1,0 +1,151 @@
+"""Routing: `/route` (the hot path) and `GET /routes/{id}`, over a per-process cache of each
+barber's config and connections.
+
+Flow of `/route`: cached context -> `domain.decide_route` -> `domain.price_route` -> one insert.
+Without an `Idempotency-Key` the insert is a single autocommit statement on the hot-path pool;
+with one, the decision and the remembered answer commit together.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from services.router import store
+from services.router.domain import Connection, NoPaymentRoute, PaymentConfig, RoutingInput, decide_route, price_route
+from services.router.mapping import config_of, connection_of, route_out
+from services.router.settings import RouterSettings
+from services.router.wire import RouteIn, RouteOut
+from shared.auth import Principal, acting_barber_id
+from shared.circuit import CircuitBoard
+from shared.errors import ProblemError, not_found, validation_error
+from shared.idempotency import Claim
+from shared.money import format_amount, format_rate
+from shared.service import ServiceRuntime
+
+# How long a barber's config and connections are served from memory. Changes made through this
+# process, and every replica's config/connection events on NATS, invalidate at once; the TTL only
+# bounds staleness if such a message is lost. Jittered so entries do not all expire together.
+CACHE_TTL = 60.0
+
+
+@dataclass(frozen=True)
+class BarberContext:
+    config: PaymentConfig
+    config_row: dict[str, Any] | None
+    connections: tuple[Connection, ...]
+    connection_rows: tuple[dict[str, Any], ...]
+
+
+class BarberContexts:
+    """Each barber's effective config and connections, cached per process."""
+
+    def __init__(self, runtime: ServiceRuntime, settings: RouterSettings) -> None:
+        self.rt = runtime
+        self.settings = settings
+        self._cache: dict[int, tuple[float, BarberContext]] = {}
+
+    def defaults_row(self, barber_id: int) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "barber_id": barber_id, "payment_mode": s.default_payment_mode, "preferred_processor": None,
+            "fallback_enabled": True, "min_external_amount": None, "max_platform_amount": None,
+            "split_threshold": None, "threshold_currency": "USD", "commission_rate": s.default_commission_rate,
+            "commission_collection_frequency": s.commission_collection_frequency,
+            "auto_collection_enabled": s.auto_collection_enabled, "webhook_notifications": True,
+            "email_notifications": True, "analytics_enabled": True, "connect_account_id": None,
+            "version": 0, "updated_at": None,
+        }
+
+    async def get(self, barber_id: int, *, fresh: bool = False) -> BarberContext:
+        now = time.monotonic()
+        cached = self._cache.get(barber_id)
+        if cached is not None and cached[0] > now and not fresh:
+            return cached[1]
+        async with self.rt.uow() as uow:
+            row = await store.load_config(uow.session, barber_id)
+            connections = await store.load_connections(uow.session, barber_id)
+        context = BarberContext(config_of(row, self.defaults_row(barber_id)), row,
+                                tuple(connection_of(c) for c in connections), tuple(connections))
+        self._cache[barber_id] = (now + CACHE_TTL * random.uniform(0.8, 1.0), context)
+        return context
+
+    def invalidate(self, barber_id: int | None) -> None:
+        if barber_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(barber_id, None)
+
+
+class RoutingService:
+    def __init__(self, runtime: ServiceRuntime, settings: RouterSettings, contexts: BarberContexts,
+                 circuits: CircuitBoard) -> None:
+        self.rt = runtime
+        self.settings = settings
+        self.contexts = contexts
+        self.circuits = circuits
+
+    async def route_payment(
+        self, principal: Principal, body: RouteIn, claim: Claim | None, *, route_id: uuid.UUID | None = None
+    ) -> RouteOut:
+        """Decide and record. A given `route_id` that is already recorded returns that decision."""
+        barber_id = acting_barber_id(principal, body.barber_id)
+        if body.amount > self.settings.max_payment_amount:
+            raise validation_error("amount", f"{body.amount} exceeds the maximum of {self.settings.max_payment_amount}")
+        context = await self.contexts.get(barber_id)
+        decided_at = datetime.now(UTC)
+        try:
+            route = decide_route(RoutingInput(
+                config=context.config, connections=context.connections, amount=body.amount,
+                currency=body.currency, hybrid_enabled=self.settings.hybrid_payments_enabled,
+                unavailable_processors=self.circuits.open_names(time.monotonic()),
+            ))
+        except NoPaymentRoute as refused:
+            raise ProblemError(422, "no_payment_route", refused.detail, reason=refused.reason) from None
+        priced = price_route(route, body.amount, body.currency, context.config.commission_rate)
+        currency = body.currency
+        out = RouteOut(
+            route_id=route_id or uuid.uuid4(), barber_id=barber_id, appointment_id=body.appointment_id,
+            payment_type=route.payment_type, processor=route.processor,
+            connection_id=route.connection.id if route.connection else None,
+            amount=format_amount(body.amount, currency), currency=currency,
+            commission_rate=format_rate(priced.commission_rate),
+            commission_amount=format_amount(priced.commission_amount, currency),
+            estimated_processor_fee=format_amount(priced.estimated_processor_fee, currency),
+            barber_net=format_amount(priced.barber_net, currency), reason=route.reason,
+            fallback_used=route.fallback_used, decided_at=decided_at,
+        )
+        decision = dict(
+            route_id=out.route_id, barber_id=barber_id, appointment_id=body.appointment_id,
+            client_id=body.client_id, amount=body.amount, currency=currency,
+            payment_type=route.payment_type, processor=route.processor, connection_id=out.connection_id,
+            commission_rate=priced.commission_rate, commission_amount=priced.commission_amount,
+            estimated_processor_fee=priced.estimated_processor_fee, barber_net=priced.barber_net,
+            reason=route.reason, fallback_used=route.fallback_used, decided_at=decided_at,
+        )
+        if claim is None:
+            # The hot path: one insert, nothing else to keep atomic with it.
+            inserted = await self.rt.write_one(store.INSERT_DECISION, decision) is not None
+        else:
+            async with self.rt.uow() as uow:
+                inserted = await store.insert_decision(uow.session, decision)
+                if inserted:
+                    claim.record(uow, 200, out)
+                await uow.commit()
+        if not inserted:  # this route id was recorded before (a retry of route-and-pay): answer that
+            return route_out(await self.load_decision(principal, out.route_id))
+        return out
+
+    async def load_decision(self, principal: Principal, route_id: uuid.UUID) -> dict[str, Any]:
+        async with self.rt.uow() as uow:
+            row = await store.load_decision(uow.session, route_id)
+        if row is None or (principal.role == "barber" and row["barber_id"] != principal.barber_id):
+            raise not_found(f"route {route_id}")  # another barber's route does not exist for you
+        return row
+
+    async def get_route(self, principal: Principal, route_id: uuid.UUID) -> RouteOut:
+        return route_out(await self.load_decision(principal, route_id))
