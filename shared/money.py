@@ -33,6 +33,18 @@ class MoneyError(ValueError):
     """A value that is not an acceptable amount; the message names what is wrong."""
 
 
+class PlainDecimal(Decimal):
+    """A number exactly as a request wrote it: a JSON number (read from its text, never through
+    a binary float) or a string in plain ASCII decimal notation. Request structs type their
+    amounts and rates with it; `shared.requests` decodes bodies so that this holds."""
+
+
+def plain_decimal(value: object) -> PlainDecimal:
+    """Decode hook for `PlainDecimal`: JSON numbers arrive as Decimal (or int), strings are held
+    to plain notation; anything else is refused with the reason."""
+    return PlainDecimal(to_decimal(value))
+
+
 def minor_unit_exponent(currency: str) -> int:
     currency = normalise_currency(currency)
     if currency in _ZERO_DECIMAL:
@@ -62,7 +74,7 @@ def to_decimal(value: object) -> Decimal:
     if isinstance(value, float):
         raise MoneyError("amount must not be a binary float; send a JSON number or string")
     if isinstance(value, Decimal):
-        result = value
+        result = value if type(value) is Decimal else Decimal(value)  # a PlainDecimal becomes a Decimal
     elif isinstance(value, int):
         result = Decimal(value)
     elif isinstance(value, str):

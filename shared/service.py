@@ -32,6 +32,7 @@ from shared.messaging import NatsLink
 from shared.observability import configure_logging, metrics_payload, request_context_middleware
 from shared.outbox import OutboxRelay, UnitOfWork
 from shared.ratelimit import rate_limit_middleware
+from shared.requests import TYPE_DECODERS, ExactJSONRequest, PlainDecimalSchema
 from shared.scheduler import Job, SingletonJob
 
 log = structlog.get_logger("service")
@@ -219,6 +220,9 @@ def build_app(
             rate_limit_middleware(settings.rate_limit_per_minute, key_func=rate_limit_key),
         ],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        request_class=ExactJSONRequest,
+        plugins=[PlainDecimalSchema()],
+        type_decoders=TYPE_DECODERS,
         lifespan=[lifespan, *lifespans],
         type_encoders={Decimal: str},
         openapi_config=openapi_config(title=title, description=description),

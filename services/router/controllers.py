@@ -28,6 +28,7 @@ from shared.auth import MAX_USER_ID, Principal, require_roles
 from shared.errors import ProblemError, validation_error
 from shared.idempotency import run_idempotent
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from shared.requests import decode_body
 
 Router = SkipValidation[RouterUseCases]
 Caller = Request[Principal, str, object]
@@ -129,7 +130,7 @@ async def _optional_body(request: Request, struct: type[msgspec.Struct]) -> msgs
     if not raw.strip():
         return struct()
     try:
-        return msgspec.json.decode(raw, type=struct)
+        return decode_body(raw, struct)
     except msgspec.ValidationError as exc:
         raise ProblemError(422, "validation_error", str(exc)) from None
     except (msgspec.DecodeError, RecursionError) as exc:

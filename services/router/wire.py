@@ -15,7 +15,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from services.router.domain import PaymentMode, Processor, validate_rules
-from shared.money import MoneyError, amount_field, normalise_currency, parse_rate, to_decimal
+from shared.money import MoneyError, PlainDecimal, amount_field, normalise_currency, parse_rate, to_decimal
 
 PositiveId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 BarberId = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
@@ -48,12 +48,12 @@ class ConfigUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     payment_mode: PaymentMode | UnsetType = UNSET
     preferred_processor: Processor | None | UnsetType = UNSET
     fallback_enabled: bool | UnsetType = UNSET
-    min_external_amount: Decimal | None | UnsetType = UNSET
-    max_platform_amount: Decimal | None | UnsetType = UNSET
-    split_threshold: Decimal | None | UnsetType = UNSET
+    min_external_amount: PlainDecimal | None | UnsetType = UNSET
+    max_platform_amount: PlainDecimal | None | UnsetType = UNSET
+    split_threshold: PlainDecimal | None | UnsetType = UNSET
     # The currency of the three amount rules (ISO 4217; default USD).
     threshold_currency: str | UnsetType = UNSET
-    commission_rate: Decimal | UnsetType = UNSET
+    commission_rate: PlainDecimal | UnsetType = UNSET
     commission_collection_frequency: Frequency | UnsetType = UNSET
     auto_collection_enabled: bool | UnsetType = UNSET
     webhook_notifications: bool | UnsetType = UNSET
@@ -110,7 +110,7 @@ class ConfigOut(msgspec.Struct, kw_only=True):
 
 class RouteIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     appointment_id: PositiveId
-    amount: Decimal
+    amount: PlainDecimal
     currency: str = "USD"
     barber_id: BarberId | None = None
     client_id: PositiveId | None = None
@@ -153,7 +153,7 @@ class ProcessIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     payment_method: PaymentMethod
     route_id: uuid.UUID | None = None
     appointment_id: PositiveId | None = None
-    amount: Decimal | None = None
+    amount: PlainDecimal | None = None
     currency: str = "USD"
     barber_id: BarberId | None = None
     client_id: PositiveId | None = None
@@ -187,7 +187,7 @@ class ProcessOut(msgspec.Struct, kw_only=True):
 class RefundIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Absent `amount`: refund all that is left. Checked in the payment's currency by the service."""
 
-    amount: Decimal | None = None
+    amount: PlainDecimal | None = None
 
     def __post_init__(self) -> None:
         if self.amount is not None:

@@ -1,4 +1,5 @@
-"""Fixtures for the platform tests: the `platform_test` schema and a per-test JetStream stream."""
+"""Integration fixtures: the `platform_test` schema and a per-test JetStream stream (platform
+tests), and the router in-process with the Stripe simulator as a process of its own."""
 
 from __future__ import annotations
 
@@ -6,12 +7,16 @@ import itertools
 
 import pytest
 import sqlalchemy as sa
+from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from services.router.app import create_app
+from services.router.settings import RouterSettings
 from shared.config import normalise_database_url
 from shared.db import session_factory
 from shared.messaging import NatsLink
 from tests.integration.platform_support import SCHEMA, metadata
+from tests.integration.router_support import start_stripe_sim
 
 _stream_numbers = itertools.count(1)
 
@@ -44,3 +49,36 @@ async def link(infra, event_names):
     js = nats_link.js
     await js.delete_stream(stream)
     await nats_link.close()
+
+
+# ---- the router in-process, with the Stripe simulator as its own process ----------------------------
+
+ROUTER_SIM_KEY = "sk_test_platform_account"
+
+
+@pytest.fixture(scope="module")
+def stripe_sim():
+    proc, url = start_stripe_sim()
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+async def router_db(database_url):
+    engine = create_async_engine(normalise_database_url(database_url))
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+async def router_app(make_settings, stripe_sim):
+    settings = make_settings(RouterSettings, stripe_secret_key=ROUTER_SIM_KEY, stripe_api_base=stripe_sim,
+                             stripe_timeout=1.0, log_level="error")
+    return create_app(settings)
+
+
+@pytest.fixture(scope="module")
+async def router_client(router_app):
+    async with AsyncTestClient(router_app) as test_client:
+        yield test_client

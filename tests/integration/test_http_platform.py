@@ -6,7 +6,6 @@ health, metrics, OpenAPI.
 from __future__ import annotations
 
 import asyncio
-from decimal import Decimal
 
 import msgspec
 import pytest
@@ -20,7 +19,7 @@ from shared.auth import issue_token, require_roles
 from shared.errors import ProblemError
 from shared.db import PlatformTables, session_factory
 from shared.idempotency import Claim, IdempotencyStore, fingerprint, run_idempotent
-from shared.money import amount_field, format_amount
+from shared.money import PlainDecimal, amount_field, format_amount
 from shared.service import Runtime, ServiceRuntime, build_app
 from tests.conftest import JWT_SECRET
 from tests.integration.platform_support import metadata, widgets
@@ -30,7 +29,7 @@ _flaky_failures: dict[str, int] = {}
 
 class WidgetIn(msgspec.Struct, forbid_unknown_fields=True):
     name: str
-    amount: Decimal
+    amount: PlainDecimal
     currency: str = "USD"
     delay: float = 0.0
 
@@ -132,7 +131,15 @@ async def test_wrong_role_is_403(client):
         (b'{"name": "w", "amount": 0}', 422, "validation_error", "amount"),
         (b'{"name": "w", "amount": "1.001"}', 422, "validation_error", "amount"),
         (b'{"name": "w", "amount": "NaN"}', 422, "validation_error", "amount"),
-        (b'{"name": "w", "amount": 1e999}', 400, "invalid_json", None),
+        (b'{"name": "w", "amount": 1e999}', 422, "validation_error", "amount"),  # exact: no float overflow
+        (b'{"name": "w", "amount": 50.0000000000000001}', 422, "validation_error", "amount"),  # a float says 50.0
+        ('{"name": "w", "amount": "５０"}'.encode(), 422, "validation_error", "amount"),
+        (b'{"name": "w", "amount": "1_000"}', 422, "validation_error", "amount"),
+        (b'{"name": "w", "amount": " 50"}', 422, "validation_error", "amount"),
+        (b'{"name": "w", "amount": "1e3"}', 422, "validation_error", "amount"),
+        (b'{"name": "w", "amount": "NaN"}', 422, "validation_error", "amount"),
+        (b'{"name": "w", "amount": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", 400, "invalid_json", None),
+        (b"[" * 10_000 + b"]" * 10_000, 400, "invalid_json", None),
         (b'{"name": "w", "amount": 1e99}', 422, "validation_error", "amount"),
         (b"", 422, "validation_error", "body"),
         (b'{"name": "w", "amount": true}', 422, "validation_error", "amount"),

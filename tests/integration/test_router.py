@@ -4,7 +4,6 @@ idempotency, centralized payments, declines, timeouts, refunds, and money conser
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import uuid
 from decimal import Decimal
@@ -13,19 +12,16 @@ import msgspec
 import pytest
 import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.router import tables as t
 from services.router.app import create_app
 from services.router.settings import RouterSettings
-from shared.config import normalise_database_url
 from shared.db import PlatformTables
 from shared.events import encode_event, new_event
-from tests.integration.router_support import BASE, admin, barber, sim_call, start_stripe_sim
+from tests.integration.router_support import BASE, admin, barber, sim_call
 from tests.support import eventually
 
 _ids = itertools.count(1)
-SIM_KEY = "sk_test_platform_account"
 outbox = PlatformTables(t.metadata).outbox
 
 
@@ -35,26 +31,13 @@ def next_barber() -> int:
 
 
 @pytest.fixture(scope="module")
-def stripe_sim():
-    proc, url = start_stripe_sim()
-    yield url
-    proc.terminate()
-    proc.wait(10)
+def client(router_client):
+    return router_client
 
 
 @pytest.fixture(scope="module")
-async def db(database_url):
-    engine = create_async_engine(normalise_database_url(database_url))
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture(scope="module")
-async def client(make_settings, stripe_sim):
-    settings = make_settings(RouterSettings, stripe_secret_key=SIM_KEY, stripe_api_base=stripe_sim,
-                             stripe_timeout=1.0, log_level="error")
-    async with AsyncTestClient(create_app(settings)) as test_client:
-        yield test_client
+def db(router_db):
+    return router_db
 
 
 async def scalar(db, query):

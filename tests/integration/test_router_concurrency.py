@@ -15,12 +15,10 @@ import aiohttp
 import msgspec
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.router import tables as t
-from shared.config import normalise_database_url
 from shared.db import PlatformTables
-from tests.integration.router_support import BASE, admin, barber, sim_call, start_stripe_sim
+from tests.integration.router_support import BASE, admin, barber, sim_call
 from tests.support import free_port, running_process
 
 _ids = itertools.count(1)
@@ -29,14 +27,6 @@ outbox = PlatformTables(t.metadata).outbox
 
 def next_barber() -> int:
     return 700_000 + next(_ids)
-
-
-@pytest.fixture(scope="module")
-def stripe_sim():
-    proc, url = start_stripe_sim()
-    yield url
-    proc.terminate()
-    proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +48,8 @@ async def http(router_url):
 
 
 @pytest.fixture(scope="module")
-async def db(database_url):
-    engine = create_async_engine(normalise_database_url(database_url))
-    yield engine
-    await engine.dispose()
+def db(router_db):
+    return router_db
 
 
 async def call(http, method: str, path: str, headers: dict, json=None) -> tuple[int, dict]:

@@ -1,0 +1,88 @@
+"""Request bodies decoded exactly: JSON numbers keep every digit they were sent with.
+
+Litestar decodes a JSON body into plain Python values before converting it to the handler's
+struct, and plain decoding turns `50.0000000000000001` into the float 50.0: the extra digits
+(which must make such an amount a 422) would be gone before any validation ran. Every service's
+requests therefore decode JSON floats straight from their text into `Decimal`, and fields typed
+`PlainDecimal` accept only a JSON number or a plain ASCII decimal string ("５０", "1_000" and
+" 50" are refused; Python's `Decimal()` would take them).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+from litestar import Request
+from litestar.exceptions import SerializationException
+from litestar.openapi.spec import OpenAPIType, Schema
+from litestar.plugins import OpenAPISchemaPlugin
+from litestar.serialization import default_deserializer
+from litestar.types import Empty
+from litestar.typing import FieldDefinition
+
+from shared.money import MoneyError, PlainDecimal, plain_decimal
+
+if TYPE_CHECKING:
+    from litestar._openapi.schema_generation import SchemaCreator
+
+T = TypeVar("T")
+
+
+def _hook(target: type, value: object) -> Any:
+    if isinstance(target, type) and issubclass(target, PlainDecimal):
+        try:
+            return plain_decimal(value)
+        except MoneyError as exc:
+            raise ValueError(str(exc)) from None
+    return default_deserializer(target, value)
+
+
+_decoder = msgspec.json.Decoder(dec_hook=_hook, float_hook=Decimal)
+
+# For `Litestar(type_decoders=...)`: converting decoded values into handler structs.
+TYPE_DECODERS = [(lambda t: isinstance(t, type) and issubclass(t, PlainDecimal), lambda t, v: _hook(t, v))]
+
+
+def decode_untyped(body: bytes) -> Any:
+    return _decoder.decode(body)
+
+
+def decode_body(body: bytes, struct: type[T]) -> T:
+    """A body into `struct` with the same exact rules (for handlers that read the body themselves)."""
+    return msgspec.convert(_decoder.decode(body), struct, strict=False, dec_hook=_hook)
+
+
+class ExactJSONRequest(Request):
+    """Litestar's Request, with `json()` keeping JSON numbers exact (see the module docstring)."""
+
+    async def json(self) -> Any:
+        if self._json is Empty:
+            if (cached := self._connection_state.json) is not Empty:
+                self._json = cached
+            else:
+                body = await self.body()
+                try:
+                    decoded = _decoder.decode(body or b"null")
+                except msgspec.DecodeError as exc:  # Litestar answers it 400
+                    raise SerializationException(str(exc)) from exc
+                self._json = self._connection_state.json = decoded
+        return self._json
+
+
+class PlainDecimalSchema(OpenAPISchemaPlugin):
+    """How `PlainDecimal` fields read in the OpenAPI document: a number, or a decimal string."""
+
+    @staticmethod
+    def is_plugin_supported_type(value: Any) -> bool:
+        return isinstance(value, type) and issubclass(value, PlainDecimal)
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: SchemaCreator) -> Schema:
+        return Schema(
+            one_of=[Schema(type=OpenAPIType.NUMBER),
+                    Schema(type=OpenAPIType.STRING, pattern=r"^-?[0-9]+(\.[0-9]+)?$")],
+            description="A decimal: a JSON number, or a string of ASCII digits with an optional '.' "
+                        '("50", 50.00, "50.00"); never exponent notation in strings.',
+            examples=["50.00"],
+        )
