@@ -55,8 +55,18 @@ from typing import Any, Callable
 from aiohttp import web
 
 from sandbox import common
-from sandbox.common import (STATE, Claim, IdempotencyRecord, IdempotencyStore, Running,
-                            SimState, Webhook, header_key, json_response, random_token)
+from sandbox.common import (
+    STATE,
+    Claim,
+    IdempotencyRecord,
+    IdempotencyStore,
+    Running,
+    SimState,
+    Webhook,
+    header_key,
+    json_response,
+    random_token,
+)
 
 API_VERSION = "2026-10-28.endive"
 log = logging.getLogger("stripe_sim")

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.db import PlatformTables
 from shared.events import Event, EventPayload, encode_event, new_event
 from shared.messaging import NatsLink
-from shared.observability import OUTBOX_PUBLISHED, OUTBOX_PUBLISH_ERRORS
+from shared.observability import OUTBOX_PUBLISH_ERRORS, OUTBOX_PUBLISHED
 
 log = structlog.get_logger("outbox")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
@@ -61,6 +61,21 @@ def after_cursor(created_at: sa.ColumnElement, row_id: sa.ColumnElement, cursor:
     except ValueError:
         raise validation_error("cursor", "not a cursor this list gave out") from None
     return sa.tuple_(created_at, row_id) < sa.tuple_(sa.literal(when), sa.literal(typed_id))
+
+
+def time_filter(name: str, value: str | None) -> datetime | None:
+    """A `from`/`to` query value: an ISO 8601 time with a zone (a date alone means its UTC midnight)."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise validation_error(name, f"{value!r} is not an ISO 8601 time (e.g. 2026-11-01T00:00:00Z)") from None
+    if len(value) == 10:  # a date: midnight UTC
+        return parsed.replace(tzinfo=UTC)
+    if parsed.tzinfo is None:
+        raise validation_error(name, "give a time zone (e.g. 2026-11-01T00:00:00Z)")
+    return parsed
 
 
 def page_of(rows: list[Any], limit: int, key) -> tuple[list[Any], str | None]:

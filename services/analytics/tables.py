@@ -2,5 +2,9 @@
 
 import sqlalchemy as sa
 
+from shared.db import PlatformTables
+
 SCHEMA = "analytics"
 metadata = sa.MetaData(schema=SCHEMA)
+# outbox, processed_events, idempotency_keys, dead_letters: the tables every service schema has.
+platform = PlatformTables(metadata)

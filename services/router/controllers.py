@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
@@ -25,9 +24,9 @@ from services.router.wire import (
     TransactionPage,
 )
 from shared.auth import MAX_USER_ID, Principal, require_roles
-from shared.errors import ProblemError, validation_error
+from shared.errors import ProblemError
 from shared.idempotency import run_idempotent
-from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, time_filter
 from shared.requests import decode_body
 
 Router = SkipValidation[RouterUseCases]
@@ -92,18 +91,16 @@ class HybridPaymentsController(Controller):
         barber_id: Annotated[int | None, QueryParameter(ge=1, le=MAX_USER_ID)] = None,
         status: FromQuery[TransactionStatus | None] = None,
         payment_type: FromQuery[Literal["centralized", "external"] | None] = None,
-        since: Annotated[datetime | None, QueryParameter(name="from")] = None,
-        until: Annotated[datetime | None, QueryParameter(name="to")] = None,
+        since: Annotated[str | None, QueryParameter(name="from", max_length=40)] = None,
+        until: Annotated[str | None, QueryParameter(name="to", max_length=40)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
         cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> TransactionPage:
-        """Platform (centralized) payments, newest first; `from`/`to` bound `created_at` (to exclusive)."""
-        for name, value in (("from", since), ("to", until)):
-            if value is not None and value.tzinfo is None:
-                raise validation_error(name, "give a time zone (e.g. 2026-11-01T00:00:00Z)")
+        """Platform (centralized) payments, newest first; `from`/`to` (ISO 8601 with a zone, or a
+        date) bound `created_at`, `to` exclusive."""
         return await router.payments.list_transactions(
-            barber_id=barber_id, status=status, payment_type=payment_type, since=since, until=until, cursor=cursor,
-            limit=limit,
+            barber_id=barber_id, status=status, payment_type=payment_type, since=time_filter("from", since),
+            until=time_filter("to", until), cursor=cursor, limit=limit,
         )
 
     @post("/transactions/{transaction_id:uuid}/refund", guards=any_caller, status_code=200)

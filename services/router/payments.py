@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import structlog
 
 from services.router import store
@@ -237,17 +239,8 @@ class PaymentService:
         untouched_since = now - timedelta(seconds=self.settings.pending_sweep_after)
         async with self.rt.uow() as uow:
             attempts = await store.pending_attempts(uow.session, untouched_since, limit=200)
-        outcomes: dict[str, int] = {}
-        for attempt in attempts:
-            try:
-                outcome = await self._sweep_one(attempt, now, untouched_since)
-            except ProcessorError as exc:  # the processor is not answering: try again next run
-                log.warning("sweep_lookup_failed", transaction_id=str(attempt["id"]), error=exc.message)
-                outcome = "lookup_failed"
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        if outcomes:
-            log.info("pending_attempts_swept", **outcomes)
-        return outcomes
+        return await sweep_each(attempts, lambda attempt: self._sweep_one(attempt, now, untouched_since),
+                                "pending_attempts_swept")
 
     async def _sweep_one(self, attempt: dict[str, Any], now: datetime, untouched_since: datetime) -> str:
         processor = self.processor
@@ -266,7 +259,22 @@ class PaymentService:
         return row["status"]
 
 
-def _jsonable(raw: dict[str, Any] | None) -> dict[str, Any] | None:
-    import msgspec
+async def sweep_each(rows: list[dict[str, Any]], settle: Callable[[dict[str, Any]], Awaitable[str]],
+                     what: str) -> dict[str, int]:
+    """Settle each pending row, counting outcomes; a processor that does not answer leaves the
+    row pending for the next run."""
+    outcomes: dict[str, int] = {}
+    for row in rows:
+        try:
+            outcome = await settle(row)
+        except ProcessorError as exc:
+            log.warning("sweep_lookup_failed", id=str(row["id"]), error=exc.message)
+            outcome = "lookup_failed"
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    if outcomes:
+        log.info(what, **outcomes)
+    return outcomes
 
+
+def _jsonable(raw: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if raw is None else msgspec.json.decode(msgspec.json.encode(raw))

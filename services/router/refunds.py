@@ -20,13 +20,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import structlog
 from litestar import Response
 
 from services.router import store
 from services.router.domain import RefundRefused, apply_refund, plan_refund
 from services.router.mapping import refund_out, transaction_recorded
-from services.router.payments import processor_required
+from services.router.payments import processor_required, sweep_each
 from services.router.settings import RouterSettings
 from services.router.wire import RefundIn, RefundOut
 from shared.auth import Principal
@@ -38,7 +37,6 @@ from shared.processors.base import (
     InvalidCredentials,
     OutcomeUnknown,
     PaymentProcessor,
-    ProcessorError,
     ProcessorRequestError,
     ProcessorTimeout,
     ProcessorUnavailable,
@@ -48,7 +46,6 @@ from shared.processors.base import (
 )
 from shared.service import ServiceRuntime
 
-log = structlog.get_logger("router.refunds")
 _REFUND_NAMESPACE = uuid.UUID("0c6f3f0e-9b7e-4d59-a0f0-6a3c1f9e2b17")
 
 
@@ -119,7 +116,8 @@ class RefundService:
                         requested=requested, currency=currency)
                 except RefundRefused as refused:
                     raise ProblemError(refused.status, refused.code, refused.detail,
-                                       **({"field": "amount"} if refused.code == "refund_exceeds_payment" else {}))
+                                       **({"field": "amount"} if refused.code == "refund_exceeds_payment" else {})
+                                       ) from None
                 refund = await store.insert_refund(uow.session, dict(
                     id=refund_id, payment_id=transaction_id, amount=amount, status="pending",
                     processor_idempotency_key=f"hp-refund-{refund_id}", created_at=now, updated_at=now))
@@ -172,22 +170,14 @@ class RefundService:
     # ---- the sweeper -----------------------------------------------------------------------------
 
     async def sweep_pending(self, now: datetime) -> dict[str, int]:
+        """Settle every refund left pending and untouched for `pending_sweep_after` seconds."""
         if self.processor is None:
             return {}
         untouched_since = now - timedelta(seconds=self.settings.pending_sweep_after)
         async with self.rt.uow() as uow:
             refunds = await store.pending_refunds(uow.session, untouched_since, limit=200)
-        outcomes: dict[str, int] = {}
-        for refund in refunds:
-            try:
-                outcome = await self._sweep_one(refund, untouched_since)
-            except ProcessorError as exc:
-                log.warning("sweep_lookup_failed", refund_id=str(refund["id"]), error=exc.message)
-                outcome = "lookup_failed"
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        if outcomes:
-            log.info("pending_refunds_swept", **outcomes)
-        return outcomes
+        return await sweep_each(refunds, lambda refund: self._sweep_one(refund, untouched_since),
+                                "pending_refunds_swept")
 
     async def _sweep_one(self, refund: dict[str, Any], untouched_since: datetime) -> str:
         processor = self.processor

@@ -8,8 +8,12 @@ hold 0.125.
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
+from shared.db import PlatformTables
+
 SCHEMA = "router"
 metadata = sa.MetaData(schema=SCHEMA)
+# outbox, processed_events, idempotency_keys, dead_letters: the tables every service schema has.
+platform = PlatformTables(metadata)
 
 Money = sa.Numeric(18, 4)
 Rate = sa.Numeric(6, 5)

@@ -15,6 +15,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from services.router.domain import PaymentMode, Processor, validate_rules
+from shared.events import ConfigChanged
 from shared.money import MoneyError, PlainDecimal, amount_field, normalise_currency, parse_rate, to_decimal
 
 PositiveId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
@@ -87,25 +88,11 @@ class ConfigUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         }
 
 
-class ConfigOut(msgspec.Struct, kw_only=True):
-    barber_id: int
-    payment_mode: PaymentMode
-    preferred_processor: Processor | None
-    fallback_enabled: bool
-    min_external_amount: str | None
-    max_platform_amount: str | None
-    split_threshold: str | None
-    threshold_currency: str
-    commission_rate: str
-    commission_collection_frequency: Frequency
-    auto_collection_enabled: bool
-    webhook_notifications: bool
-    email_notifications: bool
-    analytics_enabled: bool
-    connect_account_id: str | None
+class ConfigOut(ConfigChanged, kw_only=True):
+    """A barber's config as the API shows it: exactly what `config.changed` carries, and whether
+    it is still the platform defaults (no row yet)."""
+
     is_default: bool
-    version: int
-    updated_at: datetime | None
 
 
 class RouteIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

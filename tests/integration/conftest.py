@@ -82,3 +82,14 @@ async def router_app(make_settings, stripe_sim):
 async def router_client(router_app):
     async with AsyncTestClient(router_app) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="module")
+def client(router_client):
+    """The router's test client (modules with a client of their own override this name)."""
+    return router_client
+
+
+@pytest.fixture(scope="module")
+def db(router_db):
+    return router_db

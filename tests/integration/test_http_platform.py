@@ -16,8 +16,8 @@ from litestar.testing import AsyncTestClient
 
 from services.router.settings import RouterSettings
 from shared.auth import issue_token, require_roles
-from shared.errors import ProblemError
 from shared.db import PlatformTables, session_factory
+from shared.errors import ProblemError
 from shared.idempotency import Claim, IdempotencyStore, fingerprint, run_idempotent
 from shared.money import PlainDecimal, amount_field, format_amount
 from shared.service import Runtime, ServiceRuntime, build_app

@@ -42,3 +42,40 @@ async def test_up_down_up(scratch_database, service):
         assert await tables_of(scratch_database, service) == at_head
     for other in set(SERVICES) - {service}:  # a service touches its own schema only
         assert await tables_of(scratch_database, other) == set()
+
+
+def _drift(connection, schema: str, metadata) -> list:
+    """What Alembic's autogenerate would change to make the migrated schema match `tables.py`."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    def include_object(obj, name, type_, reflected, compare_to) -> bool:
+        if type_ == "table":
+            return obj.schema == schema and name != "alembic_version"
+        return True
+
+    context = MigrationContext.configure(connection, opts={
+        "include_schemas": True, "include_object": include_object, "compare_type": True,
+        "version_table_schema": schema,
+    })
+    return compare_metadata(context, metadata)
+
+
+@pytest.mark.filterwarnings("ignore:Can't validate argument 'dialect_options'")  # partial-index reflection
+@pytest.mark.parametrize("service", SERVICES)
+async def test_the_migrated_schema_matches_the_tables_module(database_url, service):
+    """A change to `tables.py` without its migration (or the reverse) fails here."""
+    import importlib
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from shared.config import normalise_database_url
+
+    tables = importlib.import_module(f"services.{service}.tables")
+    engine = create_async_engine(normalise_database_url(database_url))
+    try:
+        async with engine.connect() as conn:
+            drift = await conn.run_sync(_drift, tables.SCHEMA, tables.metadata)
+    finally:
+        await engine.dispose()
+    assert drift == [], f"{service}: tables.py and the migrations disagree: {drift}"

@@ -13,8 +13,8 @@ from decimal import Decimal
 import msgspec
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 from nats.js.errors import NotFoundError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from shared.consumer import EventConsumer, is_transient
 from shared.db import session_factory

@@ -30,16 +30,6 @@ def next_barber() -> int:
     return 500_000 + next(_ids)
 
 
-@pytest.fixture(scope="module")
-def client(router_client):
-    return router_client
-
-
-@pytest.fixture(scope="module")
-def db(router_db):
-    return router_db
-
-
 async def scalar(db, query):
     async with db.connect() as conn:
         return await conn.scalar(query)
@@ -203,7 +193,7 @@ async def test_route_idempotency(client, db):
 
 
 
-async def test_connection_read_model_drives_external_routes(client, infra, event_names):
+async def test_connection_read_model_drives_external_routes(client, db, infra, event_names):
     import nats
 
     b = next_barber()
@@ -246,11 +236,19 @@ async def test_connection_read_model_drives_external_routes(client, infra, event
     await js.publish(subject, encode_event(stale))
     await nc.close()
 
-    async def refused_again():
-        r = await client.post(f"{BASE}/route", headers=barber(b), json={"appointment_id": 5, "amount": 60})
-        return r.status_code == 422
+    # Wait for the stale event itself to be applied (it comes after the newer one), then look:
+    # a poll of the route alone could land between the two events and prove nothing.
+    processed = PlatformTables(t.metadata).processed_events
 
-    await eventually(refused_again, timeout=10, interval=0.2)
+    async def stale_applied():
+        return await scalar(db, sa.select(sa.func.count()).where(processed.c.event_id == stale.event_id))
+
+    await eventually(stale_applied, timeout=10, interval=0.1)
+    refused = await client.post(f"{BASE}/route", headers=barber(b), json={"appointment_id": 5, "amount": 60})
+    assert refused.status_code == 422 and refused.json()["reason"] == "no_external_connection"
+    status = await scalar(db, sa.select(t.processor_connections.c.status).where(
+        t.processor_connections.c.connection_id == connection_id))
+    assert status == "disconnected"
 
 
 async def test_kill_switch(make_settings, stripe_sim):
@@ -405,3 +403,63 @@ async def test_money_is_conserved_across_many_payments(client, db, stripe_sim):
     for p in ok:
         assert cents(p["commission_amount"]) == (cents(p["amount"]) * 15 * 2 + 100) // 200
     assert len({e["transaction_id"] for e in events}) == 12
+
+
+# ---- lookups ------------------------------------------------------------------------------------
+
+async def test_a_caller_looks_up_its_route_and_transaction(client):
+    b = await paying_barber(client)
+    paid = (await client.post(f"{BASE}/process", headers=barber(b), json={
+        "appointment_id": 21, "amount": "40.00", "payment_method": "pm_card_visa"})).json()
+    route = await client.get(f"{BASE}/routes/{paid['route_id']}", headers=barber(b))
+    assert route.status_code == 200 and route.json()["amount"] == "40.00"
+    await client.post(f"{BASE}/transactions/{paid['transaction_id']}/refund", headers=barber(b),
+                      json={"amount": "15.00"})
+    found = await client.get(f"{BASE}/transactions/{paid['transaction_id']}", headers=barber(b))
+    assert found.status_code == 200
+    body = found.json()
+    assert (body["status"], body["amount"], body["refunded_amount"], body["commission_amount"]) == (
+        "partially_refunded", "40.00", "15.00", "6.00")
+    assert [(r["amount"], r["status"]) for r in body["refunds"]] == [("15.00", "succeeded")]
+    assert body["processed_at"] and body["external_transaction_id"] == paid["external_transaction_id"]
+    # Another barber learns nothing (404, not 403); an admin sees it.
+    for path in (f"/routes/{paid['route_id']}", f"/transactions/{paid['transaction_id']}"):
+        assert (await client.get(BASE + path, headers=barber(b + 1))).status_code == 404
+        assert (await client.get(BASE + path, headers=admin())).status_code == 200
+    assert (await client.get(f"{BASE}/transactions/{uuid.uuid4()}", headers=admin())).status_code == 404
+
+
+async def test_admin_lists_payments_with_filters_and_pages(client):
+    b = await paying_barber(client)
+    made = []
+    for i, (amount, method) in enumerate([("10.00", "pm_card_visa"), ("11.00", "pm_card_chargeDeclined"),
+                                          ("12.00", "pm_card_visa"), ("13.00", "pm_card_visa"),
+                                          ("14.00", "pm_card_visa")]):
+        response = await client.post(f"{BASE}/process", headers=barber(b), json={
+            "appointment_id": 30 + i, "amount": amount, "payment_method": method})
+        made.append(response.json()["transaction_id"])
+    seen, cursor = [], None
+    while True:
+        params = {"barber_id": b, "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get(f"{BASE}/transactions", headers=admin(), params=params)).json()
+        assert len(page["items"]) <= 2
+        seen += [item["transaction_id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(made))  # newest first, each exactly once
+    failed = (await client.get(f"{BASE}/transactions", headers=admin(),
+                               params={"barber_id": b, "status": "failed"})).json()
+    assert [item["transaction_id"] for item in failed["items"]] == [made[1]]
+    future = (await client.get(f"{BASE}/transactions", headers=admin(),
+                               params={"barber_id": b, "from": "2099-01-01T00:00:00Z"})).json()
+    assert future == {"items": [], "next_cursor": None}
+    external = (await client.get(f"{BASE}/transactions", headers=admin(),
+                                 params={"barber_id": b, "payment_type": "external"})).json()
+    assert external["items"] == []  # the external service keeps those
+    for params, field in [({"limit": 0}, "limit"), ({"limit": 501}, "limit"), ({"cursor": "nope"}, "cursor"),
+                          ({"status": "lost"}, "status"), ({"from": "yesterday"}, "from"),
+                          ({"from": "2026-01-01T00:00:00"}, "from"), ({"barber_id": 0}, "barber_id")]:
+        response = await client.get(f"{BASE}/transactions", headers=admin(), params=params)
+        assert response.status_code == 422 and field in response.text, (params, response.text)
+    assert (await client.get(f"{BASE}/transactions", headers=barber(b))).status_code == 403

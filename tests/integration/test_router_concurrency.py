@@ -47,11 +47,6 @@ async def http(router_url):
         yield session
 
 
-@pytest.fixture(scope="module")
-def db(router_db):
-    return router_db
-
-
 async def call(http, method: str, path: str, headers: dict, json=None) -> tuple[int, dict]:
     async with http.request(method, BASE + path, headers=headers, json=json) as resp:
         return resp.status, await resp.json(content_type=None)

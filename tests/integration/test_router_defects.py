@@ -43,16 +43,6 @@ def next_barber() -> int:
 
 
 @pytest.fixture(scope="module")
-def client(router_client):
-    return router_client
-
-
-@pytest.fixture(scope="module")
-def db(router_db):
-    return router_db
-
-
-@pytest.fixture(scope="module")
 def router(router_app):
     return router_app.state.router
 
@@ -367,3 +357,31 @@ async def test_json_nested_ten_thousand_deep_is_400(client):
             response = await client.request(method, BASE + path, content=raw,
                                              headers={**barber(b), "Content-Type": "application/json"})
             assert 400 <= response.status_code < 500, (path, response.status_code, response.text[:200])
+
+
+async def test_a_refused_connection_fails_the_attempt_and_a_retry_pays(make_settings, stripe_sim, db):
+    """Connection refused: surely nothing happened, so the attempt fails (503) and the retry with
+    the same key makes a new attempt that pays, instead of waiting for the sweeper."""
+    from litestar.testing import AsyncTestClient
+
+    from services.router.app import create_app
+    from services.router.settings import RouterSettings
+
+    closed = make_settings(RouterSettings, stripe_secret_key=ROUTER_SIM_KEY, stripe_api_base="http://127.0.0.1:1",
+                           stripe_timeout=1.0, log_level="error")
+    b = next_barber()
+    body = {"appointment_id": 1, "amount": "20.00", "payment_method": "pm_card_visa"}
+    headers = {**barber(b), "Idempotency-Key": f"refused-{b}"}
+    async with AsyncTestClient(create_app(closed)) as down:
+        assert (await down.put(f"{BASE}/config/{b}", headers=admin(),
+                               json={"connect_account_id": f"acct_{b}"})).status_code == 200
+        refused = await down.post(f"{BASE}/process", headers=headers, json=body)
+        assert refused.status_code == 503 and refused.json()["code"] == "processor_unavailable", refused.text
+    failed = await payment_row(db, refused.json()["transaction_id"])
+    assert (failed["status"], failed["failure_code"]) == ("failed", "processor_unavailable")
+    up = make_settings(RouterSettings, stripe_secret_key=ROUTER_SIM_KEY, stripe_api_base=stripe_sim,
+                       stripe_timeout=1.0, log_level="error")
+    async with AsyncTestClient(create_app(up)) as back:
+        paid = await back.post(f"{BASE}/process", headers=headers, json=body)
+    assert paid.status_code == 200 and paid.json()["status"] == "completed", paid.text
+    assert paid.json()["transaction_id"] != refused.json()["transaction_id"]

@@ -22,8 +22,18 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sandbox.common import (STATE, Fault, IdempotencyStore, SimState, Webhook, WebhookDeliverer,
-                            body_key, header_key, sim_app, start_sim)
+from sandbox.common import (
+    STATE,
+    Fault,
+    IdempotencyStore,
+    SimState,
+    Webhook,
+    WebhookDeliverer,
+    body_key,
+    header_key,
+    sim_app,
+    start_sim,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "shop-secret"

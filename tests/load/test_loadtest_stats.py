@@ -10,7 +10,13 @@ import pytest
 
 from tests.load import stats
 from tests.load.loadtest import (
-    LoadError, amount_text, barber_config, check_target, error_kind, is_loopback_host, route_body,
+    LoadError,
+    amount_text,
+    barber_config,
+    check_target,
+    error_kind,
+    is_loopback_host,
+    route_body,
 )
 
 

@@ -85,3 +85,16 @@ def test_database_urls_are_driven_through_asyncpg(url, expected):
     assert normalise_database_url(url) == expected
     with pytest.raises(SettingsError, match="DATABASE_URL"):
         normalise_database_url("mysql://u@h/db")
+
+
+def test_passwords_in_urls_never_print():
+    s = load_settings(RouterSettings, env={**BASE, "DATABASE_URL": "postgresql://app:pa%40ss@db:5432/hp",
+                                           "NATS_URL": "nats://user:n4ts-secret@nats:4222"}, dotenv=None)
+    shown = repr(s)
+    assert "pa%40ss" not in shown and "n4ts-secret" not in shown
+    assert "postgresql://app:***@db:5432/hp" in shown and "nats://user:***@nats:4222" in shown
+
+
+def test_the_sweeper_never_races_a_live_processor_call():
+    with pytest.raises(SettingsError, match="^PENDING_SWEEP_AFTER"):
+        load_settings(RouterSettings, env={**BASE, "STRIPE_TIMEOUT": "30", "PENDING_SWEEP_AFTER": "45"}, dotenv=None)

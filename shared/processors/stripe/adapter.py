@@ -175,7 +175,7 @@ class StripeProcessor:
         rows: list[dict[str, Any]] = []
         page: dict[str, Any] = {"limit": _PAGE}
         while True:
-            listing = (await self._call(lambda c: fetch(c, page))).to_dict()
+            listing = (await self._call(lambda c, page=page: fetch(c, page))).to_dict()
             rows.extend(listing["data"])
             if not listing.get("has_more") or not listing["data"]:
                 return rows
