@@ -25,6 +25,11 @@ EVENTS_CONSUMED = Counter("events_consumed_total", "Events applied by consumers"
 EVENTS_DEAD_LETTERED = Counter(
     "events_dead_lettered_total", "Events parked in dead_letters after failing deterministically", ["consumer"]
 )
+EXTERNAL_CHARGES = Counter("external_charges_total", "Charges through barbers' own processors by outcome",
+                           ["processor", "outcome"])
+WEBHOOKS_RECEIVED = Counter("webhooks_received_total", "Processor webhooks by outcome", ["processor", "outcome"])
+RECONCILIATION_FINDINGS = Counter("reconciliation_findings_total", "Reconciled processor payments by verdict",
+                                  ["processor", "verdict"])
 JOB_RUNS = Counter("scheduled_job_runs_total", "Scheduled job runs by outcome", ["job", "outcome"])
 
 REQUEST_ID_HEADER = "x-request-id"

@@ -22,6 +22,7 @@ from litestar.serialization import default_deserializer
 from litestar.types import Empty
 from litestar.typing import FieldDefinition
 
+from shared.errors import ProblemError
 from shared.money import MoneyError, PlainDecimal, plain_decimal
 
 if TYPE_CHECKING:
@@ -86,3 +87,16 @@ class PlainDecimalSchema(OpenAPISchemaPlugin):
                         '("50", 50.00, "50.00"); never exponent notation in strings.',
             examples=["50.00"],
         )
+
+
+async def optional_body(request: Request, struct: type[T]) -> T:
+    """A body that may be absent (then all defaults), decoded exactly and with the usual errors."""
+    raw = await request.body()
+    if not raw.strip():
+        return struct()
+    try:
+        return decode_body(raw, struct)
+    except msgspec.ValidationError as exc:
+        raise ProblemError(422, "validation_error", str(exc)) from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ProblemError(400, "invalid_json", f"malformed JSON body: {exc}") from None

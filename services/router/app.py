@@ -15,6 +15,7 @@ import services.router as package
 from services.router import settings as settings_module
 from services.router.configs import ConfigService
 from services.router.controllers import HybridPaymentsController
+from services.router.external import ExternalPayments
 from services.router.payments import PaymentService
 from services.router.read_model import ConnectionReadModel
 from services.router.refunds import RefundService
@@ -38,11 +39,13 @@ def create_app(settings: settings_module.RouterSettings | None = None, *,
     circuits = CircuitBoard()
     contexts = BarberContexts(runtime, settings)
     routing = RoutingService(runtime, settings, contexts, circuits)
+    external = ExternalPayments(settings)
+    payments = PaymentService(runtime, settings, contexts, routing, circuits, processor, external)
     router = RouterUseCases(
         configs=ConfigService(runtime, settings, contexts, circuits),
         routing=routing,
-        payments=PaymentService(runtime, settings, contexts, routing, circuits, processor),
-        refunds=RefundService(runtime, settings, circuits, processor),
+        payments=payments,
+        refunds=RefundService(runtime, settings, circuits, processor, payments),
         connections=ConnectionReadModel(runtime, settings, contexts),
         contexts=contexts,
     )
@@ -91,6 +94,7 @@ def create_app(settings: settings_module.RouterSettings | None = None, *,
                     await sub.unsubscribe()
             if processor is not None:
                 await processor.close()
+            await external.close()
 
     app = build_app(
         settings=settings,

@@ -17,7 +17,13 @@ from services.router import store
 from services.router.mapping import config_changed, config_out
 from services.router.routing import BarberContexts
 from services.router.settings import RouterSettings
-from services.router.wire import ConfigOut, ConfigUpdate, MyOptions, ProcessorOption, config_rule_error
+from services.router.wire import (
+    ConfigOut,
+    ConfigUpdate,
+    MyOptions,
+    ProcessorOption,
+    config_rule_error,
+)
 from shared.auth import Principal
 from shared.circuit import CircuitBoard
 from shared.errors import ProblemError

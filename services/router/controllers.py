@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-import msgspec
 from litestar import Controller, Request, Response, get, post, put
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter, SkipValidation
 
@@ -27,7 +26,7 @@ from shared.auth import MAX_USER_ID, Principal, require_roles
 from shared.errors import ProblemError
 from shared.idempotency import run_idempotent
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, time_filter
-from shared.requests import decode_body
+from shared.requests import optional_body
 
 Router = SkipValidation[RouterUseCases]
 Caller = Request[Principal, str, object]
@@ -108,7 +107,7 @@ class HybridPaymentsController(Controller):
                      router: Router) -> Response[RefundOut]:
         """Full refund without a body (or `{}`), partial with `{"amount": ...}`. 200 when the
         processor refunded it, 202 while the processor reports it pending."""
-        body = await _optional_body(request, RefundIn)
+        body = await optional_body(request, RefundIn)
         return await run_idempotent(
             router.idempotency, request, body,
             lambda claim: router.refunds.refund_payment(request.user, transaction_id, body, claim),
@@ -120,15 +119,3 @@ def _barber_id(barber_id: int) -> int:
         raise ProblemError(422, "validation_error", "barber_id: must be a positive 32-bit integer", field="barber_id")
     return barber_id
 
-
-async def _optional_body(request: Request, struct: type[msgspec.Struct]) -> msgspec.Struct:
-    """A body that may be absent (then all defaults), decoded with the usual error shapes."""
-    raw = await request.body()
-    if not raw.strip():
-        return struct()
-    try:
-        return decode_body(raw, struct)
-    except msgspec.ValidationError as exc:
-        raise ProblemError(422, "validation_error", str(exc)) from None
-    except (msgspec.DecodeError, RecursionError) as exc:
-        raise ProblemError(400, "invalid_json", f"malformed JSON body: {exc}") from None

@@ -2,9 +2,8 @@
 
 - Routing: `decide_route` applies the contract's rules in order and says which one decided
   (`reason`); `price_route` computes commission, the estimated processor fee and the barber's net.
-- Payment lifecycle: which status a processor outcome gives an attempt (`settled_status`).
-- Refund lifecycle: what may be refunded (`plan_refund`) and what a succeeded refund does to the
-  payment (`apply_refund`), computed from the payment row locked in the settling transaction.
+- The payment and refund lifecycles every service shares (which status an outcome gives, what may
+  be refunded) are in `shared/lifecycle.py`.
 
 Every amount is in the payment's own currency and rounded half-up to that currency's minor unit.
 """
@@ -16,25 +15,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from shared.money import format_amount, percentage_of, round_money
+from shared.fees import processor_fee
+from shared.money import percentage_of
 
 PaymentMode = Literal["centralized", "decentralized", "hybrid"]
 Processor = Literal["stripe", "square", "paypal"]
 PaymentType = Literal["centralized", "external"]
 PROCESSORS: tuple[Processor, ...] = ("stripe", "square", "paypal")
-PaymentStatus = Literal["pending", "completed", "failed", "canceled", "refunded", "partially_refunded"]
-RefundStatus = Literal["pending", "succeeded", "failed"]
-
-# Card-not-present list prices, used when a connection states no fees of its own: a percentage,
-# and a fixed part known per currency. In a currency without a known fixed part the estimate is
-# the percentage alone (never a USD fee added to yen).
-LIST_PRICES: dict[str, tuple[Decimal, dict[str, Decimal]]] = {
-    "stripe": (Decimal("2.9"), {"USD": Decimal("0.30"), "CAD": Decimal("0.30"), "AUD": Decimal("0.30"),
-                                "NZD": Decimal("0.30"), "EUR": Decimal("0.25"), "GBP": Decimal("0.20")}),
-    "square": (Decimal("2.9"), {"USD": Decimal("0.30"), "CAD": Decimal("0.30")}),
-    "paypal": (Decimal("3.49"), {"USD": Decimal("0.49")}),
-}
-
 
 # ---- routing -------------------------------------------------------------------------------------
 
@@ -111,12 +98,7 @@ class RoutingInput:
 
 def estimate_fee(processor: str, connection: Connection | None, amount: Decimal, currency: str) -> Decimal:
     """The processor's fee for `amount`, from the connection's own fees, else the list price."""
-    if connection is not None and connection.processing_fees is not None:
-        percent, fixed = connection.processing_fees
-    else:
-        percent, fixed_by_currency = LIST_PRICES[processor]
-        fixed = fixed_by_currency.get(currency, Decimal(0))
-    return round_money(amount * percent / Decimal(100) + fixed, currency)
+    return processor_fee(processor, connection.processing_fees if connection else None, amount, currency)
 
 
 def external_net(connection: Connection, amount: Decimal, currency: str, rate: Decimal) -> Decimal:
@@ -221,48 +203,3 @@ def validate_rules(
 
 def _with(route: Route, reason: str) -> Route:
     return Route(route.payment_type, route.processor, route.connection, reason, route.fallback_used)
-
-
-# ---- payment lifecycle ---------------------------------------------------------------------------
-#   pending --processor says--> completed | failed | canceled | (still) pending
-#   completed --refund succeeded--> partially_refunded | refunded
-
-_SETTLED: dict[str, PaymentStatus] = {
-    "pending": "pending", "completed": "completed", "failed": "failed", "canceled": "canceled",
-}
-REFUNDABLE: frozenset[str] = frozenset({"completed", "partially_refunded"})
-
-
-def settled_status(processor_status: str) -> PaymentStatus:
-    """An attempt's status from the processor interface's payment status (exhaustive)."""
-    return _SETTLED[processor_status]
-
-
-class RefundRefused(Exception):
-    def __init__(self, code: str, detail: str, status: int = 422) -> None:
-        super().__init__(detail)
-        self.code, self.detail, self.status = code, detail, status
-
-
-def plan_refund(*, status: str, amount: Decimal, refunded_amount: Decimal, pending_refunds: Decimal,
-                requested: Decimal | None, currency: str) -> Decimal:
-    """How much this refund is for: the request, or all that is left. Pending refunds count as
-    taken, so two refunds racing on one payment can never add up to more than it."""
-    if status not in REFUNDABLE:
-        raise RefundRefused("not_refundable", f"a {status} payment cannot be refunded", status=409)
-    remaining = amount - refunded_amount - pending_refunds
-    if remaining <= 0:
-        raise RefundRefused("not_refundable", "nothing is left to refund (refunds in flight count)", status=409)
-    refund = remaining if requested is None else requested
-    if refund > remaining:
-        raise RefundRefused("refund_exceeds_payment", f"amount: {format_amount(refund, currency)} exceeds the "
-                                                      f"refundable {format_amount(remaining, currency)}")
-    return refund
-
-
-def apply_refund(*, amount: Decimal, refunded_amount: Decimal, refund: Decimal) -> tuple[Decimal, PaymentStatus]:
-    """The payment's refunded total and status once a refund succeeded (from the locked row)."""
-    total = refunded_amount + refund
-    if refund <= 0 or total > amount:
-        raise ValueError(f"a refund of {refund} on {refunded_amount} of {amount} is not possible")
-    return total, "refunded" if total == amount else "partially_refunded"

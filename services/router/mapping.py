@@ -15,6 +15,7 @@ from services.router.wire import (
     TransactionOut,
 )
 from shared.events import ConfigChanged, TransactionRecorded
+from shared.internal_api import ExternalTransactionOut, RefundOutcome
 from shared.money import format_amount, format_rate
 
 Row = dict[str, Any]
@@ -158,4 +159,32 @@ def transaction_recorded(row: Row, *, refund_amount: Decimal | None = None) -> T
         sequence=row["version"],
         failure_code=row["failure_code"],
         refund_amount=refund_amount,
+    )
+
+
+def external_process_out(decision: Row, tx: ExternalTransactionOut) -> ProcessOut:
+    return ProcessOut(
+        transaction_id=tx.id, route_id=decision["route_id"], status=tx.status, payment_type="external",
+        processor=tx.processor, external_transaction_id=tx.external_transaction_id, amount=tx.amount,
+        currency=tx.currency, commission_amount=tx.commission_amount,
+    )
+
+
+def external_transaction_out(tx: ExternalTransactionOut) -> TransactionOut:
+    return TransactionOut(
+        transaction_id=tx.id, route_id=tx.route_id, barber_id=tx.barber_id, appointment_id=tx.appointment_id,
+        client_id=tx.client_id, status=tx.status, payment_type="external", processor=tx.processor,
+        external_transaction_id=tx.external_transaction_id, amount=tx.amount, refunded_amount=tx.refunded_amount,
+        currency=tx.currency, commission_rate=tx.commission_rate, commission_amount=tx.commission_amount,
+        processor_fee=tx.processor_fee, failure_code=tx.failure_code, failure_reason=tx.failure_reason,
+        created_at=tx.created_at, processed_at=tx.processed_at,
+    )
+
+
+def external_refund_out(outcome: RefundOutcome) -> RefundOut:
+    tx = outcome.transaction
+    return RefundOut(
+        transaction_id=tx.id, refund_id=outcome.refund_id, refund_status=outcome.refund_status, status=tx.status,
+        refund_amount=outcome.refund_amount, refunded_amount=tx.refunded_amount, amount=tx.amount,
+        currency=tx.currency, failure_reason=outcome.failure_reason,
     )

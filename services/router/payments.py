@@ -23,15 +23,22 @@ import msgspec
 import structlog
 
 from services.router import store
-from services.router.domain import settled_status
-from services.router.mapping import process_out, transaction_out, transaction_recorded
+from services.router.external import ExternalPayments, nothing_happened
+from services.router.mapping import (
+    external_process_out,
+    external_transaction_out,
+    process_out,
+    transaction_out,
+    transaction_recorded,
+)
 from services.router.routing import BarberContexts, RoutingService
 from services.router.settings import RouterSettings
-from services.router.wire import ProcessIn, ProcessOut, TransactionOut, TransactionPage
+from services.router.wire import FallbackOut, ProcessIn, ProcessOut, TransactionOut, TransactionPage
 from shared.auth import Principal
 from shared.circuit import CircuitBoard
 from shared.errors import ProblemError, not_found
 from shared.idempotency import Claim
+from shared.lifecycle import settled_status
 from shared.pagination import page_of
 from shared.processors.base import (
     InvalidCredentials,
@@ -62,7 +69,9 @@ def processor_required(processor: PaymentProcessor | None) -> PaymentProcessor:
 
 class PaymentService:
     def __init__(self, runtime: ServiceRuntime, settings: RouterSettings, contexts: BarberContexts,
-                 routing: RoutingService, circuits: CircuitBoard, processor: PaymentProcessor | None) -> None:
+                 routing: RoutingService, circuits: CircuitBoard, processor: PaymentProcessor | None,
+                 external: ExternalPayments) -> None:
+        self.external = external
         self.rt = runtime
         self.settings = settings
         self.contexts = contexts
@@ -82,12 +91,40 @@ class PaymentService:
             route_id = body.route_id
         decision = await self.routing.load_decision(principal, route_id)
         if decision["payment_type"] == "external":
-            raise ProblemError(
-                503, "external_processing_unavailable",
-                "external (barber-processor) payments are not wired yet; this route is external",
-                route_id=str(route_id), retryable=False,
-            )
+            return await self._charge_external(decision, body.payment_method, claim)
         return await self._charge_centralized(decision, body.payment_method, claim)
+
+    async def _charge_external(self, decision: dict[str, Any], payment_method: str, claim: Claim | None
+                               ) -> ProcessOut:
+        """Through the external service on the barber's own processor. When that processor surely
+        did nothing (refused connection, unusable connection, the external service unreachable) and
+        the barber has fallback on, the platform takes the payment instead: both attempts stay on
+        record and the answer says so."""
+        async with self.rt.uow() as uow:
+            paid_here = await store.live_attempt(uow.session, decision["route_id"])
+        if paid_here is not None:  # fallen back before: this route is the platform's now
+            return process_out(paid_here)
+        circuit = self.circuits.circuit(decision["processor"])
+        try:
+            tx = await self.external.charge(decision, payment_method)
+        except ProblemError as problem:
+            if problem.status >= 500:
+                circuit.record_failure(time.monotonic())
+            elif problem.code in ("payment_declined", "processor_rejected"):
+                circuit.record_success()
+            if not nothing_happened(problem):
+                raise
+            context = await self.contexts.get(decision["barber_id"], fresh=True)
+            if not context.config.fallback_enabled:
+                raise
+            log.info("external_fallback", route_id=str(decision["route_id"]), processor=decision["processor"],
+                     reason=problem.code)
+            out = await self._charge_centralized(decision, payment_method, claim)
+            return msgspec.structs.replace(out, fallback_used=True, fallback_from=FallbackOut(
+                processor=decision["processor"], transaction_id=problem.extra.get("transaction_id"),
+                reason=problem.code))
+        circuit.record_success()
+        return external_process_out(decision, tx)
 
     async def _charge_centralized(self, decision: dict[str, Any], payment_method: str,
                                   claim: Claim | None) -> ProcessOut:
@@ -216,9 +253,24 @@ class PaymentService:
         async with self.rt.uow() as uow:
             row = await store.load_payment(uow.session, transaction_id)
             refunds = await store.refunds_of(uow.session, transaction_id) if row else []
-        if row is None or (principal.role == "barber" and row["barber_id"] != principal.barber_id):
+        if row is None:  # not a platform payment: perhaps an external one
+            out = external_transaction_out(await self.external_transaction(principal, transaction_id))
+            return out
+        if principal.role == "barber" and row["barber_id"] != principal.barber_id:
             raise not_found(f"transaction {transaction_id}")
         return transaction_out(row, refunds)
+
+    async def external_transaction(self, principal: Principal, transaction_id: uuid.UUID):
+        """An external transaction as the external service has it (404 unless the caller may see it)."""
+        try:
+            tx = await self.external.transaction(transaction_id)
+        except ProblemError as problem:
+            if problem.status == 404:
+                raise not_found(f"transaction {transaction_id}") from None
+            raise
+        if principal.role == "barber" and tx.barber_id != principal.barber_id:
+            raise not_found(f"transaction {transaction_id}")
+        return tx
 
     async def list_transactions(self, *, barber_id: int | None, status: str | None, payment_type: str | None,
                                 since: datetime | None, until: datetime | None, cursor: str | None,

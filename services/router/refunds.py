@@ -23,15 +23,15 @@ from typing import Any
 from litestar import Response
 
 from services.router import store
-from services.router.domain import RefundRefused, apply_refund, plan_refund
-from services.router.mapping import refund_out, transaction_recorded
-from services.router.payments import processor_required, sweep_each
+from services.router.mapping import external_refund_out, refund_out, transaction_recorded
+from services.router.payments import PaymentService, processor_required, sweep_each
 from services.router.settings import RouterSettings
 from services.router.wire import RefundIn, RefundOut
 from shared.auth import Principal
 from shared.circuit import CircuitBoard
 from shared.errors import ProblemError, not_found, validation_error
 from shared.idempotency import Claim
+from shared.lifecycle import RefundRefused, apply_refund, plan_refund
 from shared.money import MoneyError, amount_field
 from shared.processors.base import (
     InvalidCredentials,
@@ -51,7 +51,8 @@ _REFUND_NAMESPACE = uuid.UUID("0c6f3f0e-9b7e-4d59-a0f0-6a3c1f9e2b17")
 
 class RefundService:
     def __init__(self, runtime: ServiceRuntime, settings: RouterSettings, circuits: CircuitBoard,
-                 processor: PaymentProcessor | None) -> None:
+                 processor: PaymentProcessor | None, payments: PaymentService) -> None:
+        self.payments = payments
         self.rt = runtime
         self.settings = settings
         self.circuits = circuits
@@ -59,9 +60,13 @@ class RefundService:
 
     async def refund_payment(self, principal: Principal, transaction_id: uuid.UUID, body: RefundIn,
                              claim: Claim | None) -> Response[RefundOut]:
-        processor = processor_required(self.processor)
         refund_id = (uuid.uuid5(_REFUND_NAMESPACE, f"{claim.scope}\n{claim.key}\n{transaction_id}")
                      if claim else uuid.uuid4())
+        async with self.rt.uow() as uow:
+            local = await store.load_payment(uow.session, transaction_id)
+        if local is None:  # not a platform payment: the external service refunds its own
+            return await self._refund_external(principal, transaction_id, refund_id, body)
+        processor = processor_required(self.processor)
         payment, refund = await self._open_refund(principal, transaction_id, refund_id, body)
         if refund["status"] == "pending":
             circuit = self.circuits.circuit("stripe")
@@ -86,6 +91,12 @@ class RefundService:
             circuit.record_success()
             payment, refund = await self._settle_result(refund["id"], result)
         return self._answer(payment, refund, claim)
+
+    async def _refund_external(self, principal: Principal, transaction_id: uuid.UUID, refund_id: uuid.UUID,
+                               body: RefundIn) -> Response[RefundOut]:
+        await self.payments.external_transaction(principal, transaction_id)  # 404 unless it is the caller's
+        status, outcome = await self.payments.external.refund(transaction_id, refund_id, body.amount)
+        return Response(external_refund_out(outcome), status_code=status)
 
     async def _open_refund(self, principal: Principal, transaction_id: uuid.UUID, refund_id: uuid.UUID,
                            body: RefundIn) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -16,7 +16,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.router import store
-from services.router.domain import Connection, NoPaymentRoute, PaymentConfig, RoutingInput, decide_route, price_route
+from services.router.domain import (
+    Connection,
+    NoPaymentRoute,
+    PaymentConfig,
+    RoutingInput,
+    decide_route,
+    price_route,
+)
 from services.router.mapping import config_of, connection_of, route_out
 from services.router.settings import RouterSettings
 from services.router.wire import RouteIn, RouteOut

@@ -25,8 +25,13 @@ class RouterSettings(PlatformStripeSettings, kw_only=True, frozen=True):
     # once nobody has touched them for this many seconds; it runs every `sweep_interval` seconds.
     pending_sweep_after: Annotated[float, msgspec.Meta(ge=1)] = 300.0
     sweep_interval: Annotated[float, msgspec.Meta(gt=0)] = 60.0
-    # Where the external service answers internal calls (external charges).
+    # Where the external service answers internal calls (external charges and refunds), and how
+    # long to wait for it (it waits up to its own PROCESSOR_TIMEOUT for the barber's processor).
     external_service_url: str = "http://127.0.0.1:8002"
+    external_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 30.0
+    # A `service` JWT for those calls; unset, one is minted with JWT_SECRET (RS256 deployments,
+    # which cannot mint, must set it).
+    service_token: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

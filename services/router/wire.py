@@ -16,7 +16,14 @@ from msgspec import UNSET, UnsetType
 
 from services.router.domain import PaymentMode, Processor, validate_rules
 from shared.events import ConfigChanged
-from shared.money import MoneyError, PlainDecimal, amount_field, normalise_currency, parse_rate, to_decimal
+from shared.money import (
+    MoneyError,
+    PlainDecimal,
+    amount_field,
+    normalise_currency,
+    parse_rate,
+    to_decimal,
+)
 
 PositiveId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 BarberId = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
@@ -159,6 +166,14 @@ class ProcessIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                        barber_id=self.barber_id, client_id=self.client_id)
 
 
+class FallbackOut(msgspec.Struct, kw_only=True):
+    """The barber's processor surely did nothing, so the platform took the payment instead."""
+
+    processor: Processor
+    transaction_id: str | None  # the failed external attempt, as the external service recorded it
+    reason: str
+
+
 class ProcessOut(msgspec.Struct, kw_only=True):
     transaction_id: uuid.UUID
     route_id: uuid.UUID
@@ -169,6 +184,8 @@ class ProcessOut(msgspec.Struct, kw_only=True):
     amount: str
     currency: str
     commission_amount: str
+    fallback_used: bool = False
+    fallback_from: FallbackOut | None = None
 
 
 class RefundIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -202,12 +219,13 @@ class RefundSummary(msgspec.Struct, kw_only=True):
 
 
 class TransactionOut(msgspec.Struct, kw_only=True):
-    """A platform (centralized) payment as recorded: what was decided and what happened."""
+    """A payment as recorded, whichever processor took it: a platform (centralized) payment here,
+    or an external one as the external service recorded it."""
 
     transaction_id: uuid.UUID
-    route_id: uuid.UUID
+    route_id: uuid.UUID | None
     barber_id: int
-    appointment_id: int
+    appointment_id: int | None
     client_id: int | None
     status: str
     payment_type: Literal["centralized", "external"]

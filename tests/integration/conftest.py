@@ -74,7 +74,7 @@ async def router_db(database_url):
 @pytest.fixture(scope="module")
 async def router_app(make_settings, stripe_sim):
     settings = make_settings(RouterSettings, stripe_secret_key=ROUTER_SIM_KEY, stripe_api_base=stripe_sim,
-                             stripe_timeout=1.0, log_level="error")
+                             stripe_timeout=1.0, log_level="error", external_service_url="http://127.0.0.1:1")
     return create_app(settings)
 
 

@@ -253,7 +253,7 @@ def oracle_fee(connection, processor: str, units: int, currency: str) -> int:
     if connection is not None and connection.processing_fees is not None:
         percent, fixed = connection.processing_fees
     else:
-        from services.router.domain import LIST_PRICES
+        from shared.fees import LIST_PRICES
 
         percent, by_currency = LIST_PRICES[processor]
         fixed = by_currency.get(currency, D(0))

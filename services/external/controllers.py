@@ -1,0 +1,131 @@
+"""HTTP edge of the external service: parse, authorise, hand to the use case, return its struct."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter, SkipValidation
+
+from services.external.usecases import ExternalUseCases
+from services.external.wire import (
+    ConnectionIn,
+    ConnectionOut,
+    ConnectionPage,
+    ConnectionUpdate,
+    ReconcileIn,
+    ReconcileReport,
+    TransactionPage,
+    WebhookAck,
+)
+from shared.auth import MAX_USER_ID, Principal, require_roles
+from shared.idempotency import run_idempotent
+from shared.internal_api import ChargeRequest, ExternalTransactionOut, RefundOutcome, RefundRequest
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, time_filter
+from shared.requests import optional_body
+
+External = SkipValidation[ExternalUseCases]
+Caller = Request[Principal, str, object]
+people = [require_roles("barber", "admin")]
+admin_only = [require_roles("admin")]
+service_only = [require_roles("service")]
+Processor = Literal["stripe", "square", "paypal"]
+TransactionStatus = Literal["pending", "completed", "failed", "canceled", "refunded", "partially_refunded"]
+BarberFilter = Annotated[int | None, QueryParameter(ge=1, le=MAX_USER_ID)]
+Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)]
+Cursor = Annotated[str | None, QueryParameter(max_length=200)]
+
+
+class ExternalPaymentsController(Controller):
+    path = "/api/v1/external-payments"
+    tags = ["external-payments"]
+
+    @post("/connections", guards=people, status_code=201)
+    async def create_connection(self, request: Caller, data: JSONBody[ConnectionIn], external: External
+                                ) -> ConnectionOut:
+        """Connect a barber's own processor account. Answers 201 with the connection `active` when the
+        processor accepted the credentials, `error` (see `status_reason`) when it refused them."""
+        return await run_idempotent(external.idempotency, request, data,
+                                    lambda claim: external.connections.create(request.user, data, claim),
+                                    status_code=201)
+
+    @get("/connections", guards=people)
+    async def list_connections(self, request: Caller, external: External, barber_id: BarberFilter = None,
+                               limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> ConnectionPage:
+        return await external.connections.list(request.user, barber_id=barber_id, cursor=cursor, limit=limit)
+
+    @get("/connections/{connection_id:int}", guards=people)
+    async def get_connection(self, request: Caller, connection_id: FromPath[int], external: External) -> ConnectionOut:
+        return await external.connections.get(request.user, connection_id)
+
+    @patch("/connections/{connection_id:int}", guards=people)
+    async def update_connection(self, request: Caller, connection_id: FromPath[int],
+                                data: JSONBody[ConnectionUpdate], external: External) -> ConnectionOut:
+        """Change a connection; new `credentials` are checked with the processor again."""
+        return await external.connections.update(request.user, connection_id, data)
+
+    @delete("/connections/{connection_id:int}", guards=people, status_code=200)
+    async def disconnect(self, request: Caller, connection_id: FromPath[int], external: External) -> ConnectionOut:
+        """Disconnect: the connection is kept (its transactions refer to it) with status `disconnected`."""
+        return await external.connections.disconnect(request.user, connection_id)
+
+    @get("/transactions", guards=people)
+    async def list_transactions(
+        self, request: Caller, external: External, barber_id: BarberFilter = None,
+        status: FromQuery[TransactionStatus | None] = None, processor: FromQuery[Processor | None] = None,
+        external_transaction_id: Annotated[str | None, QueryParameter(max_length=255)] = None,
+        since: Annotated[str | None, QueryParameter(name="from", max_length=40)] = None,
+        until: Annotated[str | None, QueryParameter(name="to", max_length=40)] = None,
+        limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
+    ) -> TransactionPage:
+        """External transactions, newest first (a barber sees its own); `from`/`to` bound `created_at`."""
+        return await external.transactions.list(
+            request.user, barber_id=barber_id, status=status, processor=processor,
+            external_transaction_id=external_transaction_id, since=time_filter("from", since),
+            until=time_filter("to", until), cursor=cursor, limit=limit)
+
+    @get("/transactions/{transaction_id:uuid}", guards=people)
+    async def get_transaction(self, request: Caller, transaction_id: FromPath[uuid.UUID],
+                              external: External) -> ExternalTransactionOut:
+        return await external.transactions.get(request.user, transaction_id)
+
+    @post("/reconcile", guards=admin_only, status_code=200)
+    async def reconcile(self, request: Caller, external: External) -> ReconcileReport:
+        """Compare each active connection's processor-side payments in a window with our records."""
+        body = await optional_body(request, ReconcileIn)
+        return await external.reconciliation.run(body)
+
+
+class WebhooksController(Controller):
+    path = "/api/v1/webhooks"
+    tags = ["webhooks"]
+
+    @post("/{processor:str}/{connection_id:int}", status_code=200, request_max_body_size=256 * 1024)
+    async def receive(self, request: Request, processor: FromPath[Processor], connection_id: FromPath[int],
+                      external: External) -> WebhookAck:
+        """A processor's signed notification about this connection (no token: the signature is the auth)."""
+        body = await request.body()
+        return await external.webhooks.receive(processor, connection_id, body, request.headers,
+                                               url=external.connections.webhook_url(processor, connection_id))
+
+
+class InternalController(Controller):
+    """Service-to-service calls (a `service` token): the router's external charges and refunds."""
+
+    path = "/internal/v1"
+    tags = ["internal"]
+
+    @post("/charges", guards=service_only, status_code=200)
+    async def charge(self, request: Caller, data: JSONBody[ChargeRequest], external: External
+                     ) -> ExternalTransactionOut:
+        return await external.charges.charge(data)
+
+    @post("/refunds", guards=service_only, status_code=200)
+    async def refund(self, data: JSONBody[RefundRequest], external: External) -> Response[RefundOutcome]:
+        return await external.charges.refund(data)
+
+    @get("/transactions/{transaction_id:uuid}", guards=service_only)
+    async def transaction(self, request: Caller, transaction_id: FromPath[uuid.UUID],
+                          external: External) -> ExternalTransactionOut:
+        return await external.transactions.get(request.user, transaction_id)

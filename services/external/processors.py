@@ -1,0 +1,101 @@
+"""Adapters for barbers' own processor accounts: the credentials each processor takes, and the one
+place that turns a connection row into a `PaymentProcessor` (cached per connection and credentials).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from services.external.settings import ExternalSettings
+from services.external.vault import CredentialVault, hint
+from shared.processors.base import PaymentProcessor, Secret
+
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+
+
+class StripeCredentialsIn(msgspec.Struct, forbid_unknown_fields=True):
+    secret_key: Text  # the barber's own secret (or restricted) key
+
+
+class SquareCredentialsIn(msgspec.Struct, forbid_unknown_fields=True):
+    access_token: Text
+    location_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class PayPalCredentialsIn(msgspec.Struct, forbid_unknown_fields=True):
+    client_id: Text
+    client_secret: Text
+
+
+CREDENTIALS: dict[str, type[msgspec.Struct]] = {
+    "stripe": StripeCredentialsIn, "square": SquareCredentialsIn, "paypal": PayPalCredentialsIn,
+}
+# The field of each that is the secret; the others may be shown.
+_SECRET_FIELD = {"stripe": "secret_key", "square": "access_token", "paypal": "client_secret"}
+
+
+def parse_credentials(processor: str, raw: Any) -> msgspec.Struct:
+    """The request's `credentials` object as this processor's credentials (ValidationError naming
+    the field otherwise)."""
+    return msgspec.convert(raw, CREDENTIALS[processor])
+
+
+def credentials_hint(processor: str, credentials: msgspec.Struct) -> str:
+    return hint(getattr(credentials, _SECRET_FIELD[processor]))
+
+
+def build_adapter(processor: str, credentials: msgspec.Struct, settings: ExternalSettings) -> PaymentProcessor:
+    base, timeout = settings.api_base(processor), settings.processor_timeout
+    if processor == "stripe":
+        from shared.processors.stripe import StripeCredentials, StripeProcessor
+
+        assert isinstance(credentials, StripeCredentialsIn)
+        return StripeProcessor(StripeCredentials(Secret(credentials.secret_key)), api_base=base, timeout=timeout)
+    if processor == "square":
+        from shared.processors.square import SquareCredentials, SquareProcessor
+
+        assert isinstance(credentials, SquareCredentialsIn)
+        return SquareProcessor(SquareCredentials(Secret(credentials.access_token), credentials.location_id),
+                               api_base=base, timeout=timeout)
+    from shared.processors.paypal import PayPalCredentials, PayPalProcessor
+
+    assert isinstance(credentials, PayPalCredentialsIn)
+    return PayPalProcessor(PayPalCredentials(credentials.client_id, Secret(credentials.client_secret)),
+                           api_base=base, timeout=timeout)
+
+
+class Adapters:
+    """One adapter per connection (and per version of its credentials), reused across requests so
+    each keeps its HTTP session and (PayPal) its access token."""
+
+    def __init__(self, settings: ExternalSettings, vault: CredentialVault) -> None:
+        self.settings = settings
+        self.vault = vault
+        self._cache: dict[int, tuple[str, PaymentProcessor]] = {}
+        self._stale: list[PaymentProcessor] = []  # replaced by new credentials; closed at shutdown
+
+    def for_connection(self, connection: dict[str, Any]) -> PaymentProcessor:
+        cached = self._cache.get(connection["id"])
+        if cached is not None and cached[0] == connection["credentials"]:
+            return cached[1]
+        processor = connection["processor_type"]
+        credentials = parse_credentials(processor, self.vault.open(connection["credentials"]))
+        adapter = build_adapter(processor, credentials, self.settings)
+        if cached is not None:
+            self._stale.append(cached[1])
+        self._cache[connection["id"]] = (connection["credentials"], adapter)
+        return adapter
+
+    def webhook_secret(self, connection: dict[str, Any]) -> Secret | None:
+        token = connection["webhook_secret"]
+        return None if token is None else Secret(self.vault.open(token))
+
+    async def close(self) -> None:
+        for _, adapter in self._cache.values():
+            await adapter.close()
+        for adapter in self._stale:
+            await adapter.close()
+        self._cache.clear()
+        self._stale.clear()

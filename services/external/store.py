@@ -1,0 +1,228 @@
+"""The external service's named queries: every statement its use cases run, over a unit of work's
+session. Rows come back as plain dicts; writes that settle something are conditional, so whoever
+settles first wins."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.external import tables as t
+from shared.pagination import after_cursor
+
+Row = dict[str, Any]
+c = t.connections
+tx = t.transactions
+rf = t.refunds
+we = t.webhook_events
+br = t.barber_rates
+
+
+def _one(result) -> Row | None:
+    row = result.mappings().first()
+    return dict(row) if row is not None else None
+
+
+def _all(result) -> list[Row]:
+    return [dict(r) for r in result.mappings()]
+
+
+# ---- connections -----------------------------------------------------------------------------------
+
+async def insert_connection(session: AsyncSession, values: Row) -> Row | None:
+    """The new connection, or None when the barber already has one for this processor account."""
+    return _one(await session.execute(pg_insert(c).values(**values).on_conflict_do_nothing(
+        constraint="connections_one_per_account").returning(c)))
+
+
+async def load_connection(session: AsyncSession, connection_id: int, *, lock: bool = False) -> Row | None:
+    query = sa.select(c).where(c.c.id == connection_id)
+    return _one(await session.execute(query.with_for_update() if lock else query))
+
+
+async def update_connection(session: AsyncSession, connection_id: int, values: Row) -> Row:
+    return _one(await session.execute(sa.update(c).where(c.c.id == connection_id)
+                                      .values(**values, version=c.c.version + 1).returning(c)))  # type: ignore
+
+
+async def list_connections(session: AsyncSession, *, barber_id: int | None, cursor: str | None,
+                           limit: int) -> list[Row]:
+    where = [x for x in (c.c.barber_id == barber_id if barber_id is not None else None,
+                         after_cursor(c.c.created_at, c.c.id, cursor, int)) if x is not None]
+    return _all(await session.execute(sa.select(c).where(*where).order_by(c.c.created_at.desc(), c.c.id.desc())
+                                      .limit(limit + 1)))
+
+
+async def active_connections(session: AsyncSession) -> list[Row]:
+    return _all(await session.execute(sa.select(c).where(c.c.status == "active").order_by(c.c.id)))
+
+
+async def connections_to_republish(session: AsyncSession) -> list[Row]:
+    return _all(await session.execute(sa.select(c).where(c.c.status != "disconnected").order_by(c.c.id)))
+
+
+async def count_transaction(session: AsyncSession, connection_id: int, amount: Decimal, when: datetime) -> None:
+    await session.execute(sa.update(c).where(c.c.id == connection_id).values(
+        total_transactions=c.c.total_transactions + 1, total_volume=c.c.total_volume + amount,
+        last_transaction_at=sa.func.greatest(sa.func.coalesce(c.c.last_transaction_at, when), when)))
+
+
+# ---- transactions ------------------------------------------------------------------------------------
+
+async def load_transaction(session: AsyncSession, transaction_id: uuid.UUID, *, lock: bool = False) -> Row | None:
+    query = sa.select(tx).where(tx.c.id == transaction_id)
+    return _one(await session.execute(query.with_for_update() if lock else query))
+
+
+async def transaction_by_processor_id(session: AsyncSession, processor: str, processor_payment_id: str, *,
+                                      lock: bool = False) -> Row | None:
+    query = sa.select(tx).where(tx.c.processor_type == processor, tx.c.external_transaction_id == processor_payment_id)
+    return _one(await session.execute(query.with_for_update() if lock else query))
+
+
+async def live_attempt(session: AsyncSession, route_id: uuid.UUID) -> Row | None:
+    return _one(await session.execute(sa.select(tx).where(tx.c.route_id == route_id,
+                                                          tx.c.status.not_in(("failed", "canceled")))))
+
+
+async def insert_live_attempt(session: AsyncSession, values: Row) -> Row | None:
+    """Our new attempt for a route, or None when another live one exists (a concurrent request)."""
+    return _one(await session.execute(pg_insert(tx).values(**values).on_conflict_do_nothing(
+        index_elements=[tx.c.route_id],
+        index_where=sa.and_(tx.c.route_id.is_not(None), tx.c.status.not_in(("failed", "canceled")))).returning(tx)))
+
+
+async def settle_unsent(session: AsyncSession, transaction_id: uuid.UUID, code: str, reason: str,
+                        now: datetime) -> Row | None:
+    """A pending attempt the processor never took (refused connection, not found later): failed."""
+    return _one(await session.execute(sa.update(tx).where(tx.c.id == transaction_id, tx.c.status == "pending").values(
+        status="failed", failure_code=code, failure_reason=reason, processed_at=now, updated_at=now,
+        version=tx.c.version + 1).returning(tx)))
+
+
+async def insert_transaction(session: AsyncSession, values: Row) -> Row:
+    return _one(await session.execute(sa.insert(tx).values(**values).returning(tx)))  # type: ignore[return-value]
+
+
+async def touch_pending(session: AsyncSession, transaction_id: uuid.UUID, now: datetime) -> Row | None:
+    return _one(await session.execute(sa.update(tx).where(tx.c.id == transaction_id, tx.c.status == "pending")
+                                      .values(updated_at=now).returning(tx)))
+
+
+async def update_transaction(session: AsyncSession, transaction_id: uuid.UUID, values: Row, *,
+                             bump: bool = True) -> Row:
+    extra = {"version": tx.c.version + 1} if bump else {}
+    return _one(await session.execute(sa.update(tx).where(tx.c.id == transaction_id)
+                                      .values(**values, **extra).returning(tx)))  # type: ignore[return-value]
+
+
+async def pending_attempts(session: AsyncSession, untouched_since: datetime, limit: int) -> list[Row]:
+    return _all(await session.execute(
+        sa.select(tx).where(tx.c.status == "pending", tx.c.updated_at < untouched_since,
+                            tx.c.origin == "api").order_by(tx.c.updated_at).limit(limit)))
+
+
+async def transactions_in_window(session: AsyncSession, connection_id: int, since: datetime,
+                                 until: datetime) -> list[Row]:
+    return _all(await session.execute(sa.select(tx).where(
+        tx.c.connection_id == connection_id, tx.c.external_transaction_id.is_not(None),
+        sa.func.coalesce(tx.c.processed_at, tx.c.created_at) >= since,
+        sa.func.coalesce(tx.c.processed_at, tx.c.created_at) < until)))
+
+
+async def mark_reconciled(session: AsyncSession, transaction_id: uuid.UUID, status: str, now: datetime) -> None:
+    await session.execute(sa.update(tx).where(tx.c.id == transaction_id)
+                          .values(reconciliation_status=status, reconciled_at=now))
+
+
+async def list_transactions(session: AsyncSession, *, barber_id: int | None, status: str | None,
+                            processor: str | None, external_transaction_id: str | None, since: datetime | None,
+                            until: datetime | None, cursor: str | None, limit: int) -> list[Row]:
+    where = [x for x in (
+        tx.c.barber_id == barber_id if barber_id is not None else None,
+        tx.c.status == status if status is not None else None,
+        tx.c.processor_type == processor if processor is not None else None,
+        tx.c.external_transaction_id == external_transaction_id if external_transaction_id is not None else None,
+        tx.c.created_at >= since if since is not None else None,
+        tx.c.created_at < until if until is not None else None,
+        after_cursor(tx.c.created_at, tx.c.id, cursor, uuid.UUID),
+    ) if x is not None]
+    return _all(await session.execute(sa.select(tx).where(*where).order_by(tx.c.created_at.desc(), tx.c.id.desc())
+                                      .limit(limit + 1)))
+
+
+# ---- refunds -------------------------------------------------------------------------------------------
+
+async def load_refund(session: AsyncSession, refund_id: uuid.UUID) -> Row | None:
+    return _one(await session.execute(sa.select(rf).where(rf.c.id == refund_id)))
+
+
+async def refund_by_processor_id(session: AsyncSession, processor: str, processor_refund_id: str) -> Row | None:
+    return _one(await session.execute(sa.select(rf).where(rf.c.processor_type == processor,
+                                                          rf.c.processor_refund_id == processor_refund_id)))
+
+
+async def insert_refund(session: AsyncSession, values: Row) -> Row:
+    return _one(await session.execute(sa.insert(rf).values(**values).returning(rf)))  # type: ignore[return-value]
+
+
+async def update_refund(session: AsyncSession, refund_id: uuid.UUID, values: Row) -> Row:
+    return _one(await session.execute(sa.update(rf).where(rf.c.id == refund_id)
+                                      .values(**values).returning(rf)))  # type: ignore[return-value]
+
+
+async def refund_totals(session: AsyncSession, transaction_id: uuid.UUID) -> tuple[Decimal, Decimal]:
+    """(succeeded, pending) refund totals of a transaction."""
+    row = (await session.execute(sa.select(
+        sa.func.coalesce(sa.func.sum(rf.c.amount).filter(rf.c.status == "succeeded"), 0),
+        sa.func.coalesce(sa.func.sum(rf.c.amount).filter(rf.c.status == "pending"), 0),
+    ).where(rf.c.transaction_id == transaction_id))).one()
+    return Decimal(row[0]), Decimal(row[1])
+
+
+async def adopt_orphan_refunds(session: AsyncSession, processor: str, processor_payment_id: str,
+                               transaction_id: uuid.UUID) -> int:
+    """Refunds that arrived before their payment now belong to it."""
+    result = await session.execute(sa.update(rf).where(
+        rf.c.transaction_id.is_(None), rf.c.processor_type == processor,
+        rf.c.processor_payment_id == processor_payment_id).values(transaction_id=transaction_id))
+    return result.rowcount or 0
+
+
+async def pending_refunds(session: AsyncSession, untouched_since: datetime, limit: int) -> list[Row]:
+    return _all(await session.execute(
+        sa.select(rf).where(rf.c.status == "pending", rf.c.updated_at < untouched_since,
+                            rf.c.processor_idempotency_key.is_not(None), rf.c.transaction_id.is_not(None))
+        .order_by(rf.c.updated_at).limit(limit)))
+
+
+async def touch_pending_refund(session: AsyncSession, refund_id: uuid.UUID, now: datetime) -> Row | None:
+    return _one(await session.execute(sa.update(rf).where(rf.c.id == refund_id, rf.c.status == "pending")
+                                      .values(updated_at=now).returning(rf)))
+
+
+# ---- webhooks and rates ------------------------------------------------------------------------------
+
+async def claim_webhook_event(session: AsyncSession, values: Row) -> bool:
+    """Record a processor event id; False when it was applied before (a redelivery)."""
+    result = await session.execute(pg_insert(we).values(**values).on_conflict_do_nothing(
+        constraint="webhook_events_once").returning(we.c.id))
+    return result.first() is not None
+
+
+async def barber_rate(session: AsyncSession, barber_id: int) -> Decimal | None:
+    return await session.scalar(sa.select(br.c.commission_rate).where(br.c.barber_id == barber_id))
+
+
+async def upsert_barber_rate(session: AsyncSession, barber_id: int, rate: Decimal, version: int,
+                             now: datetime) -> None:
+    stmt = pg_insert(br).values(barber_id=barber_id, commission_rate=rate, config_version=version, updated_at=now)
+    await session.execute(stmt.on_conflict_do_update(
+        index_elements=[br.c.barber_id], set_={"commission_rate": rate, "config_version": version, "updated_at": now},
+        where=br.c.config_version <= stmt.excluded.config_version))

@@ -1,0 +1,27 @@
+"""The external service's use cases as one object: what controllers call (wired in `app.create_app`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.external.charges import ChargeService
+from services.external.connections import ConnectionService
+from services.external.reconciliation import ReconcileService
+from services.external.transactions import TransactionService
+from services.external.webhooks import WebhookService
+from shared.idempotency import IdempotencyStore
+
+
+@dataclass(frozen=True)
+class ExternalUseCases:
+    connections: ConnectionService
+    charges: ChargeService
+    webhooks: WebhookService
+    reconciliation: ReconcileService
+    transactions: TransactionService
+
+    @property
+    def idempotency(self) -> IdempotencyStore:
+        store = self.connections.rt.idempotency
+        assert store is not None, "the runtime is not started"
+        return store
