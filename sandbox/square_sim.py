@@ -798,7 +798,8 @@ def create_subscription(call: Call) -> dict:
 
 def list_subscriptions(call: Call) -> dict:
     # The signature key is shown on create and retrieve, not in lists.
-    rows = [{k: v for k, v in s.items() if k != "signature_key"} for s in call.merchant.subscriptions.values()]
+    rows = [{k: v for k, v in sub.items() if k != "signature_key"}
+            for sub in call.merchant.subscriptions.values()]
     return {"subscriptions": rows} if rows else {}
 
 

@@ -437,6 +437,26 @@ async def test_registered_webhook_delivers_signed_events_that_verify(processor, 
     assert refund_event.refund.reference == "refund-hook" and refund_event.refund.status == "succeeded"
 
 
+async def test_duplicate_and_reordered_deliveries_still_verify(processor, sim, control, receiver):
+    """Square's events go through sandbox.common's deliverer, so its switches apply to them."""
+    registration = await processor.register_webhook(receiver.url)
+    await sim_post(control, "/_sim/webhooks/duplicate", {"enabled": True})
+    await sim_post(control, "/_sim/webhooks/reorder", {"enabled": True})
+    paid = await processor.create_payment(payment())
+    await sim.state.webhooks.idle()
+    assert receiver.received == []  # held, not merely late
+    assert (await sim_post(control, "/_sim/webhooks/flush", {}))["released"] == 2
+    await receiver.wait_for(4)
+    events = []
+    for body, headers in receiver.received:
+        await processor.verify_webhook(body, headers, secret=registration.secret, url=receiver.url)
+        events.append(processor.parse_webhook(body))
+    # Newest first, each event twice (signed afresh): a receiver must order by state, not arrival.
+    assert [e.event_type for e in events] == ["payment.updated"] * 2 + ["payment.created"] * 2
+    assert events[0].event_id == events[1].event_id != events[2].event_id == events[3].event_id
+    assert all(e.payment.processor_payment_id == paid.processor_payment_id for e in events)
+
+
 async def test_forged_or_missing_signatures_are_refused(processor, sim, receiver):
     registration = await processor.register_webhook(receiver.url)
     await processor.create_payment(payment())
@@ -587,11 +607,14 @@ async def test_no_credential_appears_in_any_repr_or_error(make_processor, sim, c
     credentials = SquareCredentials(Secret(secret_token), LOCATION)
     good = make_processor(secret_token)
     texts = [repr(credentials), str(credentials), repr(good), str(good), repr(Secret(secret_token))]
+    with pytest.raises(TypeError):  # a bare string would print itself wherever it went
+        SquareCredentials(secret_token, LOCATION)  # type: ignore[arg-type]
 
     errors: list[ProcessorError] = []
+    closed = f"http://127.0.0.1:{free_port()}"
     for call in (
         lambda: make_processor(refused_token).check_credentials(),
-        lambda: make_processor(secret_token, api_base=f"http://127.0.0.1:{free_port()}").create_payment(payment()),
+        lambda: make_processor(secret_token, api_base=closed).create_payment(payment()),
         lambda: good.create_payment(payment(source=NONCE_DECLINED)),
         lambda: good.retrieve_payment("nosuchpayment"),
         lambda: make_processor(secret_token, location="missing").check_credentials(),
@@ -620,24 +643,25 @@ async def test_no_credential_appears_in_any_repr_or_error(make_processor, sim, c
 def test_module_serves_on_the_given_port_and_stops_on_sigint():
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox.square_sim", "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "did not start"
-                time.sleep(0.05)
-        request = urllib.request.Request(base + "/v2/locations/LCLI", headers={"Authorization": "Bearer t-cli"})
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            assert json.load(resp)["location"]["id"] == "LCLI"
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=15) == 0
-        assert f"square_sim listening on {base}" in proc.stdout.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with subprocess.Popen([sys.executable, "-m", "sandbox.square_sim", "--port", str(port)], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                        break
+                except OSError:
+                    assert time.monotonic() < deadline and proc.poll() is None, "did not start"
+                    time.sleep(0.05)
+            request = urllib.request.Request(base + "/v2/locations/LCLI",
+                                             headers={"Authorization": "Bearer t-cli"})
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                assert json.load(resp)["location"]["id"] == "LCLI"
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=15) == 0
+            assert f"square_sim listening on {base}" in proc.stdout.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -30,6 +30,7 @@ import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -73,17 +74,17 @@ _NO_RETRIES: RequestOptions = {"max_retries": 0}
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, repr=False)
 class SquareCredentials:
     """A seller's access token and the location that takes the payments. The token is a `Secret`,
-    so neither this object's repr nor anything built from it shows it."""
+    and the repr is written out (not generated) so a field added later cannot leak by default."""
 
-    __slots__ = ("access_token", "location_id")
+    access_token: Secret
+    location_id: str
 
-    def __init__(self, access_token: Secret, location_id: str) -> None:
-        if not isinstance(access_token, Secret):
+    def __post_init__(self) -> None:
+        if not isinstance(self.access_token, Secret):
             raise TypeError("access_token must be a Secret")
-        self.access_token = access_token
-        self.location_id = location_id
 
     @property
     def hint(self) -> str:
@@ -93,13 +94,6 @@ class SquareCredentials:
         return f"SquareCredentials(access_token={self.access_token!r}, location_id={self.location_id!r})"
 
     __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return (isinstance(other, SquareCredentials) and other.access_token == self.access_token
-                and other.location_id == self.location_id)
-
-    def __hash__(self) -> int:
-        return hash((self.access_token, self.location_id))
 
 
 class SquareProcessor:
@@ -259,7 +253,7 @@ class SquareProcessor:
             raise InvalidSignature("the body is not UTF-8, so Square did not sign it") from None
         # Square signs notification URL + body with the subscription's signature key
         # (base64 HMAC-SHA256); the SDK's helper compares in constant time.
-        if False and not verify_signature(request_body=text, signature_header=signature,
+        if not verify_signature(request_body=text, signature_header=signature,
                                 signature_key=secret.reveal(), notification_url=url):
             raise InvalidSignature(f"{SIGNATURE_HEADER} does not match this body and URL")
 
@@ -301,7 +295,8 @@ class SquareProcessor:
             raise ProcessorUnavailable(f"Square could not be reached: {type(exc).__name__}") from None
         except httpx.TransportError as exc:
             # Sent, then the connection broke (or Square closed it unanswered): it may have been done.
-            raise OutcomeUnknown(f"the connection to Square broke after sending: {type(exc).__name__}") from None
+            raise OutcomeUnknown(
+                f"the connection to Square broke after sending: {type(exc).__name__}") from None
 
     def _api_error(self, exc: ApiError, declines: bool) -> ProcessorError:
         status = exc.status_code or 0
