@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from cryptography.fernet import Fernet
 
 from shared.config import BaseSettings, load_settings
 from shared.migrations import SERVICES, upgrade
@@ -22,6 +23,7 @@ from tools.devinfra import Infra, create_database, drop_database, start_infra
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = uuid.uuid4().hex[:10]
 JWT_SECRET = "test-secret-" + RUN_ID + "-long-enough-for-hs256-signing"
+ENCRYPTION_KEY = Fernet.generate_key().decode()
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +70,7 @@ def service_env(infra: Infra, database_url: str, event_names: dict[str, str]) ->
         "LOG_JSON": "true",
         "LOG_LEVEL": "warning",
         "OUTBOX_POLL_INTERVAL": "0.2",
+        "CONNECTION_ENCRYPTION_KEYS": ENCRYPTION_KEY,
         **event_names,
     }
     os.environ.update(env)

@@ -11,6 +11,7 @@ from services.router.settings import RouterSettings
 from shared.config import SettingsError, load_settings, normalise_database_url
 
 BASE = {"JWT_SECRET": "s3cret-value"}
+FERNET = "Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmE="  # 32 bytes, url-safe base64
 
 
 def test_defaults_follow_the_contract():
@@ -25,7 +26,9 @@ def test_defaults_follow_the_contract():
     assert collections.commission_collection_frequency == "weekly"
     assert collections.minimum_collection_amount == Decimal("25.00")
     assert load_settings(AnalyticsSettings, env=BASE, dotenv=None).six_figure_target == Decimal("100000")
-    assert load_settings(ExternalSettings, env=BASE, dotenv=None).external_paypal_enabled is True
+    external = load_settings(ExternalSettings, env={**BASE, "CONNECTION_ENCRYPTION_KEYS": FERNET}, dotenv=None)
+    assert external.external_paypal_enabled is True
+    assert external.api_base("square") == "https://connect.squareupsandbox.com"  # SQUARE_SANDBOX=true
 
 
 def test_environment_values_are_converted():
@@ -98,3 +101,11 @@ def test_passwords_in_urls_never_print():
 def test_the_sweeper_never_races_a_live_processor_call():
     with pytest.raises(SettingsError, match="^PENDING_SWEEP_AFTER"):
         load_settings(RouterSettings, env={**BASE, "STRIPE_TIMEOUT": "30", "PENDING_SWEEP_AFTER": "45"}, dotenv=None)
+
+
+@pytest.mark.parametrize(("keys", "message"), [(None, "set one or more"), ("not-a-key", "key 1 is not a Fernet key"),
+                                              (FERNET + ",short", "key 2 is not a Fernet key")])
+def test_the_external_service_needs_real_encryption_keys(keys, message):
+    env = {**BASE, **({"CONNECTION_ENCRYPTION_KEYS": keys} if keys else {})}
+    with pytest.raises(SettingsError, match="^CONNECTION_ENCRYPTION_KEYS: .*" + message):
+        load_settings(ExternalSettings, env=env, dotenv=None)

@@ -1,0 +1,431 @@
+"""The external service as a real process, against the Stripe simulator as a real process that
+delivers signed webhooks to it: connections (sealed credentials, credential checks, webhook
+registration, isolation), charges and refunds for the router, webhooks (signatures, duplicates,
+order), reconciliation, key rotation, and credentials never leaking into logs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import uuid
+from decimal import Decimal
+
+import aiohttp
+import msgspec
+import pytest
+import sqlalchemy as sa
+import stripe
+from cryptography.fernet import Fernet
+
+from services.external import tables as et
+from shared.auth import issue_token
+from shared.db import PlatformTables
+from tests.conftest import ENCRYPTION_KEY, JWT_SECRET
+from tests.integration.router_support import admin, barber, sim_call
+from tests.support import eventually, free_port, running_process
+
+BASE = "/api/v1/external-payments"
+_ids = itertools.count(1)
+outbox = PlatformTables(et.metadata).outbox
+SERVICE = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 1, 'service')}"}
+
+
+def next_barber() -> int:
+    return 900_000 + next(_ids)
+
+
+@pytest.fixture(scope="module")
+def external_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("external") / "external.log"
+
+
+@pytest.fixture(scope="module")
+def external_url(service_env, stripe_sim, external_log):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, **service_env, "PORT": str(port), "WEBHOOK_BASE_URL": url, "STRIPE_API_BASE": stripe_sim,
+           "PROCESSOR_TIMEOUT": "2", "PENDING_SWEEP_AFTER": "5", "SWEEP_INTERVAL": "1", "LOG_LEVEL": "info",
+           "RATE_LIMIT_PER_MINUTE": "100000"}
+    with running_process(["services.external"], env, ready_url=url + "/health/ready", log=external_log):
+        yield url
+
+
+@pytest.fixture
+async def http(external_url):
+    async with aiohttp.ClientSession(base_url=external_url) as session:
+        yield session
+
+
+async def call(http, method: str, path: str, headers: dict, json=None) -> tuple[int, dict]:
+    async with http.request(method, path, headers=headers, json=json) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def rows(db, query) -> list[dict]:
+    async with db.connect() as conn:
+        return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+
+async def events(db, event_type: str, key: str, value) -> list[dict]:
+    found = await rows(db, sa.select(outbox.c.body).where(outbox.c.event_type == event_type).order_by(outbox.c.id))
+    payloads = [msgspec.json.decode(r["body"])["payload"] for r in found]
+    return [p for p in payloads if p.get(key) == value]
+
+
+def stripe_key(b: int) -> str:
+    return f"sk_test_barber_{b}_own_account"
+
+
+async def connect_stripe(http, b: int, **extra) -> dict:
+    status, body = await call(http, "POST", f"{BASE}/connections", barber(b), {
+        "processor": "stripe", "account_id": f"acct_own_{b}", "account_name": "Own Stripe",
+        "credentials": {"secret_key": stripe_key(b)}, "default_currency": "USD", **extra})
+    assert status == 201, body
+    return body
+
+
+def charge_body(b: int, connection_id: int, amount: str = "50.00", method: str = "pm_card_visa", **extra) -> dict:
+    return {"route_id": str(uuid.uuid4()), "barber_id": b, "connection_id": connection_id, "appointment_id": 7,
+            "amount": amount, "currency": "USD", "commission_rate": "0.10",
+            "commission_amount": str((Decimal(amount) * Decimal("0.10")).quantize(Decimal("0.01"))),
+            "estimated_processor_fee": "1.75", "payment_method": method, **extra}
+
+
+def sdk(stripe_sim: str, key: str) -> stripe.StripeClient:
+    return stripe.StripeClient(key, base_addresses={"api": stripe_sim}, http_client=stripe.AIOHTTPClient())
+
+
+# ---- connections -----------------------------------------------------------------------------------
+
+async def test_a_stripe_connection_is_checked_registered_and_never_shows_its_key(http, db, stripe_sim):
+    b = next_barber()
+    body = await connect_stripe(http, b)
+    assert (body["status"], body["usable"], body["webhook_secret_set"]) == ("active", True, True)
+    assert body["credentials_hint"] == "…ount" and stripe_key(b) not in str(body)
+    assert body["webhook_url"].endswith(f"/api/v1/webhooks/stripe/{body['id']}")
+    state = await sim_call(stripe_sim, "GET", "/_sim/state")
+    endpoints = [e for a in state["accounts"] for e in a["webhook_endpoints"] if e["url"] == body["webhook_url"]]
+    assert len(endpoints) == 1  # registered with the barber's own Stripe account
+    stored = (await rows(db, sa.select(et.connections).where(et.connections.c.id == body["id"])))[0]
+    assert stripe_key(b) not in stored["credentials"] and stored["webhook_secret"].startswith("gAAAA")
+    assert [e["status"] for e in await events(db, "connection.changed", "connection_id", body["id"])] == [
+        "pending", "active"]
+    status, listed = await call(http, "GET", f"{BASE}/connections", barber(b))
+    assert status == 200 and [c["id"] for c in listed["items"]] == [body["id"]]
+    status, again = await call(http, "POST", f"{BASE}/connections", barber(b), {
+        "processor": "stripe", "account_id": f"acct_own_{b}", "credentials": {"secret_key": stripe_key(b)}})
+    assert (status, again["code"]) == (409, "connection_exists")
+
+
+async def test_refused_credentials_leave_the_connection_out_with_the_reason(http, db):
+    b = next_barber()
+    status, body = await call(http, "POST", f"{BASE}/connections", barber(b), {
+        "processor": "stripe", "account_id": "acct_x", "credentials": {"secret_key": "sk_test_invalid_key_1234"}})
+    assert status == 201 and body["status"] == "error" and not body["usable"]
+    assert "refused the credentials" in body["status_reason"]
+    # New credentials are checked again.
+    status, fixed = await call(http, "PATCH", f"{BASE}/connections/{body['id']}", barber(b),
+                               {"credentials": {"secret_key": stripe_key(b)}})
+    assert status == 200 and fixed["status"] == "active"
+
+
+@pytest.mark.parametrize(("payload", "field"), [
+    ({"processor": "stripe", "account_id": "a", "credentials": {}}, "secret_key"),
+    ({"processor": "stripe", "account_id": "a", "credentials": {"secret_key": "k" * 600}}, "secret_key"),
+    ({"processor": "square", "account_id": "a", "credentials": {"access_token": "t"}}, "location_id"),
+    ({"processor": "paypal", "account_id": "a", "credentials": {"client_id": "c"}}, "client_secret"),
+    ({"processor": "venmo", "account_id": "a", "credentials": {}}, "processor"),
+    ({"processor": "stripe", "account_id": "a", "credentials": {"secret_key": "sk_test_1"},
+      "default_currency": "XYZ"}, "default_currency"),
+    ({"processor": "stripe", "account_id": "a", "credentials": {"secret_key": "sk_test_1"},
+      "processing_fees": {"percent": "120"}}, "processing_fees"),
+    ({"processor": "stripe", "account_id": "", "credentials": {"secret_key": "sk_test_1"}}, "account_id"),
+])
+async def test_bad_connection_bodies_are_422_naming_the_field(http, db, payload, field):
+    b = next_barber()
+    status, body = await call(http, "POST", f"{BASE}/connections", barber(b), payload)
+    assert status == 422 and field in body["detail"], body
+    assert await rows(db, sa.select(et.connections).where(et.connections.c.barber_id == b)) == []
+
+
+async def test_a_barber_sees_and_changes_only_its_own_connections(http):
+    owner, other = next_barber(), next_barber()
+    connection = await connect_stripe(http, owner)
+    for method, path, json in [("GET", f"{BASE}/connections/{connection['id']}", None),
+                               ("PATCH", f"{BASE}/connections/{connection['id']}", {"account_name": "mine now"}),
+                               ("DELETE", f"{BASE}/connections/{connection['id']}", None)]:
+        status, _ = await call(http, method, path, barber(other), json)
+        assert status == 404, (method, path)
+    status, _ = await call(http, "GET", f"{BASE}/connections?barber_id={owner}", barber(other))
+    assert status == 403
+    status, _ = await call(http, "POST", "/internal/v1/charges", barber(owner), charge_body(owner, connection["id"]))
+    assert status == 403  # the internal API takes service tokens only
+    status, seen = await call(http, "GET", f"{BASE}/connections/{connection['id']}", admin())
+    assert status == 200 and seen["barber_id"] == owner
+
+
+async def test_disconnect_publishes_the_connection_as_unusable(http, db):
+    b = next_barber()
+    connection = await connect_stripe(http, b)
+    status, body = await call(http, "DELETE", f"{BASE}/connections/{connection['id']}", barber(b))
+    assert status == 200 and body["status"] == "disconnected" and not body["usable"]
+    assert [e["status"] for e in await events(db, "connection.changed", "connection_id", connection["id"])][-1] == \
+        "disconnected"
+    status, refused = await call(http, "POST", "/internal/v1/charges", SERVICE, charge_body(b, connection["id"]))
+    assert (status, refused["code"], refused["nothing_happened"]) == (409, "connection_unusable", True)
+
+
+# ---- charges and refunds for the router -----------------------------------------------------------
+
+async def test_a_charge_is_recorded_once_though_the_answer_and_the_webhook_race(http, db, stripe_sim):
+    b = next_barber()
+    connection = await connect_stripe(http, b)
+    await sim_call(stripe_sim, "POST", "/_sim/webhooks/duplicate", {"enabled": True})
+    try:
+        request = charge_body(b, connection["id"], "80.00")
+        status, tx = await call(http, "POST", "/internal/v1/charges", SERVICE, request)
+        assert status == 200 and tx["status"] == "completed", tx
+        # The same route again (a retry) answers the same transaction and charges nothing more.
+        status, again = await call(http, "POST", "/internal/v1/charges", SERVICE, request)
+        assert again["id"] == tx["id"]
+
+        async def deliveries_done():
+            state = await sim_call(stripe_sim, "GET", "/_sim/deliveries")
+            mine = [d for d in state["data"] if d["url"] == connection["webhook_url"]
+                    and d["type"] == "payment_intent.succeeded"]
+            return len(mine) == 2 and all(d["status"] == 200 for d in mine)  # the same event, twice
+
+        await eventually(deliveries_done, timeout=15)
+    finally:
+        await sim_call(stripe_sim, "POST", "/_sim/webhooks/duplicate", {"enabled": False})
+    intents = [pi for pi in (await sim_call(stripe_sim, "GET", "/_sim/payment_intents"))["data"]
+               if pi["metadata"].get("route_id") == request["route_id"]]
+    assert len(intents) == 1 and intents[0]["amount"] == 8000
+    stored = await rows(db, sa.select(et.transactions).where(et.transactions.c.barber_id == b))
+    assert len(stored) == 1 and stored[0]["external_transaction_id"] == intents[0]["id"]
+    recorded = await events(db, "transaction.recorded", "transaction_id", tx["id"])
+    assert [(e["status"], e["payment_type"], e["commission_amount"]) for e in recorded] == [
+        ("completed", "external", "8.00")]
+    assert (await call(http, "GET", f"{BASE}/connections/{connection['id']}", barber(b)))[1][
+        "total_transactions"] == 1
+
+
+async def test_a_decline_is_a_recorded_failure_and_402(http, db):
+    b = next_barber()
+    connection = await connect_stripe(http, b)
+    status, body = await call(http, "POST", "/internal/v1/charges", SERVICE,
+                              charge_body(b, connection["id"], method="pm_card_chargeDeclined"))
+    assert status == 402 and body["code"] == "payment_declined" and body["decline_code"] == "generic_decline"
+    stored = (await rows(db, sa.select(et.transactions).where(et.transactions.c.id == uuid.UUID(
+        body["transaction_id"]))))[0]
+    assert (stored["status"], stored["failure_code"]) == ("failed", "generic_decline")
+    assert [e["status"] for e in await events(db, "transaction.recorded", "transaction_id",
+                                              body["transaction_id"])] == ["failed"]
+
+
+async def test_partial_and_full_refunds_move_the_status_and_emit(http, db, stripe_sim):
+    b = next_barber()
+    connection = await connect_stripe(http, b)
+    _, tx = await call(http, "POST", "/internal/v1/charges", SERVICE, charge_body(b, connection["id"], "100.00"))
+    refund_one = {"transaction_id": tx["id"], "refund_id": str(uuid.uuid4()), "amount": "30.00"}
+    status, first = await call(http, "POST", "/internal/v1/refunds", SERVICE, refund_one)
+    assert status == 200 and (first["refund_status"], first["transaction"]["status"],
+                              first["transaction"]["refunded_amount"]) == ("succeeded", "partially_refunded", "30.00")
+    status, replay = await call(http, "POST", "/internal/v1/refunds", SERVICE, refund_one)  # a retry
+    assert replay["refund_id"] == first["refund_id"] and replay["transaction"]["refunded_amount"] == "30.00"
+    status, rest = await call(http, "POST", "/internal/v1/refunds", SERVICE,
+                              {"transaction_id": tx["id"], "refund_id": str(uuid.uuid4())})
+    assert status == 200 and (rest["refund_amount"], rest["transaction"]["status"]) == ("70.00", "refunded")
+    refunds = [r for r in (await sim_call(stripe_sim, "GET", "/_sim/state"))["accounts"]
+               for r in r["refunds"] if r["payment_intent"] == tx["external_transaction_id"]]
+    assert sorted(r["amount"] for r in refunds) == [3000, 7000]
+
+    async def settled():
+        found = await events(db, "transaction.recorded", "transaction_id", tx["id"])
+        return [(e["status"], e["refunded_amount"]) for e in found]
+
+    await eventually(lambda: _at_least(settled(), 3), timeout=10)
+    await _quiet()  # the refund webhooks arrive too; they change nothing more
+    assert await settled() == [("completed", "0.00"), ("partially_refunded", "30.00"), ("refunded", "100.00")]
+
+
+async def _at_least(awaitable, n: int) -> bool:
+    return len(await awaitable) >= n
+
+
+async def _quiet(seconds: float = 1.5) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+# ---- webhooks -----------------------------------------------------------------------------------------
+
+async def test_forged_missing_and_stale_signatures_are_400_and_store_nothing(http, db):
+    b = next_barber()
+    connection = await connect_stripe(http, b, webhook_secret="whsec_known_secret_for_tests")
+    path = f"/api/v1/webhooks/stripe/{connection['id']}"
+    event = msgspec.json.encode({"id": f"evt_forged_{b}", "type": "payment_intent.succeeded", "created": 1,
+                                 "data": {"object": {"id": "pi_x", "object": "payment_intent", "amount": 100,
+                                                     "currency": "usd", "status": "succeeded", "metadata": {}}}})
+    now = int(time.time())
+    good = stripe.WebhookSignature._compute_signature(f"{now}.{event.decode()}", "whsec_known_secret_for_tests")
+    for headers in ({}, {"Stripe-Signature": f"t={now},v1={'0' * 64}"},
+                    {"Stripe-Signature": f"t={now},v1={stripe.WebhookSignature._compute_signature(f'{now}.' + event.decode(), 'whsec_other')}"},
+                    {"Stripe-Signature": f"t={now - 600},v1="
+                     f"{stripe.WebhookSignature._compute_signature(f'{now - 600}.' + event.decode(), 'whsec_known_secret_for_tests')}"},
+                    {"Stripe-Signature": "garbage"}):
+        async with http.post(path, data=event, headers={"Content-Type": "application/json", **headers}) as resp:
+            assert resp.status == 400 and (await resp.json())["code"] == "invalid_signature", headers
+    assert await rows(db, sa.select(et.webhook_events).where(et.webhook_events.c.connection_id == connection["id"])) == []
+    assert await rows(db, sa.select(et.transactions).where(et.transactions.c.barber_id == b)) == []
+    # The same bytes, signed right, are taken (and an unknown connection is a 404).
+    async with http.post(path, data=event, headers={"Stripe-Signature": f"t={now},v1={good}"}) as resp:
+        assert resp.status == 200, await resp.text()
+    async with http.post(f"/api/v1/webhooks/stripe/{10**8}", data=event,
+                         headers={"Stripe-Signature": f"t={now},v1={good}"}) as resp:
+        assert resp.status == 404
+
+
+async def test_payments_taken_outside_us_arrive_by_webhook_even_out_of_order(http, db, stripe_sim):
+    """The barber charges and refunds on its own Stripe; the notices arrive in reverse order
+    (the refund before the payment). Recorded once, with the refund, as the processor says."""
+    b = next_barber()
+    connection = await connect_stripe(http, b)
+    await sim_call(stripe_sim, "POST", "/_sim/webhooks/reorder", {"enabled": True})
+    client = sdk(stripe_sim, stripe_key(b))
+    try:
+        intent = await client.v1.payment_intents.create_async(params={
+            "amount": 4000, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True})
+        await client.v1.refunds.create_async(params={"payment_intent": intent.id, "amount": 1500})
+        await sim_call(stripe_sim, "POST", "/_sim/webhooks/flush", {})
+    finally:
+        await sim_call(stripe_sim, "POST", "/_sim/webhooks/reorder", {"enabled": False})
+
+    async def recorded():
+        found = await rows(db, sa.select(et.transactions).where(et.transactions.c.external_transaction_id == intent.id))
+        return found[0] if found and found[0]["refunded_amount"] == Decimal("15.0000") else None
+
+    row = await eventually(recorded, timeout=15)
+    assert (row["status"], row["amount"], row["origin"], row["barber_id"]) == (
+        "partially_refunded", Decimal("40.0000"), "webhook", b)
+    assert row["commission_amount"] == Decimal("8.0000")  # the platform default 20 % (no config seen)
+    statuses = [e["status"] for e in await events(db, "transaction.recorded", "transaction_id", str(row["id"]))]
+    assert statuses[-1] == "partially_refunded" and statuses.count("partially_refunded") == 1
+
+
+# ---- reconciliation -------------------------------------------------------------------------------
+
+async def test_reconciliation_finds_a_missing_payment_and_a_mismatched_amount(http, db, stripe_sim):
+    b = next_barber()
+    # A secret given up front: no webhook endpoint is registered, so nothing tells us of payments.
+    connection = await connect_stripe(http, b, webhook_secret="whsec_silent")
+    client = sdk(stripe_sim, stripe_key(b))
+    missing = await client.v1.payment_intents.create_async(params={
+        "amount": 2500, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True})
+    _, ours = await call(http, "POST", "/internal/v1/charges", SERVICE, charge_body(b, connection["id"], "60.00"))
+    async with db.begin() as conn:  # our record drifts from the processor's
+        await conn.execute(sa.update(et.transactions).where(et.transactions.c.id == uuid.UUID(ours["id"]))
+                           .values(amount=Decimal("61.00")))
+    status, report = await call(http, "POST", f"{BASE}/reconcile", admin(), {"connection_id": connection["id"]})
+    assert status == 200, report
+    verdicts = {f["external_transaction_id"]: f["verdict"] for f in report["findings"]}
+    assert verdicts == {missing.id: "missing_local", ours["external_transaction_id"]: "mismatch"}
+    assert (report["missing_local"], report["mismatch"]) == (1, 1)
+    learned = (await rows(db, sa.select(et.transactions).where(
+        et.transactions.c.external_transaction_id == missing.id)))[0]
+    assert (learned["status"], learned["amount"], learned["reconciliation_status"], learned["origin"]) == (
+        "completed", Decimal("25.0000"), "missing_local", "reconciliation")
+    assert [e["status"] for e in await events(db, "transaction.recorded", "transaction_id", str(learned["id"]))] == [
+        "completed"]
+    status, again = await call(http, "POST", f"{BASE}/reconcile", admin(), {"connection_id": connection["id"]})
+    assert {f["external_transaction_id"] for f in again["findings"]} == {ours["external_transaction_id"]}
+    status, _ = await call(http, "POST", f"{BASE}/reconcile", barber(b), {})
+    assert status == 403
+
+
+# ---- secrets ---------------------------------------------------------------------------------------------
+
+async def test_credentials_never_reach_a_log_line(http, external_log):
+    b = next_barber()
+    await connect_stripe(http, b)
+    await call(http, "POST", f"{BASE}/connections", barber(b), {
+        "processor": "stripe", "account_id": "acct_bad", "credentials": {"secret_key": f"sk_test_invalid_{b}_zz"}})
+    text = external_log.read_text()
+    assert text  # the service does log (at info)
+    for secret in (stripe_key(b), f"sk_test_invalid_{b}_zz", ENCRYPTION_KEY, JWT_SECRET):
+        assert secret not in text
+
+
+async def test_rotated_keys_still_open_every_connection(http, db, make_settings, database_url, stripe_sim):
+    from litestar.testing import AsyncTestClient
+
+    from services.external.app import create_app
+    from services.external.settings import ExternalSettings
+    from tools.rotate_keys import rotate
+
+    b = next_barber()
+    connection = await connect_stripe(http, b)
+    new_key = Fernet.generate_key().decode()
+    assert await rotate(database_url, [new_key, ENCRYPTION_KEY]) >= 1
+    # A replica that knows only the new key charges through the rotated connection.
+    settings = make_settings(ExternalSettings, connection_encryption_keys=new_key, log_level="error",
+                             stripe_api_base=stripe_sim)
+    async with AsyncTestClient(create_app(settings)) as only_new:
+        response = await only_new.post("/internal/v1/charges", headers=SERVICE,
+                                       json=charge_body(b, connection["id"], "12.00"))
+    assert response.status_code == 200 and response.json()["status"] == "completed", response.text
+    assert await rotate(database_url, [ENCRYPTION_KEY, new_key]) >= 1  # and back, for the other tests
+
+
+# ---- through the router -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def router_url(service_env, stripe_sim, external_url, tmp_path_factory):
+    port = free_port()
+    env = {**os.environ, **service_env, "PORT": str(port), "STRIPE_SECRET_KEY": "sk_test_platform_ext",
+           "STRIPE_API_BASE": stripe_sim, "EXTERNAL_SERVICE_URL": external_url, "LOG_LEVEL": "warning",
+           "RATE_LIMIT_PER_MINUTE": "100000"}
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("router-ext") / "router.log"
+    with running_process(["services.router"], env, ready_url=url + "/health/ready", log=log):
+        yield url
+
+
+async def test_an_external_route_is_paid_and_refunded_through_the_router(http, db, router_url, stripe_sim):
+    b = next_barber()
+    hp = "/api/v1/hybrid-payments"
+    async with aiohttp.ClientSession(base_url=router_url) as router:
+        status, _ = await call(router, "PUT", f"{hp}/config/{b}", admin(), {
+            "payment_mode": "decentralized", "preferred_processor": "stripe", "commission_rate": "0.10",
+            "fallback_enabled": False})
+        assert status == 200
+        connection = await connect_stripe(http, b)
+
+        async def routed_external():  # the router learns of the connection from connection.changed
+            s, body = await call(router, "POST", f"{hp}/route", barber(b), {"appointment_id": 3, "amount": "40.00"})
+            return body if s == 200 and body["payment_type"] == "external" else None
+
+        route = await eventually(routed_external, timeout=15)
+        assert (route["processor"], route["connection_id"]) == ("stripe", connection["id"])
+        key = {**barber(b), "Idempotency-Key": f"ext-pay-{b}"}
+        status, paid = await call(router, "POST", f"{hp}/process", key,
+                                  {"route_id": route["route_id"], "payment_method": "pm_card_visa"})
+        assert status == 200 and (paid["payment_type"], paid["status"], paid["commission_amount"]) == (
+            "external", "completed", "4.00"), paid
+        status, replay = await call(router, "POST", f"{hp}/process", key,
+                                    {"route_id": route["route_id"], "payment_method": "pm_card_visa"})
+        assert replay == paid
+        status, looked = await call(router, "GET", f"{hp}/transactions/{paid['transaction_id']}", barber(b))
+        assert status == 200 and looked["payment_type"] == "external" and looked["route_id"] == route["route_id"]
+        status, _ = await call(router, "GET", f"{hp}/transactions/{paid['transaction_id']}", barber(b + 1))
+        assert status == 404
+        status, refunded = await call(router, "POST", f"{hp}/transactions/{paid['transaction_id']}/refund",
+                                      {**barber(b), "Idempotency-Key": f"ext-refund-{b}"}, {"amount": "15.00"})
+        assert status == 200 and (refunded["refund_status"], refunded["status"], refunded["refunded_amount"]) == (
+            "succeeded", "partially_refunded", "15.00"), refunded
+    intents = [pi for pi in (await sim_call(stripe_sim, "GET", "/_sim/payment_intents"))["data"]
+               if pi["metadata"].get("route_id") == route["route_id"]]
+    assert len(intents) == 1 and intents[0]["application_fee_amount"] is None  # the barber's own account
