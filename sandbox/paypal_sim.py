@@ -90,7 +90,16 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 from sandbox import common
-from sandbox.common import STATE, Claim, IdempotencyStore, Running, SimState, Webhook, header_key, json_response
+from sandbox.common import (
+    STATE,
+    Claim,
+    IdempotencyStore,
+    Running,
+    SimState,
+    Webhook,
+    header_key,
+    json_response,
+)
 
 log = logging.getLogger("paypal_sim")
 DEFAULT_PORT = 12113
@@ -107,7 +116,8 @@ SEARCH_MAX_RANGE = timedelta(days=31)
 WEBHOOK_LIMIT = 10
 
 APPROVED, DECLINED = "paypal-approved", "paypal-declined"
-CAPTURE_DECLINED, PENDING, PENDING_REFUND = "paypal-capture-declined", "paypal-pending", "paypal-pending-refund"
+CAPTURE_DECLINED, PENDING = "paypal-capture-declined", "paypal-pending"
+PENDING_REFUND = "paypal-pending-refund"
 
 EVENT_TYPES = {
     "PAYMENT.CAPTURE.COMPLETED": "A payment capture completes.",
@@ -142,7 +152,8 @@ def now_iso() -> str:
 
 
 def money(amount: Decimal, currency: str) -> dict[str, str]:
-    return {"currency_code": currency, "value": f"{amount:.0f}" if currency in ZERO_DECIMAL else f"{amount:.2f}"}
+    value = f"{amount:.0f}" if currency in ZERO_DECIMAL else f"{amount:.2f}"  # Decimal formats exactly
+    return {"currency_code": currency, "value": value}
 
 
 def money_value(obj: dict[str, str]) -> Decimal:
@@ -204,8 +215,8 @@ class PayPalError(Exception):
             if details:
                 body["details"] = details
             issue = details[0]["issue"] if details else name
-            body["links"] = [{"href": f"https://developer.paypal.com/api/rest/reference/orders/v2/errors/#{issue}",
-                              "rel": "information_link", "method": "GET"}]
+            body["links"] = [{"href": f"https://developer.paypal.com/api/rest/reference/orders/v2/errors/"
+                                      f"#{issue}", "rel": "information_link", "method": "GET"}]
         self.body = body
 
     def response(self) -> web.Response:
@@ -227,7 +238,8 @@ def unprocessable(issue: str, description: str, *, field_: str | None = None,
     if field_:
         detail = {"field": field_, "location": "body", **detail}
     return PayPalError(422, "UNPROCESSABLE_ENTITY", "The requested action could not be performed, "
-                       "semantically incorrect, or failed business validation.", details=[detail], saved=saved)
+                       "semantically incorrect, or failed business validation.", details=[detail],
+                       saved=saved)
 
 
 def not_found() -> PayPalError:
@@ -386,12 +398,13 @@ class PayPalState(SimState):
         event = {
             "id": event_id, "event_version": "1.0", "create_time": now_iso(),
             "resource_type": resource_type, "resource_version": "2.0", "event_type": event_type,
-            "summary": f"{EVENT_TYPES.get(event_type, event_type)} ({value['value']} {value['currency_code']})",
+            "summary": f"{EVENT_TYPES.get(event_type, event_type)} "
+                       f"({value['value']} {value['currency_code']})",
             "resource": copy.deepcopy(resource),
             "links": [{"href": f"{origin}/v1/notifications/webhooks-events/{event_id}", "rel": "self",
                        "method": "GET"},
-                      {"href": f"{origin}/v1/notifications/webhooks-events/{event_id}/resend", "rel": "resend",
-                       "method": "POST"}],
+                      {"href": f"{origin}/v1/notifications/webhooks-events/{event_id}/resend",
+                       "rel": "resend", "method": "POST"}],
         }
         account.events.append(event)
         body = json.dumps(event, separators=(",", ":")).encode()  # compact, as PayPal sends it
@@ -562,7 +575,8 @@ async def oauth_token(request: web.Request) -> web.Response:
     grant = form.get("grant_type")
     if grant != "client_credentials":
         return json_response({"error": "unsupported_grant_type", "error_description":
-                              "Grant Type is NULL" if not grant else f"Grant Type {grant} is not supported"}, 400)
+                              "Grant Type is NULL" if not grant else f"Grant Type {grant} is not supported"},
+                             400)
     account = state.account(client_id)
     account.tokens_issued += 1
     token = "A21AA" + common.random_token(80)
@@ -589,7 +603,8 @@ def create_order(call: Call) -> tuple[int, dict]:
     if intent not in ("CAPTURE", "AUTHORIZE"):
         raise invalid("/intent", "INVALID_PARAMETER_VALUE", "The value of a field is invalid.", value=intent)
     if intent == "AUTHORIZE":
-        raise invalid("/intent", "INVALID_PARAMETER_VALUE", "intent AUTHORIZE is not simulated.", value=intent)
+        raise invalid("/intent", "INVALID_PARAMETER_VALUE", "intent AUTHORIZE is not simulated.",
+                      value=intent)
     units = body.get("purchase_units")
     if not isinstance(units, list) or not units:
         raise invalid("/purchase_units", "MISSING_REQUIRED_PARAMETER", "A required field / parameter is "
@@ -646,8 +661,8 @@ def create_order(call: Call) -> tuple[int, dict]:
     unit["payments"] = {"captures": [], "refunds": []}
     links = [{"href": call.href(f"/v2/checkout/orders/{order_id}"), "rel": "self", "method": "GET"}]
     if token is None:  # the payer still has to approve on PayPal's pages (not simulated)
-        links.append({"href": f"https://www.sandbox.paypal.com/checkoutnow?token={order_id}", "rel": "approve",
-                      "method": "GET"})
+        links.append({"href": f"https://www.sandbox.paypal.com/checkoutnow?token={order_id}",
+                      "rel": "approve", "method": "GET"})
     links.append({"href": call.href(f"/v2/checkout/orders/{order_id}/capture"), "rel": "capture",
                   "method": "POST"})
     stamp = now_iso()
@@ -767,10 +782,12 @@ def refund_capture(call: Call) -> tuple[int, dict]:
         refund["status_details"] = {"reason": "ECHECK"}
     refund.update({
         **extra,
-        "seller_payable_breakdown": {"gross_amount": money(amount, currency), "net_amount": money(amount, currency),
+        "seller_payable_breakdown": {"gross_amount": money(amount, currency),
+                                     "net_amount": money(amount, currency),
                                      "total_refunded_amount": money(total - remaining + amount, currency)},
         "links": [{"href": call.href(f"/v2/payments/refunds/{refund_id}"), "rel": "self", "method": "GET"},
-                  {"href": call.href(f"/v2/payments/captures/{capture['id']}"), "rel": "up", "method": "GET"}],
+                  {"href": call.href(f"/v2/payments/captures/{capture['id']}"), "rel": "up",
+                   "method": "GET"}],
         "create_time": stamp, "update_time": stamp,
     })
     account.refunds[refund_id] = refund
@@ -863,7 +880,8 @@ def search_transactions(call: Call) -> tuple[int, dict]:
         if "all" in fields or "payer_info" in fields:
             detail["payer_info"] = {"account_id": call.account.payer_id,
                                     "email_address": "payer@personal.example.com", "address_status": "Y",
-                                    "payer_status": "Y", "payer_name": {"given_name": "Sim", "surname": "Payer"}}
+                                    "payer_status": "Y",
+                                    "payer_name": {"given_name": "Sim", "surname": "Payer"}}
         if "all" in fields:
             detail.update(shipping_info={}, cart_info={}, store_info={}, auction_info={}, incentive_info={})
         details.append(detail)
@@ -976,7 +994,7 @@ async def _status_body(request: web.Request, allowed: tuple[str, ...]) -> str:
     body = await common.read_json_object(request)
     status = body.get("status")
     if status not in allowed:
-        raise ValueError(f'body must be {{"status": {"|".join(repr(s) for s in allowed)}}}'.replace("'", '"'))
+        raise ValueError(f'body must be {{"status": one of {", ".join(allowed)}}}')
     return status
 
 
@@ -1051,7 +1069,8 @@ async def sim_oauth(request: web.Request) -> web.Response:
         if body.get("revoke"):
             revoked = len(state.tokens)
             state.tokens.clear()
-    return json_response({"expires_in": state.token_lifetime, "tokens": len(state.tokens), "revoked": revoked})
+    return json_response({"expires_in": state.token_lifetime, "tokens": len(state.tokens),
+                          "revoked": revoked})
 
 
 async def sim_cert(request: web.Request) -> web.Response:

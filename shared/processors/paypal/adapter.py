@@ -44,6 +44,7 @@ exception message, a repr or `raw`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -333,8 +334,9 @@ class PayPalProcessor:
             return self._token
 
     async def _fetch_token(self) -> dict[str, Any]:
-        auth = aiohttp.BasicAuth(self._credentials.client_id, self._credentials.client_secret.reveal())
-        status, body = await self._send("POST", "/v1/oauth2/token", auth=auth,
+        pair = f"{self._credentials.client_id}:{self._credentials.client_secret.reveal()}"
+        basic = {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
+        status, body = await self._send("POST", "/v1/oauth2/token", headers=basic,
                                         data={"grant_type": "client_credentials"})
         if status in (400, 401, 403) and body.get("error") in ("invalid_client", "unauthorized_client",
                                                                 "access_denied", None):
@@ -370,14 +372,12 @@ class PayPalProcessor:
 
     async def _send(self, method: str, path: str, *, headers: dict[str, str] | None = None,
                     json_body: dict[str, Any] | None = None, data: Any = None,
-                    params: dict[str, str] | None = None,
-                    auth: aiohttp.BasicAuth | None = None) -> tuple[int, dict[str, Any]]:
+                    params: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         """Status and JSON body of one HTTP exchange, with network failures mapped. Exceptions are
         raised `from None`: aiohttp's carry the request's headers, and so the token."""
         try:
             async with self._session().request(method, self._api_base + path, headers=headers,
-                                               json=json_body, data=data, params=params,
-                                               auth=auth) as resp:
+                                               json=json_body, data=data, params=params) as resp:
                 raw = await resp.read()
                 status = resp.status
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
