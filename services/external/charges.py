@@ -62,6 +62,13 @@ class ChargeService:
             return transaction_out(attempt)
         adapter = self.adapters.for_connection(connection)
         circuit = self.circuits.circuit(f"connection:{connection['id']}")
+        if circuit.is_open(time.monotonic()):
+            # This connection's calls keep failing: do not add another; the router may fall back.
+            await self._fail(attempt, "processor_unavailable", "recent calls to this processor failed", None)
+            EXTERNAL_CHARGES.labels(connection["processor_type"], "circuit_open").inc()
+            raise ProblemError(503, "processor_unavailable", f"calls to this {connection['processor_type']} "
+                               "account keep failing; try again shortly", transaction_id=str(attempt["id"]),
+                               nothing_happened=True, headers={"Retry-After": "30"})
         try:
             report = await adapter.create_payment(p.PaymentRequest(
                 amount=amount, currency=currency, payment_method=attempt["payment_method"],

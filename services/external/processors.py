@@ -7,11 +7,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
+import structlog
 
 from services.external.settings import ExternalSettings
-from services.external.vault import CredentialVault, hint
+from services.external.vault import CredentialVault, VaultError, hint
+from shared.errors import ProblemError
 from shared.processors.base import PaymentProcessor, Secret
 
+log = structlog.get_logger("external.processors")
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 
 
@@ -81,7 +84,7 @@ class Adapters:
         if cached is not None and cached[0] == connection["credentials"]:
             return cached[1]
         processor = connection["processor_type"]
-        credentials = parse_credentials(processor, self.vault.open(connection["credentials"]))
+        credentials = parse_credentials(processor, self._open(connection["credentials"], connection["id"]))
         adapter = build_adapter(processor, credentials, self.settings)
         if cached is not None:
             self._stale.append(cached[1])
@@ -90,7 +93,17 @@ class Adapters:
 
     def webhook_secret(self, connection: dict[str, Any]) -> Secret | None:
         token = connection["webhook_secret"]
-        return None if token is None else Secret(self.vault.open(token))
+        return None if token is None else Secret(self._open(token, connection["id"]))
+
+    def _open(self, token: str, connection_id: int) -> Any:
+        try:
+            return self.vault.open(token)
+        except VaultError:
+            # An operator dropped a key that still seals this connection: nothing can be done here.
+            log.error("connection_secret_unopenable", connection_id=connection_id)
+            raise ProblemError(503, "connection_secret_unavailable",
+                               f"connection {connection_id}: none of CONNECTION_ENCRYPTION_KEYS opens its "
+                               "secrets (was a key removed before `python -m tools.rotate_keys` ran?)") from None
 
     async def close(self) -> None:
         for _, adapter in self._cache.values():

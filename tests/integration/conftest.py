@@ -16,7 +16,7 @@ from shared.config import normalise_database_url
 from shared.db import session_factory
 from shared.messaging import NatsLink
 from tests.integration.platform_support import SCHEMA, metadata
-from tests.integration.router_support import start_stripe_sim
+from tests.integration.router_support import start_sim, start_stripe_sim
 
 _stream_numbers = itertools.count(1)
 
@@ -59,6 +59,22 @@ ROUTER_SIM_KEY = "sk_test_platform_account"
 @pytest.fixture(scope="module")
 def stripe_sim():
     proc, url = start_stripe_sim()
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def square_sim():
+    proc, url = start_sim("sandbox.square_sim")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def paypal_sim():
+    proc, url = start_sim("sandbox.paypal_sim")
     yield url
     proc.terminate()
     proc.wait(10)

@@ -21,11 +21,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_stripe_sim() -> tuple[subprocess.Popen, str]:
-    """The simulator as its own process, as it runs in the sandbox (the app under test runs on
-    the test client's loop, so an in-loop server could not answer it)."""
+def start_sim(module: str) -> tuple[subprocess.Popen, str]:
+    """A processor simulator as its own process, as it runs in the sandbox (apps under test in
+    the in-process test client run on another loop, so an in-loop server could not answer them)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox.stripe_sim", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", module, "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -35,7 +35,11 @@ def start_stripe_sim() -> tuple[subprocess.Popen, str]:
         except OSError:
             time.sleep(0.05)
     proc.kill()
-    raise RuntimeError("the Stripe simulator did not start")
+    raise RuntimeError(f"{module} did not start")
+
+
+def start_stripe_sim() -> tuple[subprocess.Popen, str]:
+    return start_sim("sandbox.stripe_sim")
 
 
 def barber(barber_id: int) -> dict[str, str]:

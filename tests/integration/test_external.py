@@ -42,10 +42,11 @@ def external_log(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def external_url(service_env, stripe_sim, external_log):
+def external_url(service_env, stripe_sim, square_sim, paypal_sim, external_log):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, **service_env, "PORT": str(port), "WEBHOOK_BASE_URL": url, "STRIPE_API_BASE": stripe_sim,
+           "SQUARE_API_BASE": square_sim, "PAYPAL_API_BASE": paypal_sim,
            "PROCESSOR_TIMEOUT": "2", "PENDING_SWEEP_AFTER": "5", "SWEEP_INTERVAL": "1", "LOG_LEVEL": "info",
            "RATE_LIMIT_PER_MINUTE": "100000"}
     with running_process(["services.external"], env, ready_url=url + "/health/ready", log=external_log):
@@ -95,6 +96,61 @@ def charge_body(b: int, connection_id: int, amount: str = "50.00", method: str =
 
 def sdk(stripe_sim: str, key: str) -> stripe.StripeClient:
     return stripe.StripeClient(key, base_addresses={"api": stripe_sim}, http_client=stripe.AIOHTTPClient())
+
+
+# What each processor takes: credentials, and the sandbox's good and declined payment methods.
+PROCESSORS = {
+    "stripe": (lambda b: {"secret_key": stripe_key(b)}, "pm_card_visa", "pm_card_chargeDeclined"),
+    "square": (lambda b: {"access_token": f"EAAAsq-barber-{b}-token", "location_id": f"LBARBER{b}"},
+               "cnon:card-nonce-ok", "cnon:card-nonce-declined"),
+    "paypal": (lambda b: {"client_id": f"AbarberClient{b}", "client_secret": f"EPaypalSecret-{b}-xyz"},
+               "paypal-approved", "paypal-declined"),
+}
+
+
+async def connect(http, b: int, processor: str, **extra) -> dict:
+    credentials = PROCESSORS[processor][0](b)
+    status, body = await call(http, "POST", f"{BASE}/connections", barber(b), {
+        "processor": processor, "account_id": f"{processor}-own-{b}", "credentials": credentials,
+        "default_currency": "USD", **extra})
+    assert status == 201, body
+    return body
+
+
+async def webhook_events_of(db, connection_id: int) -> list[dict]:
+    return await rows(db, sa.select(et.webhook_events).where(et.webhook_events.c.connection_id == connection_id))
+
+
+@pytest.mark.parametrize("processor", sorted(PROCESSORS))
+async def test_each_processor_connects_charges_once_refunds_and_declines(http, db, processor):
+    """Charged once on the barber's simulated account and recorded once, though the processor's
+    own webhook for it arrives too; refunds move the status; a decline is a 402 with its reason."""
+    b = next_barber()
+    connection = await connect(http, b, processor)
+    assert (connection["status"], connection["webhook_secret_set"]) == ("active", True), connection
+    ok, declined = PROCESSORS[processor][1:]
+    status, tx = await call(http, "POST", "/internal/v1/charges", SERVICE,
+                            charge_body(b, connection["id"], "90.00", method=ok))
+    assert status == 200 and tx["status"] == "completed" and tx["external_transaction_id"], tx
+
+    async def webhook_applied():
+        return [e for e in await webhook_events_of(db, connection["id"]) if e["understood"]]
+
+    await eventually(webhook_applied, timeout=15)
+    stored = await rows(db, sa.select(et.transactions).where(et.transactions.c.barber_id == b))
+    assert len(stored) == 1 and stored[0]["status"] == "completed"
+    status, part = await call(http, "POST", "/internal/v1/refunds", SERVICE,
+                              {"transaction_id": tx["id"], "refund_id": str(uuid.uuid4()), "amount": "40.00"})
+    assert status == 200 and part["transaction"]["status"] == "partially_refunded", part
+    status, rest = await call(http, "POST", "/internal/v1/refunds", SERVICE,
+                              {"transaction_id": tx["id"], "refund_id": str(uuid.uuid4())})
+    assert status == 200 and (rest["transaction"]["status"], rest["refund_amount"]) == ("refunded", "50.00"), rest
+    await _quiet()
+    statuses = [e["status"] for e in await events(db, "transaction.recorded", "transaction_id", tx["id"])]
+    assert statuses == ["completed", "partially_refunded", "refunded"]
+    status, failed = await call(http, "POST", "/internal/v1/charges", SERVICE,
+                                charge_body(b, connection["id"], "10.00", method=declined))
+    assert status == 402 and failed["code"] == "payment_declined" and failed["detail"], failed
 
 
 # ---- connections -----------------------------------------------------------------------------------
@@ -429,3 +485,76 @@ async def test_an_external_route_is_paid_and_refunded_through_the_router(http, d
     intents = [pi for pi in (await sim_call(stripe_sim, "GET", "/_sim/payment_intents"))["data"]
                if pi["metadata"].get("route_id") == route["route_id"]]
     assert len(intents) == 1 and intents[0]["application_fee_amount"] is None  # the barber's own account
+
+
+# ---- unsettled attempts, limits, switches ---------------------------------------------------------
+
+async def test_the_sweeper_settles_attempts_nobody_came_back_for(http, db, stripe_sim):
+    b = next_barber()
+    # An explicit secret: no webhook endpoint, so only the sweeper can learn what happened.
+    connection = await connect_stripe(http, b, webhook_secret="whsec_sweeper_only")
+    await sim_call(stripe_sim, "POST", "/_sim/faults", {"mode": "timeout", "delay_ms": 3500, "count": 1,
+                                                        "path_prefix": "/v1/payment_intents"})
+    status, late = await call(http, "POST", "/internal/v1/charges", SERVICE, charge_body(b, connection["id"], "33.00"))
+    assert (status, late["code"], late["nothing_happened"]) == (504, "processor_timeout", False), late
+    await sim_call(stripe_sim, "POST", "/_sim/faults", {"mode": "error", "count": 1,
+                                                        "path_prefix": "/v1/payment_intents"})
+    status, lost = await call(http, "POST", "/internal/v1/charges", SERVICE, charge_body(b, connection["id"], "44.00"))
+    assert (status, lost["code"]) == (502, "processor_outcome_unknown"), lost
+    by_id = {late["transaction_id"]: "completed", lost["transaction_id"]: "failed"}
+
+    async def settled():
+        found = await rows(db, sa.select(et.transactions).where(et.transactions.c.barber_id == b))
+        return found if {str(r["id"]): r["status"] for r in found} == by_id else None
+
+    found = {str(r["id"]): r for r in await eventually(settled, timeout=20)}
+    assert found[lost["transaction_id"]]["failure_code"] == "not_found_at_processor"
+    for transaction_id, status in by_id.items():
+        assert [e["status"] for e in await events(db, "transaction.recorded", "transaction_id", transaction_id)] == [
+            status]
+
+
+async def test_a_webhook_body_over_the_limit_is_413(http):
+    b = next_barber()
+    connection = await connect_stripe(http, b, webhook_secret="whsec_size")
+    async with http.post(f"/api/v1/webhooks/stripe/{connection['id']}", data=b"{" + b" " * 300_000 + b"}",
+                         headers={"Stripe-Signature": "t=1,v1=00"}) as resp:
+        assert resp.status == 413 and resp.content_type == "application/problem+json"
+
+
+async def test_a_switched_off_processor_takes_no_connections_and_publishes_its_own_unusable(
+        http, db, make_settings, stripe_sim):
+    """Last in this module: it republishes every Stripe connection (and restores them after)."""
+    from datetime import UTC, datetime
+
+    from litestar.testing import AsyncTestClient
+
+    from services.external.app import create_app
+    from services.external.settings import ExternalSettings
+
+    b = next_barber()
+    connection = await connect_stripe(http, b)
+    off = make_settings(ExternalSettings, external_stripe_enabled=False, stripe_api_base=stripe_sim, log_level="error")
+    async with AsyncTestClient(create_app(off)) as client:
+        refused = await client.post(f"{BASE}/connections", headers=barber(b), json={
+            "processor": "stripe", "account_id": "acct_more", "credentials": {"secret_key": stripe_key(b)}})
+        assert refused.status_code == 422 and refused.json()["code"] == "processor_disabled"
+        shown = (await client.get(f"{BASE}/connections/{connection['id']}", headers=barber(b))).json()
+        assert (shown["status"], shown["usable"]) == ("active", False)
+        external = client.app.state.external
+        import asyncio
+
+        assert await asyncio.to_thread(client.blocking_portal.call, external.connections.republish,
+                                       datetime.now(UTC)) >= 1
+        charge = await client.post("/internal/v1/charges", headers=SERVICE, json=charge_body(b, connection["id"]))
+        assert charge.status_code == 409 and "switched off" in charge.json()["detail"]
+    assert [e["status"] for e in await events(db, "connection.changed", "connection_id", connection["id"])][-1] == \
+        "disabled"
+    on = make_settings(ExternalSettings, stripe_api_base=stripe_sim, log_level="error")
+    async with AsyncTestClient(create_app(on)) as client:
+        import asyncio
+
+        await asyncio.to_thread(client.blocking_portal.call, client.app.state.external.connections.republish,
+                                datetime.now(UTC))
+    assert [e["status"] for e in await events(db, "connection.changed", "connection_id", connection["id"])][-1] == \
+        "active"
