@@ -385,3 +385,33 @@ async def test_a_refused_connection_fails_the_attempt_and_a_retry_pays(make_sett
         paid = await back.post(f"{BASE}/process", headers=headers, json=body)
     assert paid.status_code == 200 and paid.json()["status"] == "completed", paid.text
     assert paid.json()["transaction_id"] != refused.json()["transaction_id"]
+
+
+async def test_an_unreachable_external_service_falls_back_to_the_platform(client, db, infra, event_names):
+    """The barber's processor surely did nothing (the external service cannot even be reached) and
+    fallback is on: the platform takes the payment, and the answer says so."""
+    import nats
+
+    b = await paying_barber(client, payment_mode="decentralized", fallback_enabled=True)
+    nc = await nats.connect(infra.nats_url)
+    event = new_event(ConnectionChanged(
+        connection_id=b, barber_id=b, processor="square", account_id="sq-fallback", status="active",
+        default_currency="USD", supports_payments=True, supports_refunds=True))
+    await nc.jetstream().publish(event_names["EVENT_SUBJECT_PREFIX"] + "connection.changed", encode_event(event))
+    await nc.close()
+
+    async def external_route():
+        r = await client.post(f"{BASE}/route", headers=barber(b), json={"appointment_id": 1, "amount": "25.00"})
+        return r.json() if r.json().get("payment_type") == "external" else None
+
+    route = await eventually(external_route, timeout=10)
+    paid = await client.post(f"{BASE}/process", headers=barber(b),
+                             json={"route_id": route["route_id"], "payment_method": "pm_card_visa"})
+    assert paid.status_code == 200, paid.text
+    body = paid.json()
+    assert (body["payment_type"], body["status"], body["fallback_used"]) == ("centralized", "completed", True)
+    assert body["fallback_from"]["processor"] == "square" and body["fallback_from"]["reason"] == "upstream_unavailable"
+    # Paying the route again answers the platform payment; nothing is charged twice.
+    again = await client.post(f"{BASE}/process", headers=barber(b),
+                              json={"route_id": route["route_id"], "payment_method": "pm_card_visa"})
+    assert again.json()["transaction_id"] == body["transaction_id"]
