@@ -101,6 +101,7 @@ class WebhooksController(Controller):
     path = "/api/v1/webhooks"
     tags = ["webhooks"]
 
+    # Processors send a few kilobytes; anything much larger is not a webhook (413).
     @post("/{processor:str}/{connection_id:int}", status_code=200, request_max_body_size=256 * 1024)
     async def receive(self, request: Request, processor: FromPath[Processor], connection_id: FromPath[int],
                       external: External) -> WebhookAck:

@@ -42,8 +42,6 @@ class ExternalSettings(BaseSettings, kw_only=True, frozen=True):
     # The commission on a payment we learn of (webhook, reconciliation) for a barber whose config
     # the router has not published yet (`config.changed` carries each barber's own rate).
     default_commission_rate: Decimal = Decimal("0.20")
-    # Largest webhook body accepted (processors send a few kilobytes).
-    webhook_max_body: Annotated[int, msgspec.Meta(ge=1024, le=10 * 1024 * 1024)] = 256 * 1024
 
     def __post_init__(self) -> None:
         super().__post_init__()

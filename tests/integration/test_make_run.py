@@ -100,7 +100,8 @@ def test_make_run_serves_routes_and_stops_cleanly(
             {"Authorization": f"Bearer {state['admin_token']}"},
         )
         assert status in (200, 404), (status, body)
-        assert state["urls"]["stripe-sim"] == f"http://127.0.0.1:{ports['STRIPE_SIM_PORT']}"
+        for sim in ("stripe", "square", "paypal"):  # every processor has its sandbox
+            assert state["urls"][f"{sim}-sim"] == f"http://127.0.0.1:{ports[sim.upper() + '_SIM_PORT']}"
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0, run_.printed()

@@ -223,7 +223,7 @@ class EventFactory:
             event_id, payment_id = "evt_" + self.token(12), "pi_" + self.token(12)
             body = json.dumps(stripe_event(event_id, payment_id, cents, int(now)), indent=2).encode()
         else:
-            event_id = str(uuid.UUID(self.token(16)))
+            event_id = str(uuid.UUID(self.token(16), version=4))
             payment_id = "".join(_SQUARE_ID_ALPHABET[b % 62] for b in bytes.fromhex(self.token(29)))
             body = json.dumps(square_event(
                 event_id, payment_id, cents, datetime.fromtimestamp(now, UTC),
