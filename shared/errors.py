@@ -172,13 +172,6 @@ def _handle_http(_: Request, exc: HTTPException) -> Response[bytes]:
     return problem_response(problem)
 
 
-def _handle_too_deep(_: Request, exc: RecursionError) -> Response[bytes]:
-    # msgspec raises RecursionError for JSON nested deeper than it will follow ([[[[...]]]] x 10,000):
-    # that is a malformed body, not a server fault.
-    return problem_response(ProblemError(400, "invalid_json", "malformed JSON body: nested too deeply",
-                                         title="Malformed JSON body"))
-
-
 def _handle_unexpected(request: Request, exc: Exception) -> Response[bytes]:
     log.exception("unhandled_error", path=request.url.path, error=type(exc).__name__)
     return problem_response(
@@ -190,7 +183,6 @@ exception_handlers = {
     ProblemError: _handle_problem,
     ValidationException: _handle_validation,
     HTTPException: _handle_http,
-    RecursionError: _handle_too_deep,
     Exception: _handle_unexpected,
 }
 

@@ -4,7 +4,8 @@ stream every service publishes to.
 An event on the wire is JSON: `{"event_id", "event_type", "version", "occurred_at", "payload"}`.
 The subject is the event type (`transaction.recorded`), behind an optional per-run prefix.
 Producers emit the typed payloads below and consumers decode them with the same types, so a field
-missing or misspelled fails at the producer's test, not in another service. Money travels as
+missing or misspelled fails at the producer's test, not in another service. A field added later
+must have a default: events written before it (still in the stream, or replayed) must decode. Money travels as
 decimal strings with exactly the currency's decimals ("50.00"), rates as decimal strings.
 """
 
@@ -129,7 +130,6 @@ class ConfigChanged(EventPayload):
     min_external_amount: str | None
     max_platform_amount: str | None
     split_threshold: str | None
-    threshold_currency: str
     commission_rate: str
     commission_collection_frequency: Literal["daily", "weekly", "monthly"]
     auto_collection_enabled: bool
@@ -139,6 +139,9 @@ class ConfigChanged(EventPayload):
     connect_account_id: str | None
     version: int
     updated_at: datetime | None = None
+    # Fields added after the first version carry a default, so events already in the stream (and
+    # producers not yet upgraded) still decode: a consumer must never dead-letter old news.
+    threshold_currency: str = "USD"
 
 
 class CollectionDue(EventPayload):

@@ -68,6 +68,8 @@ class ExactJSONRequest(Request):
                     decoded = _decoder.decode(body or b"null")
                 except msgspec.DecodeError as exc:  # Litestar answers it 400
                     raise SerializationException(str(exc)) from exc
+                except RecursionError:  # [[[[...]]]] ten thousand deep: malformed, not a server fault
+                    raise SerializationException("JSON nested too deeply") from None
                 self._json = self._connection_state.json = decoded
         return self._json
 

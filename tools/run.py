@@ -395,9 +395,9 @@ class Suite:
         if not config.get("JWT_SECRET") and not config.get("JWT_PUBLIC_KEY"):
             self.generated_secret = env["JWT_SECRET"] = secrets.token_urlsafe(32)
         if not config.get("CONNECTION_ENCRYPTION_KEYS"):
-            from cryptography.fernet import Fernet
-
-            env["CONNECTION_ENCRYPTION_KEYS"] = Fernet.generate_key().decode()
+            # Kept in RUN_DIR and reused: a new key each run would leave every connection stored
+            # by an earlier run unopenable (the database outlives the run).
+            env["CONNECTION_ENCRYPTION_KEYS"] = self.dev_encryption_key()
         for sim, port in sims:
             env[sim.base_var] = f"http://127.0.0.1:{port}"
             env.update({var: config.get(var) or value for var, value in sim.defaults.items()})
@@ -457,6 +457,18 @@ class Suite:
         if config.get("RUN_FOLLOW_LOGS", "1") not in ("0", "false"):
             self.follower = LogFollower(self.children)
             self.follower.start()
+
+    def dev_encryption_key(self) -> str:
+        from cryptography.fernet import Fernet
+
+        path = self.run_dir / "connection-encryption-key"
+        if path.exists():
+            return path.read_text().strip()
+        key = Fernet.generate_key().decode()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(key + "\n")
+        path.chmod(0o600)
+        return key
 
     def watch(self) -> None:
         while True:
@@ -557,7 +569,8 @@ environment (also read from .env; the environment wins):
   STRIPE_SECRET_KEY           default sk_test_sandbox with the simulator
   JWT_SECRET                  generated and printed when neither it nor JWT_PUBLIC_KEY is set;
                               admin and barber-1 tokens are printed whenever it is known
-  CONNECTION_ENCRYPTION_KEYS  a fresh Fernet key when unset
+  CONNECTION_ENCRYPTION_KEYS  when unset, a Fernet key generated once and kept in
+                              RUN_DIR/connection-encryption-key (so stored connections stay readable)
   EXTERNAL_SERVICE_URL, WEBHOOK_BASE_URL   default to the local external service and gateway
   LOG_JSON                    default false under make run
   RUN_READY_TIMEOUT           seconds to wait for every /health/ready (default 30)

@@ -50,11 +50,13 @@ def create_app(settings: settings_module.ExternalSettings | None = None) -> Lite
         reconciliation=ReconcileService(runtime, settings, adapters, ledger),
         transactions=TransactionService(runtime),
     )
+    external.connections.listeners.append(external.webhooks.forget)
     runtime.consumer_specs = [ConsumerSpec("rates", ["config.changed"], external.transactions.apply_config_changed)]
     runtime.job_specs = [
         JobSpec("pending-sweeper", settings.sweep_interval, external.charges.sweep_pending),
         JobSpec("reconciliation", settings.reconcile_interval, external.reconciliation.scheduled),
         JobSpec("republish-connections", 300.0, external.connections.republish),
+        JobSpec("connection-totals", settings.stats_interval, external.connections.refresh_totals),
     ]
 
     @contextlib.asynccontextmanager

@@ -43,6 +43,8 @@ class ConnectionService:
         self.settings = settings
         self.adapters = adapters
         self.vault = adapters.vault
+        # Told the id of every connection this process changes (caches drop it), after commit.
+        self.listeners: list = []
 
     def webhook_url(self, processor: str, connection_id: int) -> str:
         return f"{self.settings.webhook_base_url.rstrip('/')}/api/v1/webhooks/{processor}/{connection_id}"
@@ -52,6 +54,11 @@ class ConnectionService:
 
     def _changed(self, row: dict[str, Any]):
         return connection_changed(row, processor_enabled=self.settings.enabled(row["processor_type"]))
+
+    def _emit(self, uow, row: dict[str, Any]) -> None:
+        """`connection.changed` for this row, and (after commit) the local caches told."""
+        uow.emit(self._changed(row))
+        uow.after_commit(lambda: [listener(row["id"]) for listener in self.listeners])
 
     async def create(self, principal: Principal, body: ConnectionIn, claim: Claim | None) -> ConnectionOut:
         barber_id = acting_barber_id(principal, body.barber_id)
@@ -81,7 +88,7 @@ class ConnectionService:
             row = await store.update_connection(uow.session, row["id"], {
                 "webhook_url": self.webhook_url(body.processor, row["id"]),
                 "published_status": published_status("pending", self.settings.enabled(body.processor))})
-            uow.emit(self._changed(row))
+            self._emit(uow, row)
             await uow.commit()
         row = await self._check(row, credentials)
         out = self._out(row)
@@ -124,7 +131,7 @@ class ConnectionService:
             values["published_status"] = published_status(values.get("status", current["status"]),
                                                           self.settings.enabled(processor))
             updated = await store.update_connection(uow.session, row["id"], values)
-            uow.emit(self._changed(updated))
+            self._emit(uow, updated)
             await uow.commit()
         log.info("connection_checked", connection_id=row["id"], processor=processor, status=updated["status"])
         return updated
@@ -181,7 +188,7 @@ class ConnectionService:
             values["published_status"] = published_status(values.get("status", current["status"]),
                                                           self.settings.enabled(processor))
             row = await store.update_connection(uow.session, connection_id, values)
-            uow.emit(self._changed(row))
+            self._emit(uow, row)
             await uow.commit()
         if credentials is not None:
             row = await self._check(row, credentials)
@@ -199,9 +206,15 @@ class ConnectionService:
             row = await store.update_connection(uow.session, connection_id, dict(
                 status="disconnected", status_reason="disconnected by " + principal.role, disconnected_at=now,
                 updated_at=now, published_status="disconnected"))
-            uow.emit(self._changed(row))
+            self._emit(uow, row)
             await uow.commit()
         return self._out(row)
+
+    async def refresh_totals(self, now: datetime) -> int:
+        async with self.rt.uow() as uow:
+            count = await store.refresh_connection_totals(uow.session)
+            await uow.commit()
+        return count
 
     async def republish(self, now: datetime) -> int:
         """Tell the others again about every connection whose published status is stale (a processor
@@ -212,7 +225,7 @@ class ConnectionService:
                 status = published_status(row["status"], self.settings.enabled(row["processor_type"]))
                 if status != row["published_status"]:
                     row = await store.update_connection(uow.session, row["id"], {"published_status": status})
-                    uow.emit(self._changed(row))
+                    self._emit(uow, row)
                     count += 1
             await uow.commit()
         if count:

@@ -15,10 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-
 from services.external import store
-from services.external import tables as t
 from services.external.domain import commission_for
 from services.external.mapping import fees_of, transaction_recorded
 from services.external.settings import ExternalSettings
@@ -55,10 +52,12 @@ class Ledger:
         if row is None:
             row = await store.transaction_by_processor_id(session, processor, report.processor_payment_id, lock=True)
         if row is None:
-            row = await self._learn_payment(uow, connection, report, origin=origin, now=now)
+            row, inserted = await self._learn_payment(uow, connection, report, origin=origin, now=now)
+            if not inserted:  # a concurrent report recorded it first: merge into theirs
+                return await self.record_payment(uow, connection, report, origin=origin, now=now)
             if row["status"] != "pending":
                 uow.emit(transaction_recorded(row))
-            return await self._refresh_refunds(uow, row, now)
+            return await self._refresh_refunds(uow, row, now, adopt_only=True)
         base = merged_status(row["status"], report.status)
         values: Row = {}
         if row["external_transaction_id"] is None:
@@ -73,14 +72,14 @@ class Ledger:
             values.update(status=status, updated_at=now)
             row = await store.update_transaction(session, row["id"], values)
             uow.emit(transaction_recorded(row))
-            if status == "completed":
-                await store.count_transaction(session, row["connection_id"], row["amount"], now)
         elif values:
             row = await store.update_transaction(session, row["id"], values, bump=False)
-        return await self._refresh_refunds(uow, row, now) if values.get("external_transaction_id") else row
+        if values.get("external_transaction_id"):
+            return await self._refresh_refunds(uow, row, now, adopt_only=True)
+        return row
 
     async def _learn_payment(self, uow: UnitOfWork, connection: Row, report: PaymentResult, *, origin: str,
-                             now: datetime) -> Row:
+                             now: datetime) -> tuple[Row, bool]:
         """A payment the barber took on its account that we did not start: recorded with the
         barber's commission rate (from `config.changed`, else the platform default)."""
         session = uow.session
@@ -99,19 +98,9 @@ class Ledger:
             processed_at=None if status == "pending" else report.created_at, created_at=now, updated_at=now,
             version=1,
         )
-        tx = t.transactions
-        # A concurrent report of the same payment may insert it first: then take theirs, locked.
-        inserted = (await session.execute(pg_insert(tx).values(**values).on_conflict_do_nothing(
-            index_elements=[tx.c.processor_type, tx.c.external_transaction_id],
-            index_where=tx.c.external_transaction_id.is_not(None)).returning(tx))).mappings().first()
-        if inserted is None:
-            row = await store.transaction_by_processor_id(session, connection["processor_type"],
-                                                          report.processor_payment_id, lock=True)
-            assert row is not None
-            return row
-        if status == "completed":
-            await store.count_transaction(session, connection["id"], amount, now)
-        return dict(inserted)
+        # A concurrent report of the same payment may insert it first (ON CONFLICT waits for it).
+        inserted = await store.insert_learned_transaction(session, values)
+        return (values, False) if inserted is None else (inserted, True)
 
     async def record_refund(self, uow: UnitOfWork, connection: Row, report: RefundResult, *,
                             now: datetime) -> Row | None:
@@ -147,11 +136,16 @@ class Ledger:
         (the card was closed); nothing else moves (a late "pending" is old news)."""
         return (current == "pending" and reported != "pending") or (current == "succeeded" and reported == "failed")
 
-    async def _refresh_refunds(self, uow: UnitOfWork, row: Row, now: datetime) -> Row:
-        """Adopt refunds that came before this payment, then recount what succeeded."""
+    async def _refresh_refunds(self, uow: UnitOfWork, row: Row, now: datetime, *, adopt_only: bool = False) -> Row:
+        """Adopt refunds that came before this payment, then recount what succeeded. (A payment
+        heard of for the first time has refunds only if some were waiting for it.)"""
         session = uow.session
+        adopted = 0
         if row["external_transaction_id"] is not None:
-            await store.adopt_orphan_refunds(session, row["processor_type"], row["external_transaction_id"], row["id"])
+            adopted = await store.adopt_orphan_refunds(session, row["processor_type"], row["external_transaction_id"],
+                                                       row["id"])
+        if adopt_only and not adopted:
+            return row
         succeeded, _ = await store.refund_totals(session, row["id"])
         succeeded = min(succeeded, row["amount"])  # a processor never refunds more than was paid
         status = status_with_refunds(row["status"], row["amount"], succeeded)

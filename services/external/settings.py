@@ -39,6 +39,8 @@ class ExternalSettings(BaseSettings, kw_only=True, frozen=True):
     # Reconciliation: every `reconcile_interval` seconds, the last `reconcile_window_hours` hours.
     reconcile_interval: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
     reconcile_window_hours: Annotated[int, msgspec.Meta(ge=1, le=24 * 31)] = 48
+    # How often the seed's per-connection counters (total_transactions, total_volume) are recounted.
+    stats_interval: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     # The commission on a payment we learn of (webhook, reconciliation) for a barber whose config
     # the router has not published yet (`config.changed` carries each barber's own rate).
     default_commission_rate: Decimal = Decimal("0.20")

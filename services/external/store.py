@@ -67,10 +67,18 @@ async def connections_to_republish(session: AsyncSession) -> list[Row]:
     return _all(await session.execute(sa.select(c).where(c.c.status != "disconnected").order_by(c.c.id)))
 
 
-async def count_transaction(session: AsyncSession, connection_id: int, amount: Decimal, when: datetime) -> None:
-    await session.execute(sa.update(c).where(c.c.id == connection_id).values(
-        total_transactions=c.c.total_transactions + 1, total_volume=c.c.total_volume + amount,
-        last_transaction_at=sa.func.greatest(sa.func.coalesce(c.c.last_transaction_at, when), when)))
+async def refresh_connection_totals(session: AsyncSession) -> int:
+    """The seed's per-connection counters, recounted from the transactions in one statement (kept
+    off the payment path: a counter on the connection row would serialise all its payments)."""
+    paid = (sa.select(tx.c.connection_id, sa.func.count().label("n"), sa.func.sum(tx.c.amount).label("volume"),
+                      sa.func.max(sa.func.coalesce(tx.c.processed_at, tx.c.created_at)).label("last"))
+            .where(tx.c.status.in_(("completed", "partially_refunded", "refunded")))
+            .group_by(tx.c.connection_id).subquery())
+    result = await session.execute(sa.update(c).where(
+        c.c.id == paid.c.connection_id,
+        sa.tuple_(c.c.total_transactions, c.c.total_volume).is_distinct_from(sa.tuple_(paid.c.n, paid.c.volume)),
+    ).values(total_transactions=paid.c.n, total_volume=paid.c.volume, last_transaction_at=paid.c.last))
+    return result.rowcount or 0
 
 
 # ---- transactions ------------------------------------------------------------------------------------
@@ -82,8 +90,8 @@ async def load_transaction(session: AsyncSession, transaction_id: uuid.UUID, *, 
 
 async def transaction_by_processor_id(session: AsyncSession, processor: str, processor_payment_id: str, *,
                                       lock: bool = False) -> Row | None:
-    query = sa.select(tx).where(tx.c.processor_type == processor, tx.c.external_transaction_id == processor_payment_id)
-    return _one(await session.execute(query.with_for_update() if lock else query))
+    return _one(await session.execute(_BY_PROCESSOR_ID_LOCKED if lock else _BY_PROCESSOR_ID,
+                                      {"processor": processor, "processor_payment_id": processor_payment_id}))
 
 
 async def live_attempt(session: AsyncSession, route_id: uuid.UUID) -> Row | None:
@@ -211,11 +219,26 @@ async def touch_pending_refund(session: AsyncSession, refund_id: uuid.UUID, now:
 
 # ---- webhooks and rates ------------------------------------------------------------------------------
 
+# Built once: webhooks come in bursts, and building a statement per call (and its cache key)
+# measured as a large part of a webhook's cost.
+_CLAIM_EVENT = pg_insert(we).on_conflict_do_nothing(constraint="webhook_events_once").returning(we.c.id)
+_BY_PROCESSOR_ID = sa.select(tx).where(tx.c.processor_type == sa.bindparam("processor"),
+                                       tx.c.external_transaction_id == sa.bindparam("processor_payment_id"))
+_BY_PROCESSOR_ID_LOCKED = _BY_PROCESSOR_ID.with_for_update()
+_LEARN = pg_insert(tx).on_conflict_do_nothing(
+    index_elements=[tx.c.processor_type, tx.c.external_transaction_id],
+    index_where=tx.c.external_transaction_id.is_not(None)).returning(tx)
+
+
 async def claim_webhook_event(session: AsyncSession, values: Row) -> bool:
     """Record a processor event id; False when it was applied before (a redelivery)."""
-    result = await session.execute(pg_insert(we).values(**values).on_conflict_do_nothing(
-        constraint="webhook_events_once").returning(we.c.id))
+    result = await session.execute(_CLAIM_EVENT, values)
     return result.first() is not None
+
+
+async def insert_learned_transaction(session: AsyncSession, values: Row) -> Row | None:
+    """A payment we learn of; None when a concurrent report inserted it first."""
+    return _one(await session.execute(_LEARN, values))
 
 
 async def barber_rate(session: AsyncSession, barber_id: int) -> Decimal | None:

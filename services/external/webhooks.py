@@ -8,6 +8,7 @@ redelivered, late or out-of-order event converges and emits `transaction.recorde
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -26,6 +27,12 @@ from shared.service import ServiceRuntime
 log = structlog.get_logger("external.webhooks")
 
 
+# Webhooks come in bursts for the same few connections: their rows are kept this long in memory.
+# Staleness is harmless here: a rotated secret fails verification for at most this long (the
+# processor redelivers), and a disconnected connection's notices are still verified and recorded.
+CONNECTION_CACHE_SECONDS = 30.0
+
+
 class WebhookService:
     def __init__(self, runtime: ServiceRuntime, settings: ExternalSettings, adapters: Adapters,
                  ledger: Ledger) -> None:
@@ -33,11 +40,28 @@ class WebhookService:
         self.settings = settings
         self.adapters = adapters
         self.ledger = ledger
+        self._connections: dict[int, tuple[float, dict]] = {}
+
+    async def _connection(self, connection_id: int) -> dict | None:
+        now = time.monotonic()
+        cached = self._connections.get(connection_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with self.rt.uow() as uow:
+            connection = await store.load_connection(uow.session, connection_id)
+        if connection is not None:
+            if len(self._connections) > 10_000:
+                self._connections.clear()
+            self._connections[connection_id] = (now + CONNECTION_CACHE_SECONDS, connection)
+        return connection
+
+    def forget(self, connection_id: int) -> None:
+        """This process changed the connection: read it afresh next time."""
+        self._connections.pop(connection_id, None)
 
     async def receive(self, processor: str, connection_id: int, body: bytes, headers: Mapping[str, str],
                       url: str) -> WebhookAck:
-        async with self.rt.uow() as uow:
-            connection = await store.load_connection(uow.session, connection_id)
+        connection = await self._connection(connection_id)
         if connection is None or connection["processor_type"] != processor:
             WEBHOOKS_RECEIVED.labels(processor, "unknown_connection").inc()
             raise not_found(f"{processor} connection {connection_id}")
