@@ -349,6 +349,39 @@ async def test_forged_missing_and_stale_signatures_are_400_and_store_nothing(htt
         assert resp.status == 404
 
 
+async def test_forged_and_missing_square_and_paypal_signatures_are_400_and_store_nothing(http, db):
+    from shared.processors.square import signature_for
+
+    b = next_barber()
+    square = await connect(http, b, "square", webhook_secret="square-signature-key-for-tests")
+    event = msgspec.json.encode({"merchant_id": "M1", "type": "payment.updated", "event_id": f"sq-forged-{b}",
+                                 "created_at": "2026-11-26T00:00:00Z", "data": {"type": "payment", "id": "P1",
+                                 "object": {"payment": {"id": "P1", "status": "COMPLETED", "amount_money": {
+                                     "amount": 100, "currency": "USD"}, "created_at": "2026-11-26T00:00:00Z"}}}})
+    path = f"/api/v1/webhooks/square/{square['id']}"
+    wrong_url = signature_for(event, signature_key="square-signature-key-for-tests",
+                              notification_url="http://elsewhere/api/v1/webhooks/square/1")
+    forged = signature_for(event, signature_key="another-key", notification_url=square["webhook_url"])
+    for headers in ({}, {"x-square-hmacsha256-signature": forged},
+                    {"x-square-hmacsha256-signature": wrong_url}, {"x-square-hmacsha256-signature": "AAAA"}):
+        async with http.post(path, data=event, headers=headers) as resp:
+            assert resp.status == 400 and (await resp.json())["code"] == "invalid_signature", headers
+    good = signature_for(event, signature_key="square-signature-key-for-tests", notification_url=square["webhook_url"])
+    async with http.post(path, data=event, headers={"x-square-hmacsha256-signature": good}) as resp:
+        assert resp.status == 200
+    paypal = await connect(http, b, "paypal")  # its webhook id, registered with the simulator
+    event = msgspec.json.encode({"id": f"WH-forged-{b}", "event_type": "PAYMENT.CAPTURE.COMPLETED",
+                                 "create_time": "2026-11-26T00:00:00Z", "resource": {"id": "CAP1"}})
+    headers = {"paypal-transmission-id": str(uuid.uuid4()), "paypal-transmission-time": "2026-11-26T00:00:00Z",
+               "paypal-transmission-sig": "Zm9yZ2Vk", "paypal-auth-algo": "SHA256withRSA",
+               "paypal-cert-url": "http://127.0.0.1:1/certs/forged"}
+    for sent in (headers, {k: v for k, v in headers.items() if k != "paypal-transmission-sig"}, {}):
+        async with http.post(f"/api/v1/webhooks/paypal/{paypal['id']}", data=event, headers=sent) as resp:
+            assert resp.status == 400 and (await resp.json())["code"] == "invalid_signature", sent
+    stored = await webhook_events_of(db, square["id"]) + await webhook_events_of(db, paypal["id"])
+    assert [e["event_id"] for e in stored] == [f"sq-forged-{b}"]  # only the one signed right
+
+
 async def test_payments_taken_outside_us_arrive_by_webhook_even_out_of_order(http, db, stripe_sim):
     """The barber charges and refunds on its own Stripe; the notices arrive in reverse order
     (the refund before the payment). Recorded once, with the refund, as the processor says."""
@@ -408,18 +441,25 @@ async def test_reconciliation_finds_a_missing_payment_and_a_mismatched_amount(ht
 
 # ---- secrets ---------------------------------------------------------------------------------------------
 
-async def test_credentials_never_reach_a_log_line(http, external_log):
+async def test_credentials_never_reach_a_response_or_a_log_line(http, external_log):
     b = next_barber()
-    await connect_stripe(http, b)
-    await call(http, "POST", f"{BASE}/connections", barber(b), {
+    secrets = [ENCRYPTION_KEY, JWT_SECRET]
+    for processor in PROCESSORS:
+        connection = await connect(http, b, processor)
+        secrets += [v for k, v in PROCESSORS[processor][0](b).items() if k != "location_id"]
+        assert not [s for s in secrets if s in str(connection)]
+    status, refused = await call(http, "POST", f"{BASE}/connections", barber(b), {
         "processor": "stripe", "account_id": "acct_bad", "credentials": {"secret_key": f"sk_test_invalid_{b}_zz"}})
+    assert status == 201 and refused["status"] == "error"
+    secrets.append(f"sk_test_invalid_{b}_zz")
+    assert not [s for s in secrets if s in str(refused)]  # nor in the error it reports
     text = external_log.read_text()
-    assert text  # the service does log (at info)
-    for secret in (stripe_key(b), f"sk_test_invalid_{b}_zz", ENCRYPTION_KEY, JWT_SECRET):
-        assert secret not in text
+    assert "connection_checked" in text  # the service does log (at info)
+    assert [s for s in secrets if s in text] == []
 
 
-async def test_rotated_keys_still_open_every_connection(http, db, make_settings, database_url, stripe_sim):
+async def test_rotated_keys_still_open_every_connection(http, db, make_settings, database_url, stripe_sim,
+                                                       square_sim, paypal_sim):
     from litestar.testing import AsyncTestClient
 
     from services.external.app import create_app
@@ -427,16 +467,17 @@ async def test_rotated_keys_still_open_every_connection(http, db, make_settings,
     from tools.rotate_keys import rotate
 
     b = next_barber()
-    connection = await connect_stripe(http, b)
+    connections = {processor: await connect(http, b, processor) for processor in PROCESSORS}
     new_key = Fernet.generate_key().decode()
-    assert await rotate(database_url, [new_key, ENCRYPTION_KEY]) >= 1
-    # A replica that knows only the new key charges through the rotated connection.
+    assert await rotate(database_url, [new_key, ENCRYPTION_KEY]) >= 3
+    # A replica that knows only the new key charges through every rotated connection.
     settings = make_settings(ExternalSettings, connection_encryption_keys=new_key, log_level="error",
-                             stripe_api_base=stripe_sim)
+                             stripe_api_base=stripe_sim, square_api_base=square_sim, paypal_api_base=paypal_sim)
     async with AsyncTestClient(create_app(settings)) as only_new:
-        response = await only_new.post("/internal/v1/charges", headers=SERVICE,
-                                       json=charge_body(b, connection["id"], "12.00"))
-    assert response.status_code == 200 and response.json()["status"] == "completed", response.text
+        for processor, connection in connections.items():
+            response = await only_new.post("/internal/v1/charges", headers=SERVICE, json=charge_body(
+                b, connection["id"], "12.00", method=PROCESSORS[processor][1]))
+            assert response.status_code == 200 and response.json()["status"] == "completed", response.text
     assert await rotate(database_url, [ENCRYPTION_KEY, new_key]) >= 1  # and back, for the other tests
 
 
