@@ -680,6 +680,32 @@ def cancel_payment_intent(call: Call) -> dict:
     return call.expand(pi)
 
 
+def create_account_debit(call: Call) -> dict:
+    """`POST /v1/charges` with `source=acct_...`: a Connect platform debiting a connected
+    account's balance (the only Charges-API use simulated). A source id containing
+    `insufficient` has no balance: Stripe's `balance_insufficient` error (402)."""
+    params = call.params
+    check_known(params, {"amount", "currency", "source", "description", "metadata", "expand"})
+    source = p_str(params, "source", required=True, prefix="acct_", kind="source")
+    currency = p_str(params, "currency", required=True).lower()
+    amount = p_int(params, "amount", required=True, minimum=1)
+    if "insufficient" in source:
+        raise StripeError(402, "card_error", "Insufficient funds in the connected account's balance.",
+                          code="balance_insufficient", decline_code="balance_insufficient")
+    charge = {
+        "id": new_id("py"), "object": "charge", "amount": amount, "amount_captured": amount,
+        "amount_refunded": 0, "balance_transaction": new_id("txn"), "captured": True,
+        "created": int(time.time()), "currency": currency, "customer": None,
+        "description": p_str(params, "description"), "failure_code": None, "failure_message": None,
+        "livemode": call.account.livemode, "metadata": p_metadata(params), "paid": True,
+        "payment_intent": None, "payment_method": None, "refunded": False, "source": {"id": source,
+        "object": "account"}, "status": "succeeded", "transfer": None,
+    }
+    call.account.charges[charge["id"]] = charge
+    call.emit("charge.succeeded", charge)
+    return call.expand(charge)
+
+
 def retrieve_charge(call: Call) -> dict:
     check_known(call.params, {"expand"})
     return call.expand(get_obj(call.account.charges, call.path_id, "charge", "charge"))
@@ -854,6 +880,7 @@ API_ROUTES = [
     ("GET", "/v1/payment_intents/{id}", retrieve_payment_intent),
     ("POST", "/v1/payment_intents/{id}/confirm", confirm_payment_intent),
     ("POST", "/v1/payment_intents/{id}/cancel", cancel_payment_intent),
+    ("POST", "/v1/charges", create_account_debit),
     ("GET", "/v1/charges/{id}", retrieve_charge),
     ("POST", "/v1/refunds", create_refund),
     ("GET", "/v1/refunds", list_refunds),

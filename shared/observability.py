@@ -11,7 +11,7 @@ import uuid
 
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 REQUEST_LATENCY = Histogram(
     "http_request_duration_seconds",
@@ -30,6 +30,11 @@ EXTERNAL_CHARGES = Counter("external_charges_total", "Charges through barbers' o
 WEBHOOKS_RECEIVED = Counter("webhooks_received_total", "Processor webhooks by outcome", ["processor", "outcome"])
 RECONCILIATION_FINDINGS = Counter("reconciliation_findings_total", "Reconciled processor payments by verdict",
                                   ["processor", "verdict"])
+ACCRUALS_APPLIED = Counter("commission_accruals_total", "Commission accrual rows written, by kind", ["kind"])
+COLLECTION_ATTEMPTS = Counter("collection_attempts_total", "Attempts to collect commission, by outcome", ["outcome"])
+COLLECTIONS = Gauge("platform_collections", "Collections by status and currency", ["status", "currency"])
+COLLECTIONS_AMOUNT = Gauge("platform_collections_amount", "Amount of collections by status and currency",
+                           ["status", "currency"])
 JOB_RUNS = Counter("scheduled_job_runs_total", "Scheduled job runs by outcome", ["job", "outcome"])
 
 REQUEST_ID_HEADER = "x-request-id"

@@ -1,20 +1,64 @@
-"""Composition root of the collections service: wires its adapters and routes into a Litestar app."""
+"""Composition root of the collections service: the one place that wires its adapters (database,
+NATS, the platform's Stripe account, the clock) to its use cases and routes them into a Litestar app."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 
 from litestar import Litestar
 
 import services.collections as package
 from services.collections import settings as settings_module
+from services.collections.accruals import AccrualService
+from services.collections.collecting import CollectionService
+from services.collections.controllers import PlatformCollectionsController
 from services.collections.tables import metadata
-from shared.service import ServiceRuntime, build_app
+from shared.processors.base import PaymentProcessor
+from shared.processors.stripe import platform_stripe
+from shared.service import ConsumerSpec, JobSpec, ServiceRuntime, build_app
 
 
-def create_app(settings: settings_module.CollectionsSettings | None = None) -> Litestar:
+def create_app(settings: settings_module.CollectionsSettings | None = None, *,
+               processor: PaymentProcessor | None = None,
+               clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Litestar:
+    """`processor` replaces the platform's Stripe account and `clock` the time (tests walk a
+    collection through its whole dunning schedule with it)."""
     settings = settings or settings_module.load()
+    processor = processor or platform_stripe(settings)
     runtime = ServiceRuntime(settings=settings, metadata=metadata)
-    return build_app(
+    accruals = AccrualService()
+    collections = CollectionService(runtime, settings, processor, clock=clock)
+    runtime.consumer_specs = [
+        ConsumerSpec("accruals", ["transaction.recorded"], accruals.apply_transaction_recorded),
+        ConsumerSpec("settings", ["config.changed"], accruals.apply_config_changed),
+        ConsumerSpec("collecting", ["collection.due"], collections.apply_collection_due),
+    ]
+    runtime.job_specs = [
+        JobSpec("aggregation", settings.collection_run_interval, collections.scheduled_run),
+        JobSpec("dunning", settings.dunning_interval, collections.dunning),
+        JobSpec("pending-sweeper", settings.sweep_interval, collections.sweep_pending),
+        JobSpec("metrics", 15.0, collections.refresh_metrics),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def close(_: Litestar) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await collections.close()
+            if processor is not None:
+                await processor.close()
+
+    app = build_app(
         settings=settings,
         runtime=runtime,
-        route_handlers=[],
+        route_handlers=[PlatformCollectionsController],
         title="Hybrid Payments — collections",
         description=(package.__doc__ or "").strip(),
+        dependencies={"collections": collections},
+        lifespans=[close],
     )
+    app.state.collections = collections
+    return app

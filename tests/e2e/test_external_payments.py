@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from decimal import Decimal
 
 import aiohttp
 import pytest
@@ -117,3 +118,58 @@ async def test_an_external_payment_through_the_gateway(suite, processor):
             pass
     text = json.dumps(listed)
     assert all(v.format(b=b) not in text for v in credentials.values() if "secret" in v or "EAAA" in v)
+
+
+async def test_external_commission_is_accrued_and_collected(suite):
+    """Payments on the barber's own processors (one partly refunded) become its unbilled commission;
+    `POST /run` with `force` collects it on the platform account; the books balance."""
+    b = 975_000 + next(_ids)
+    state, gateway = suite.state, suite.state["urls"]["gateway"]
+    admin, barber = tokens(state, b)
+    pc = "/api/v1/platform-collections"
+    async with aiohttp.ClientSession(base_url=gateway) as http:
+        await call(http, "PUT", f"{HP}/config/{b}", admin, {
+            "payment_mode": "decentralized", "preferred_processor": "square", "fallback_enabled": False,
+            "commission_rate": "0.15"})
+        status, connection = await call(http, "POST", f"{EX}/connections", barber, {
+            "processor": "square", "account_id": f"sq-coll-{b}",
+            "credentials": {"access_token": f"EAAA-coll-{b}", "location_id": f"LCOLL{b}"}})
+        assert status == 201 and connection["status"] == "active"
+
+        async def external_route():
+            s, body = await call(http, "POST", f"{HP}/route", barber, {"appointment_id": 1, "amount": "80.00"})
+            return body if s == 200 and body["payment_type"] == "external" else None
+
+        await eventually(external_route, timeout=20)
+        owed = Decimal(0)
+        paid = []
+        for i, amount in enumerate(("80.00", "120.00", "33.33")):
+            status, body = await call(http, "POST", f"{HP}/process", barber, {
+                "appointment_id": 10 + i, "amount": amount, "payment_method": "cnon:card-nonce-ok"})
+            assert status == 200 and body["status"] == "completed", body
+            paid.append(body)
+            owed += Decimal(body["commission_amount"])
+        # Half of the 120.00 is refunded: half of its 18.00 commission is given back.
+        status, _ = await call(http, "POST", f"{HP}/transactions/{paid[1]['transaction_id']}/refund", barber,
+                               {"amount": "60.00"})
+        assert status == 200
+        owed -= Decimal("9.00")
+
+        async def accrued():
+            _, balance = await call(http, "GET", f"{pc}/balance/{b}", admin)
+            return balance if Decimal(balance["accrued_total"]) == owed else None
+
+        await eventually(accrued, timeout=20)
+        status, _ = await call(http, "PUT", f"{pc}/payment-method", barber, {"payment_method": "pm_card_visa"})
+        assert status == 200
+        status, run = await call(http, "POST", f"{pc}/run", admin, {"barber_id": b, "force": True})
+        assert status == 200 and [c["amount"] for c in run["created"]] == [f"{owed:.2f}"], run
+
+        async def collected():
+            _, balance = await call(http, "GET", f"{pc}/balance/{b}", admin)
+            return balance if balance["collected_total"] == f"{owed:.2f}" else None
+
+        balance = await eventually(collected, timeout=20)
+        parts = ("collected_total", "pending_collections", "failed_collections", "overdue_collections",
+                 "unbilled_commission")
+        assert sum(Decimal(balance[k]) for k in parts) == Decimal(balance["accrued_total"]) == owed

@@ -76,6 +76,24 @@ def payment_result(intent: dict[str, Any]) -> PaymentResult:
     )
 
 
+# Every Charge status Stripe documents.
+CHARGE_STATUS: dict[str, PaymentStatus] = {"succeeded": "completed", "pending": "pending", "failed": "failed"}
+
+
+def charge_result(charge: dict[str, Any]) -> PaymentResult:
+    currency = charge["currency"].upper()
+    try:
+        status = CHARGE_STATUS[charge["status"]]
+    except KeyError:
+        raise ProcessorRequestError(f"unknown Charge status {charge['status']!r}") from None
+    return PaymentResult(
+        processor_payment_id=charge["id"], status=status, amount=from_minor_units(charge["amount"], currency),
+        currency=currency, created_at=_time(charge.get("created")),
+        reference=(charge.get("metadata") or {}).get(REFERENCE_KEY), charge_id=charge["id"],
+        failure_code=charge.get("failure_code"), failure_message=charge.get("failure_message"), raw=charge,
+    )
+
+
 def refund_result(refund: dict[str, Any]) -> RefundResult:
     currency = refund["currency"].upper()
     return RefundResult(

@@ -1,0 +1,204 @@
+"""The collections service's named queries over a unit of work's session. Rows come back as plain
+dicts. Aggregation is one set-based statement per run (`bill_unbilled`), serialised by a
+transaction-level advisory lock, so two replicas running it at once bill every accrual once."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.collections import tables as t
+from shared.pagination import after_cursor
+from shared.scheduler import lock_key
+
+Row = dict[str, Any]
+bs, pm, ts, ac, pc, at = (t.barber_settings, t.payment_methods, t.transaction_states, t.accruals,
+                          t.collections, t.attempts)
+AGGREGATION_LOCK = lock_key("collections-aggregation")
+
+
+def _one(result) -> Row | None:
+    row = result.mappings().first()
+    return dict(row) if row is not None else None
+
+
+def _all(result) -> list[Row]:
+    return [dict(r) for r in result.mappings()]
+
+
+# ---- barber settings and payment methods ------------------------------------------------------------
+
+async def upsert_settings(session: AsyncSession, values: Row) -> None:
+    """An older config never overwrites a newer one."""
+    stmt = pg_insert(bs).values(**values)
+    await session.execute(stmt.on_conflict_do_update(
+        index_elements=[bs.c.barber_id], set_={k: v for k, v in values.items() if k != "barber_id"},
+        where=bs.c.config_version <= stmt.excluded.config_version))
+
+
+async def load_settings(session: AsyncSession, barber_id: int) -> Row | None:
+    return _one(await session.execute(sa.select(bs).where(bs.c.barber_id == barber_id)))
+
+
+async def load_payment_method(session: AsyncSession, barber_id: int) -> Row | None:
+    return _one(await session.execute(sa.select(pm).where(pm.c.barber_id == barber_id)))
+
+
+async def upsert_payment_method(session: AsyncSession, values: Row) -> Row:
+    stmt = pg_insert(pm).values(**values)
+    return _one(await session.execute(stmt.on_conflict_do_update(
+        index_elements=[pm.c.barber_id], set_={k: v for k, v in values.items() if k != "barber_id"},
+    ).returning(pm)))  # type: ignore[return-value]
+
+
+# ---- accruals ---------------------------------------------------------------------------------------
+
+async def lock_transaction_state(session: AsyncSession, transaction_id: str) -> Row | None:
+    return _one(await session.execute(sa.select(ts).where(ts.c.transaction_id == transaction_id).with_for_update()))
+
+
+async def insert_transaction_state(session: AsyncSession, values: Row) -> bool:
+    """False when a concurrent event for the same transaction inserted it first."""
+    result = await session.execute(pg_insert(ts).values(**values).on_conflict_do_nothing().returning(ts.c.sequence))
+    return result.first() is not None
+
+
+async def update_transaction_state(session: AsyncSession, transaction_id: str, values: Row) -> None:
+    await session.execute(sa.update(ts).where(ts.c.transaction_id == transaction_id).values(**values))
+
+
+async def insert_accruals(session: AsyncSession, rows: list[Row]) -> None:
+    if rows:
+        await session.execute(sa.insert(ac), rows)
+
+
+# ---- aggregation -------------------------------------------------------------------------------------
+
+async def bill_unbilled(session: AsyncSession, *, ends: dict[str, datetime], now: datetime, minimum: Decimal,
+                        default_frequency: str, default_auto: bool, force: bool, barber_id: int | None,
+                        due: date) -> list[Row]:
+    """The plan of `domain.plan_collections`, run set-based: lock the run, group the unbilled
+    accruals before each barber's window end, create one collection per (barber, currency) at or
+    above the minimum, and mark exactly the accruals that make its amount. Returns the new rows."""
+    await session.execute(sa.select(sa.func.pg_advisory_xact_lock(AGGREGATION_LOCK)))
+    frequency = sa.func.coalesce(bs.c.commission_collection_frequency, default_frequency)
+    end = sa.literal(now) if force else sa.case(
+        (frequency == "daily", sa.literal(ends["daily"])), (frequency == "weekly", sa.literal(ends["weekly"])),
+        else_=sa.literal(ends["monthly"]))
+    where = [ac.c.collection_id.is_(None), ac.c.accrued_at < end]
+    if barber_id is not None:  # a manual run for one barber: whatever its automatic setting
+        where.append(ac.c.barber_id == barber_id)
+    else:
+        where.append(sa.func.coalesce(bs.c.auto_collection_enabled, default_auto))
+    candidates = (sa.select(ac.c.id, ac.c.barber_id, ac.c.currency, ac.c.amount, ac.c.transaction_id,
+                            end.label("period_end"))
+                  .select_from(ac.outerjoin(bs, bs.c.barber_id == ac.c.barber_id)).where(*where)
+                  .cte("candidates").prefix_with("MATERIALIZED"))  # one snapshot of the set, read twice
+    groups = (sa.select(candidates.c.barber_id, candidates.c.currency,
+                        sa.func.sum(candidates.c.amount).label("total"),
+                        sa.func.max(candidates.c.period_end).label("period_end"),
+                        sa.func.jsonb_agg(sa.distinct(candidates.c.transaction_id)).label("transaction_ids"),
+                        sa.func.gen_random_uuid().label("collection_id"))
+              .group_by(candidates.c.barber_id, candidates.c.currency)
+              .having(sa.and_(sa.func.sum(candidates.c.amount) >= minimum, sa.func.sum(candidates.c.amount) > 0))
+              .cte("groups").prefix_with("MATERIALIZED"))  # one uuid per group, for the insert and the update
+    created = (pg_insert(pc).from_select(
+        ["id", "barber_id", "amount", "currency", "collection_type", "status", "external_transaction_ids",
+         "commission_rate", "due_date", "attempts", "period_end", "created_at", "updated_at", "version"],
+        sa.select(groups.c.collection_id, groups.c.barber_id, groups.c.total, groups.c.currency,
+                  sa.literal("commission"), sa.literal("pending"), groups.c.transaction_ids,
+                  sa.select(bs.c.commission_rate).where(bs.c.barber_id == groups.c.barber_id).scalar_subquery(),
+                  sa.literal(due), sa.literal(0), groups.c.period_end, sa.literal(now), sa.literal(now),
+                  sa.literal(1)),
+    ).returning(*pc.c).cte("created"))
+    billed = (sa.update(ac).where(
+        ac.c.id == candidates.c.id, candidates.c.barber_id == groups.c.barber_id,
+        candidates.c.currency == groups.c.currency,
+    ).values(collection_id=groups.c.collection_id).returning(ac.c.id).cte("billed"))
+    rows = await session.execute(
+        sa.select(created, sa.select(sa.func.count()).select_from(billed).scalar_subquery().label("billed_count")))
+    return _all(rows)
+
+
+# ---- collections and attempts ---------------------------------------------------------------------------
+
+async def load_collection(session: AsyncSession, collection_id: uuid.UUID, *, lock: bool = False) -> Row | None:
+    query = sa.select(pc).where(pc.c.id == collection_id)
+    return _one(await session.execute(query.with_for_update() if lock else query))
+
+
+async def update_collection(session: AsyncSession, collection_id: uuid.UUID, values: Row) -> Row:
+    return _one(await session.execute(sa.update(pc).where(pc.c.id == collection_id)
+                                      .values(**values, version=pc.c.version + 1).returning(pc)))  # type: ignore
+
+
+async def attempt_of(session: AsyncSession, collection_id: uuid.UUID, number: int) -> Row | None:
+    return _one(await session.execute(sa.select(at).where(at.c.collection_id == collection_id,
+                                                          at.c.attempt == number)))
+
+
+async def insert_attempt(session: AsyncSession, values: Row) -> Row | None:
+    return _one(await session.execute(pg_insert(at).values(**values).on_conflict_do_nothing(
+        constraint="attempts_once").returning(at)))
+
+
+async def touch_pending_attempt(session: AsyncSession, attempt_id: uuid.UUID, now: datetime) -> Row | None:
+    return _one(await session.execute(sa.update(at).where(at.c.id == attempt_id, at.c.status == "pending")
+                                      .values(updated_at=now).returning(at)))
+
+
+async def settle_attempt(session: AsyncSession, attempt_id: uuid.UUID, values: Row, *,
+                         untouched_since: datetime | None = None) -> Row | None:
+    where = [at.c.id == attempt_id, at.c.status == "pending"]
+    if untouched_since is not None:
+        where.append(at.c.updated_at < untouched_since)
+    return _one(await session.execute(sa.update(at).where(*where).values(**values).returning(at)))
+
+
+async def pending_attempts(session: AsyncSession, untouched_since: datetime, limit: int) -> list[Row]:
+    return _all(await session.execute(sa.select(at).where(at.c.status == "pending", at.c.updated_at < untouched_since)
+                                      .order_by(at.c.updated_at).limit(limit)))
+
+
+async def retries_due(session: AsyncSession, now: datetime, limit: int) -> list[Row]:
+    return _all(await session.execute(sa.select(pc).where(pc.c.status == "failed", pc.c.next_attempt_at <= now)
+                                      .order_by(pc.c.next_attempt_at).limit(limit).with_for_update(skip_locked=True)))
+
+
+async def list_collections(session: AsyncSession, *, barber_id: int | None, status: str | None,
+                           currency: str | None, since: datetime | None, until: datetime | None,
+                           cursor: str | None, limit: int) -> list[Row]:
+    where = [x for x in (
+        pc.c.barber_id == barber_id if barber_id is not None else None,
+        pc.c.status == status if status is not None else None,
+        pc.c.currency == currency if currency is not None else None,
+        pc.c.created_at >= since if since is not None else None,
+        pc.c.created_at < until if until is not None else None,
+        after_cursor(pc.c.created_at, pc.c.id, cursor, uuid.UUID),
+    ) if x is not None]
+    return _all(await session.execute(sa.select(pc).where(*where).order_by(pc.c.created_at.desc(), pc.c.id.desc())
+                                      .limit(limit + 1)))
+
+
+async def balance(session: AsyncSession, barber_id: int, currency: str) -> Row:
+    """Unbilled accruals, and collections by status, for one barber in one currency."""
+    unbilled = await session.scalar(sa.select(sa.func.coalesce(sa.func.sum(ac.c.amount), 0)).where(
+        ac.c.barber_id == barber_id, ac.c.currency == currency, ac.c.collection_id.is_(None)))
+    by_status = dict((await session.execute(sa.select(pc.c.status, sa.func.sum(pc.c.amount)).where(
+        pc.c.barber_id == barber_id, pc.c.currency == currency).group_by(pc.c.status))).all())
+    accrued = await session.scalar(sa.select(sa.func.coalesce(sa.func.sum(ac.c.amount), 0)).where(
+        ac.c.barber_id == barber_id, ac.c.currency == currency))
+    return {"unbilled": Decimal(unbilled), "by_status": {k: Decimal(v) for k, v in by_status.items()},
+            "accrued": Decimal(accrued)}
+
+
+async def totals_by_status(session: AsyncSession) -> list[Row]:
+    return _all(await session.execute(sa.select(pc.c.status, pc.c.currency, sa.func.count().label("n"),
+                                                sa.func.sum(pc.c.amount).label("amount"))
+                                      .group_by(pc.c.status, pc.c.currency)))
