@@ -127,6 +127,9 @@ class InternalClient:
         except aiohttp.ClientError as exc:
             raise ProblemError(502, "upstream_unavailable", f"{path}: the connection broke: {type(exc).__name__}",
                                unreachable=False) from None
+        if status in (401, 403):  # our own token was refused: a deployment problem, not the caller's
+            raise ProblemError(502, "upstream_misconfigured",
+                               f"{path}: the service refused this service's token (check SERVICE_TOKEN / JWT_SECRET)")
         if status >= 400:
             try:
                 problem = msgspec.json.decode(raw)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -47,12 +46,12 @@ from shared.processors.base import (
     PaymentProcessor,
     PaymentRequest,
     PaymentResult,
-    ProcessorError,
     ProcessorRequestError,
     ProcessorTimeout,
     ProcessorUnavailable,
     find_payment,
 )
+from shared.scheduler import settle_each
 from shared.service import ServiceRuntime
 
 log = structlog.get_logger("router.payments")
@@ -82,14 +81,25 @@ class PaymentService:
     # ---- /process ------------------------------------------------------------------------------
 
     async def process_payment(self, principal: Principal, body: ProcessIn, claim: Claim | None) -> ProcessOut:
+        decision = None
         if body.route_id is None:
-            # Route and pay at once. Under an Idempotency-Key the route id is derived from the key,
-            # so a retry after a timeout finds the same route (and its pending charge) again.
-            derived = uuid.uuid5(_ROUTE_NAMESPACE, f"{claim.scope}\n{claim.key}") if claim else None
-            route_id = (await self.routing.route_payment(principal, body.as_route(), None, route_id=derived)).route_id
+            # Route and pay at once. Under an Idempotency-Key the route id is derived from the key
+            # and the request, so a retry after a timeout finds the same route (and its pending
+            # charge) again, and is not decided afresh (the rules may say otherwise by now); a key
+            # reused for another request later (keys expire) makes another route.
+            derived = (uuid.uuid5(_ROUTE_NAMESPACE, f"{claim.scope}\n{claim.key}\n{claim.fingerprint}")
+                       if claim else None)
+            if derived is not None:
+                async with self.rt.uow() as uow:
+                    decision = await store.load_decision(uow.session, derived)
+                if decision is not None:
+                    decision = await self.routing.load_decision(principal, derived)  # the owner's only
+            if decision is None:
+                route_id = (await self.routing.route_payment(principal, body.as_route(), None,
+                                                             route_id=derived)).route_id
+                decision = await self.routing.load_decision(principal, route_id)
         else:
-            route_id = body.route_id
-        decision = await self.routing.load_decision(principal, route_id)
+            decision = await self.routing.load_decision(principal, body.route_id)
         if decision["payment_type"] == "external":
             return await self._charge_external(decision, body.payment_method, claim)
         return await self._charge_centralized(decision, body.payment_method, claim)
@@ -100,10 +110,8 @@ class PaymentService:
         did nothing (refused connection, unusable connection, the external service unreachable) and
         the barber has fallback on, the platform takes the payment instead: both attempts stay on
         record and the answer says so."""
-        async with self.rt.uow() as uow:
-            paid_here = await store.live_attempt(uow.session, decision["route_id"])
-        if paid_here is not None:  # fallen back before: this route is the platform's now
-            return process_out(paid_here)
+        if await self._claim_channel(decision) == "platform":  # fallen back before: the platform's now
+            return await self._charge_centralized(decision, payment_method, claim)
         circuit = self.circuits.circuit(decision["processor"])
         try:
             tx = await self.external.charge(decision, payment_method)
@@ -112,19 +120,53 @@ class PaymentService:
                 circuit.record_failure(time.monotonic())
             elif problem.code in ("payment_declined", "processor_rejected"):
                 circuit.record_success()
-            if not nothing_happened(problem):
-                raise
             context = await self.contexts.get(decision["barber_id"], fresh=True)
-            if not context.config.fallback_enabled:
+            if not (nothing_happened(problem) and context.config.fallback_enabled):
+                await self._release_channel(decision["route_id"], None)
                 raise
             log.info("external_fallback", route_id=str(decision["route_id"]), processor=decision["processor"],
                      reason=problem.code)
+            await self._release_channel(decision["route_id"], "platform")
             out = await self._charge_centralized(decision, payment_method, claim)
             return msgspec.structs.replace(out, fallback_used=True, fallback_from=FallbackOut(
                 processor=decision["processor"], transaction_id=problem.extra.get("transaction_id"),
                 reason=problem.code))
+        except BaseException:
+            await self._release_channel(decision["route_id"], None)
+            raise
+        await self._release_channel(decision["route_id"], None)
         circuit.record_success()
         return external_process_out(decision, tx)
+
+    async def _claim_channel(self, decision: dict[str, Any]) -> str:
+        """Take the route's external channel for one attempt (a lease), under the route's lock: a
+        concurrent payment of the same route waits (409) instead of racing it, and a route that
+        fell back to the platform stays there. Returns the channel to pay through."""
+        now = datetime.now(UTC)
+        async with self.rt.uow() as uow:
+            row = await store.load_decision(uow.session, decision["route_id"], lock=True)
+            assert row is not None
+            if row["channel"] == "platform":
+                await uow.commit()
+                return "platform"
+            if row["channel_lease_until"] is not None and row["channel_lease_until"] > now:
+                raise ProblemError(409, "payment_in_progress", "this route is being paid right now; retry shortly",
+                                   route_id=str(decision["route_id"]), headers={"Retry-After": "2"})
+            lease = now + timedelta(seconds=self.settings.external_timeout + 5)
+            await store.set_channel(uow.session, decision["route_id"], {"channel": "external",
+                                                                        "channel_lease_until": lease})
+            await uow.commit()
+        return "external"
+
+    async def _release_channel(self, route_id: uuid.UUID, channel: str | None) -> None:
+        """End this attempt's lease; `platform` moves the route there for good (the fallback)."""
+        async with self.rt.uow() as uow:
+            await store.load_decision(uow.session, route_id, lock=True)
+            values: dict[str, Any] = {"channel_lease_until": None}
+            if channel is not None:
+                values["channel"] = channel
+            await store.set_channel(uow.session, route_id, values)
+            await uow.commit()
 
     async def _charge_centralized(self, decision: dict[str, Any], payment_method: str,
                                   claim: Claim | None) -> ProcessOut:
@@ -135,7 +177,7 @@ class PaymentService:
             raise ProblemError(422, "connect_account_required",
                                "connect_account_id: the barber has no Stripe Connect account to pay out to",
                                field="connect_account_id")
-        payment = await self._open_attempt(decision, payment_method, destination)
+        payment, fresh = await self._open_attempt(decision, payment_method, destination)
         if payment["status"] != "pending":  # this route was already paid: answer that, charge nothing
             return process_out(payment)
         currency = payment["currency"]
@@ -169,9 +211,11 @@ class PaymentService:
                 transaction_id=str(payment["id"]),
             ) from None
         except ProcessorUnavailable as exc:
-            # Surely nothing happened: the attempt failed, and a retry makes a new one.
             circuit.record_failure(time.monotonic())
-            await self._settle(payment, "failed", None, failure=("processor_unavailable", exc.message))
+            if fresh:  # never sent before, and not this time: it failed, and a retry makes a new one
+                await self._settle(payment, "failed", None, failure=("processor_unavailable", exc.message))
+            # else: it may have been sent before (its outcome unknown); it stays pending for a
+            # retry with the same key, or the sweeper, to settle.
             raise ProblemError(503, "processor_unavailable", exc.message, transaction_id=str(payment["id"]),
                                headers={"Retry-After": "5"}) from None
         except (ProcessorRequestError, InvalidCredentials) as exc:
@@ -182,10 +226,12 @@ class PaymentService:
         settled = await self._settle_result(payment, result, claim=claim)
         return process_out(settled)
 
-    async def _open_attempt(self, decision: dict[str, Any], payment_method: str, destination: str) -> dict[str, Any]:
+    async def _open_attempt(self, decision: dict[str, Any], payment_method: str,
+                            destination: str) -> tuple[dict[str, Any], bool]:
         """The route's live attempt (pending, with its lease taken, or paid), else a new pending one,
-        committed before any charge."""
+        committed before any charge; True when new (never sent)."""
         now = datetime.now(UTC)
+        fresh = False
         async with self.rt.uow() as uow:
             # Lock the decision so two first attempts on one route cannot both be created.
             await store.load_decision(uow.session, decision["route_id"], lock=True)
@@ -203,8 +249,9 @@ class PaymentService:
                     destination_account=destination, payment_method=payment_method, status="pending",
                     processor_idempotency_key=f"hp-pay-{payment_id}", created_at=now, updated_at=now, version=1,
                 ))
+                fresh = True
             await uow.commit()
-        return live
+        return live, fresh
 
     async def _settle_result(self, payment: dict[str, Any], result: PaymentResult, *, claim: Claim | None = None,
                              untouched_since: datetime | None = None) -> dict[str, Any]:
@@ -291,8 +338,10 @@ class PaymentService:
         untouched_since = now - timedelta(seconds=self.settings.pending_sweep_after)
         async with self.rt.uow() as uow:
             attempts = await store.pending_attempts(uow.session, untouched_since, limit=200)
-        return await sweep_each(attempts, lambda attempt: self._sweep_one(attempt, now, untouched_since),
-                                "pending_attempts_swept")
+        outcomes = await settle_each(attempts, lambda attempt: self._sweep_one(attempt, now, untouched_since))
+        if outcomes:
+            log.info("pending_attempts_swept", **outcomes)
+        return outcomes
 
     async def _sweep_one(self, attempt: dict[str, Any], now: datetime, untouched_since: datetime) -> str:
         processor = self.processor
@@ -309,23 +358,6 @@ class PaymentService:
         else:
             row = await self._settle_result(attempt, result, untouched_since=untouched_since)
         return row["status"]
-
-
-async def sweep_each(rows: list[dict[str, Any]], settle: Callable[[dict[str, Any]], Awaitable[str]],
-                     what: str) -> dict[str, int]:
-    """Settle each pending row, counting outcomes; a processor that does not answer leaves the
-    row pending for the next run."""
-    outcomes: dict[str, int] = {}
-    for row in rows:
-        try:
-            outcome = await settle(row)
-        except ProcessorError as exc:
-            log.warning("sweep_lookup_failed", id=str(row["id"]), error=exc.message)
-            outcome = "lookup_failed"
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-    if outcomes:
-        log.info(what, **outcomes)
-    return outcomes
 
 
 def _jsonable(raw: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -20,11 +20,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import structlog
 from litestar import Response
 
 from services.router import store
 from services.router.mapping import external_refund_out, refund_out, transaction_recorded
-from services.router.payments import PaymentService, processor_required, sweep_each
+from services.router.payments import PaymentService, processor_required
 from services.router.settings import RouterSettings
 from services.router.wire import RefundIn, RefundOut
 from shared.auth import Principal
@@ -44,9 +45,12 @@ from shared.processors.base import (
     RefundResult,
     find_refund,
 )
+from shared.scheduler import settle_each
 from shared.service import ServiceRuntime
 
 _REFUND_NAMESPACE = uuid.UUID("0c6f3f0e-9b7e-4d59-a0f0-6a3c1f9e2b17")
+
+log = structlog.get_logger("router.refunds")
 
 
 class RefundService:
@@ -187,8 +191,10 @@ class RefundService:
         untouched_since = now - timedelta(seconds=self.settings.pending_sweep_after)
         async with self.rt.uow() as uow:
             refunds = await store.pending_refunds(uow.session, untouched_since, limit=200)
-        return await sweep_each(refunds, lambda refund: self._sweep_one(refund, untouched_since),
-                                "pending_refunds_swept")
+        outcomes = await settle_each(refunds, lambda refund: self._sweep_one(refund, untouched_since))
+        if outcomes:
+            log.info("pending_refunds_swept", **outcomes)
+        return outcomes
 
     async def _sweep_one(self, refund: dict[str, Any], untouched_since: datetime) -> str:
         processor = self.processor

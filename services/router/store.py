@@ -82,6 +82,10 @@ async def load_decision(session: AsyncSession, route_id: uuid.UUID, *, lock: boo
     return _one(await session.execute(query.with_for_update() if lock else query))
 
 
+async def set_channel(session: AsyncSession, route_id: uuid.UUID, values: Row) -> None:
+    await session.execute(sa.update(rd).where(rd.c.route_id == route_id).values(**values))
+
+
 # ---- payments ------------------------------------------------------------------------------------------
 
 async def live_attempt(session: AsyncSession, route_id: uuid.UUID) -> Row | None:

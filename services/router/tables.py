@@ -82,6 +82,9 @@ routing_decisions = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("fallback_used", sa.Boolean, nullable=False),
     sa.Column("decided_at", TZ, nullable=False),
+    # External routes only: the channel being paid through (external | platform) and its lease.
+    sa.Column("channel", sa.Text),
+    sa.Column("channel_lease_until", TZ),
     sa.Index("routing_decisions_barber", "barber_id", "decided_at"),
 )
 

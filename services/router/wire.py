@@ -153,6 +153,8 @@ class ProcessIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     client_id: PositiveId | None = None
 
     def __post_init__(self) -> None:
+        if self.payment_method.startswith("acct_"):
+            raise ValueError("payment_method: a Connect account id is not a payment method")
         if self.route_id is None and (self.appointment_id is None or self.amount is None):
             raise ValueError("route_id: give a route_id, or appointment_id and amount to route and pay at once")
         if self.route_id is not None and self.amount is not None:

@@ -415,3 +415,77 @@ async def test_an_unreachable_external_service_falls_back_to_the_platform(client
     again = await client.post(f"{BASE}/process", headers=barber(b),
                               json={"route_id": route["route_id"], "payment_method": "pm_card_visa"})
     assert again.json()["transaction_id"] == body["transaction_id"]
+
+
+# ---- review findings: a refusal after a timeout, retries under changed rules, bad methods ---------
+
+async def sim_intents_of(stripe_sim, transaction_id: str) -> list[dict]:
+    found = (await sim_call(stripe_sim, "GET", "/_sim/payment_intents"))["data"]
+    return [pi for pi in found if pi["metadata"].get("transaction_id") == transaction_id]
+
+
+async def test_a_refusal_after_a_timeout_leaves_the_attempt_pending_and_charges_once(
+        client, db, make_settings, stripe_sim):
+    """The first send reached Stripe but its answer was late; the retry cannot even connect. That
+    says nothing about the first send: the attempt stays pending (not failed), so the next retry
+    settles the same charge instead of making a second one."""
+    from litestar.testing import AsyncTestClient
+
+    from services.router.app import create_app
+    from services.router.settings import RouterSettings
+
+    b = await paying_barber(client)
+    body = {"appointment_id": 1, "amount": "27.00", "payment_method": "pm_card_visa"}
+    headers = {**barber(b), "Idempotency-Key": f"late-then-refused-{b}"}
+    await fault(stripe_sim, mode="timeout", delay_ms=2500, count=1, path_prefix="/v1/payment_intents")
+    late = await client.post(f"{BASE}/process", headers=headers, json=body)
+    assert late.status_code == 504 and late.json()["code"] == "processor_timeout", late.text
+    closed = make_settings(RouterSettings, stripe_secret_key=ROUTER_SIM_KEY, stripe_api_base="http://127.0.0.1:1",
+                           stripe_timeout=1.0, log_level="error")
+    async with AsyncTestClient(create_app(closed)) as down:
+        refused = await down.post(f"{BASE}/process", headers=headers, json=body)
+    assert refused.status_code == 503 and refused.json()["code"] == "processor_unavailable", refused.text
+    assert refused.json()["transaction_id"] == late.json()["transaction_id"]
+    assert (await payment_row(db, late.json()["transaction_id"]))["status"] == "pending"
+    paid = await client.post(f"{BASE}/process", headers=headers, json=body)
+    assert paid.status_code == 200 and paid.json()["status"] == "completed", paid.text
+    assert paid.json()["transaction_id"] == late.json()["transaction_id"]
+    assert [pi["amount"] for pi in await sim_intents_of(stripe_sim, paid.json()["transaction_id"])] == [2700]
+
+
+async def test_a_route_and_pay_retry_keeps_its_route_though_the_rules_changed(client, db, stripe_sim):
+    """Route-and-pay under an Idempotency-Key times out; meanwhile the barber's rules change so
+    that no route could be decided now (decentralized, no connection, no fallback), and the rate
+    too. The retry is the same request: it settles the same route and charge as decided, instead
+    of deciding again (and refusing a payment that was taken)."""
+    b = await paying_barber(client)
+    body = {"appointment_id": 1, "amount": "50.00", "payment_method": "pm_card_visa"}
+    headers = {**barber(b), "Idempotency-Key": f"rules-changed-{b}"}
+    await fault(stripe_sim, mode="timeout", delay_ms=2500, count=1, path_prefix="/v1/payment_intents")
+    late = await client.post(f"{BASE}/process", headers=headers, json=body)
+    assert late.status_code == 504, late.text
+    changed = await client.put(f"{BASE}/config/{b}", headers=admin(), json={
+        "commission_rate": "0.30", "connect_account_id": f"acct_{b}", "payment_mode": "decentralized",
+        "fallback_enabled": False})
+    assert changed.status_code == 200, changed.text
+    paid = await client.post(f"{BASE}/process", headers=headers, json=body)
+    assert paid.status_code == 200, paid.text
+    assert (paid.json()["transaction_id"], paid.json()["payment_type"], paid.json()["commission_amount"]) == (
+        late.json()["transaction_id"], "centralized", "5.00")
+    intents = await sim_intents_of(stripe_sim, paid.json()["transaction_id"])
+    assert [(pi["amount"], pi["application_fee_amount"]) for pi in intents] == [(5000, 500)]
+    decisions = await rows(db, sa.select(t.routing_decisions).where(t.routing_decisions.c.barber_id == b))
+    assert len(decisions) == 1
+    # A new request (another key) is decided under the new rules: no route without a connection.
+    fresh = await client.post(f"{BASE}/process", headers={**barber(b), "Idempotency-Key": f"after-{b}"}, json=body)
+    assert fresh.status_code == 422 and fresh.json()["reason"] == "no_external_connection", fresh.text
+
+
+@pytest.mark.parametrize("method", ["acct_1Nv0FGQ9RKHgCVdK", "acct_"])
+async def test_a_connect_account_is_not_a_payment_method(client, method):
+    """Stripe would take `acct_...` as a source and pull the money from a connected account."""
+    b = await paying_barber(client)
+    response = await client.post(f"{BASE}/process", headers=barber(b), json={
+        "appointment_id": 1, "amount": "10.00", "payment_method": method})
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == ["payment_method"], response.text

@@ -1,0 +1,76 @@
+"""The internal API client against a real local HTTP server: how the callee's answers (or their
+absence) become problems for the caller."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+
+from shared.errors import ProblemError
+from shared.internal_api import InternalClient
+from tests.support import free_port
+
+
+@pytest.fixture
+async def upstream():
+    """A server answering `/status/{n}` with status n (a problem body for errors)."""
+
+    async def answer(request: web.Request) -> web.Response:
+        status = int(request.match_info["n"])
+        if status >= 400:
+            return web.json_response({"type": "about:blank", "title": "x", "status": status, "code": "nope",
+                                      "detail": "refused by the callee", "transaction_id": "t-1"}, status=status)
+        return web.json_response({"ok": True, "auth": request.headers.get("Authorization", "")[:7]})
+
+    app = web.Application()
+    app.router.add_post("/status/{n}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_an_answer_is_decoded_and_the_call_carries_a_service_token(upstream):
+    client = InternalClient(upstream, jwt_secret="s" * 32)
+    try:
+        assert await client.call("POST", "/status/200", {"a": 1}) == {"ok": True, "auth": "Bearer "}
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_refused_service_token_is_a_502_for_the_caller_not_its_401(upstream, status):
+    """The caller's credentials were fine; ours were not. Passing the callee's 401/403 through
+    would tell the caller to log in again."""
+    client = InternalClient(upstream, jwt_secret="s" * 32)
+    try:
+        with pytest.raises(ProblemError) as raised:
+            await client.call("POST", f"/status/{status}", {})
+    finally:
+        await client.close()
+    assert (raised.value.status, raised.value.code) == (502, "upstream_misconfigured")
+
+
+@pytest.mark.parametrize("status", [402, 409, 422, 503])
+async def test_other_problems_keep_the_callees_status_code_and_fields(upstream, status):
+    client = InternalClient(upstream, jwt_secret="s" * 32)
+    try:
+        with pytest.raises(ProblemError) as raised:
+            await client.call("POST", f"/status/{status}", {})
+    finally:
+        await client.close()
+    problem = raised.value
+    assert (problem.status, problem.code, problem.extra["transaction_id"]) == (status, "nope", "t-1")
+
+
+async def test_nobody_listening_is_unreachable():
+    client = InternalClient(f"http://127.0.0.1:{free_port()}", jwt_secret="s" * 32)
+    try:
+        with pytest.raises(ProblemError) as raised:
+            await client.call("POST", "/status/200", {})
+    finally:
+        await client.close()
+    assert (raised.value.status, raised.value.code, raised.value.extra["unreachable"]) == (
+        503, "upstream_unavailable", True)
