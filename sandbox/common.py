@@ -4,8 +4,8 @@ A simulator is an aiohttp app built by `sim_app(state, error_response=...)` arou
 that subclasses `SimState`. What it gets from here, so that it only has to write its own API:
 
 - Fault switches (`Fault`, `SimState.take_fault`, applied by a middleware in front of everything
-  but `/_sim/`): `error` answers a 5xx before the request runs (nothing recorded; the body comes
-  from the simulator's `error_response` hook), `slow` waits before running it, `timeout` runs and
+  but `/_sim/`): `error` answers a 5xx, or a 429 (rate limited), before the request runs (nothing
+  recorded; the body comes from the simulator's `error_response` hook), `slow` waits before running it, `timeout` runs and
   records it and then answers late, `disconnect` runs and records it and then closes the TCP
   connection without any HTTP answer (after `delay_ms`, if set). `count` limits how many requests
   are affected, `path_prefix` which ones.
@@ -121,8 +121,8 @@ class Fault:
         if prefix is not None and (not isinstance(prefix, str) or not prefix.startswith("/")):
             raise ValueError("path_prefix must be a path starting with / or null")
         status = body.get("status", 500)
-        if not _is_int(status) or not 500 <= status <= 599:
-            raise ValueError("status must be an integer from 500 to 599")
+        if not _is_int(status) or not (500 <= status <= 599 or status == 429):
+            raise ValueError("status must be 429 or an integer from 500 to 599")
         return cls(mode, delay, count, prefix, status)
 
 

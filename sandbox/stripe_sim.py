@@ -389,9 +389,13 @@ def _stripe_headers(response: web.StreamResponse, request: web.Request,
 
 
 def fault_error(request: web.Request, status: int) -> web.StreamResponse:
-    """The answer of an `error` fault: an outage in front of the API, in Stripe's shape."""
-    response = StripeError(status, "api_error",
-                           "An unknown error occurred (simulated fault).").response()
+    """The answer of an `error` fault: an outage in front of the API (or, for 429, Stripe's rate
+    limiter), in Stripe's shape."""
+    if status == 429:
+        response = StripeError(429, "invalid_request_error", "Too many requests hit the API too quickly "
+                               "(simulated fault).", code="rate_limit").response()
+    else:
+        response = StripeError(status, "api_error", "An unknown error occurred (simulated fault).").response()
     return _stripe_headers(response, request, new_id("req"))
 
 

@@ -90,7 +90,7 @@ class TransactionRecorded(EventPayload):
     sequence: int
     source: Literal["live", "legacy"] = "live"
     failure_code: str | None = None
-    refund_amount: Decimal | None = None  # on refund events: this refund's amount
+    refund_amount: Decimal | None = None  # on refund events: what this change refunded (negative: a refund that had succeeded failed later)
 
     def __post_init__(self) -> None:
         super().__post_init__()

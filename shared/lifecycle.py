@@ -3,8 +3,8 @@
     pending --processor says--> completed | failed | canceled | (still) pending
     completed --refunds that succeeded--> partially_refunded | refunded
 
-A settled payment never goes back to pending (a late "created" notice cannot undo a "completed"),
-and its refunded total only ever comes from refunds the processor says succeeded.
+A payment only moves forward (a late "created" notice cannot undo a "completed", and a completed
+payment never fails), and its refunded total only ever comes from refunds the processor says succeeded.
 """
 
 from __future__ import annotations
@@ -58,15 +58,21 @@ def apply_refund(*, amount: Decimal, refunded_amount: Decimal, refund: Decimal) 
     return total, "refunded" if total == amount else "partially_refunded"
 
 
+# How far along a payment is: news only ever moves it forward. A failed or canceled payment can
+# still complete (the payer tried another card on the same payment), a completed one never fails.
+_PROGRESS = {"pending": 0, "failed": 1, "canceled": 1, "completed": 2}
+
+
 def merged_status(current: str | None, reported: str) -> str:
     """The payment's base status when the processor reports `reported` (a processor payment
-    status) and we hold `current`: settled statuses never go back to pending, and the first
-    settled outcome stands (notices may arrive late and out of order)."""
+    status) and we hold `current`. Notices arrive late and out of order, so the furthest state
+    wins: never back to pending, never from completed to failed; between failed and canceled the
+    first one stands."""
     reported = settled_status(reported)
     if current is None:
         return reported
     base = "completed" if current in ("refunded", "partially_refunded") else current
-    return reported if base == "pending" else base
+    return reported if _PROGRESS[reported] > _PROGRESS[base] else base
 
 
 def status_with_refunds(base: str, amount: Decimal, refunded_total: Decimal) -> PaymentStatus:

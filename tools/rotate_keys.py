@@ -5,6 +5,9 @@
 Rotation: prepend a new Fernet key to CONNECTION_ENCRYPTION_KEYS and restart the external
 service (the first key encrypts, all decrypt, so both old and new rows read), run this, then drop
 the old key. Rows are rewritten in batches, each in its own transaction; it is safe to re-run.
+A row that none of the keys opens (sealed under a key already dropped) is left as it is and named
+at the end, and the command exits 1: the rest are rotated, and the old keys must stay until those
+rows are dealt with (reconnected, or their key found).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -21,10 +25,16 @@ from services.external.vault import CredentialVault, VaultError
 from shared.config import normalise_database_url
 
 
-async def rotate(database_url: str, keys: list[str], *, batch: int = 200) -> int:
+@dataclass
+class Rotation:
+    rotated: int = 0
+    unopenable: list[int] = field(default_factory=list)  # connection ids no key opens
+
+
+async def rotate(database_url: str, keys: list[str], *, batch: int = 200) -> Rotation:
     vault = CredentialVault(keys)
     engine = create_async_engine(normalise_database_url(database_url))
-    rotated, last_id = 0, 0
+    done, last_id = Rotation(), 0
     try:
         while True:
             async with engine.begin() as conn:
@@ -33,13 +43,17 @@ async def rotate(database_url: str, keys: list[str], *, batch: int = 200) -> int
                     .where(connections.c.id > last_id).order_by(connections.c.id).limit(batch)
                     .with_for_update())).mappings().all()
                 if not rows:
-                    return rotated
+                    return done
                 for row in rows:
-                    values = {"credentials": vault.rotate(row["credentials"])}
-                    if row["webhook_secret"] is not None:
-                        values["webhook_secret"] = vault.rotate(row["webhook_secret"])
+                    try:
+                        values = {"credentials": vault.rotate(row["credentials"])}
+                        if row["webhook_secret"] is not None:
+                            values["webhook_secret"] = vault.rotate(row["webhook_secret"])
+                    except VaultError:
+                        done.unopenable.append(row["id"])
+                        continue
                     await conn.execute(sa.update(connections).where(connections.c.id == row["id"]).values(**values))
-                    rotated += 1
+                    done.rotated += 1
                 last_id = rows[-1]["id"]
     finally:
         await engine.dispose()
@@ -51,15 +65,14 @@ def main() -> int:
         print("CONNECTION_ENCRYPTION_KEYS: set it to the new key first, then the old ones", file=sys.stderr)
         return 2
     database_url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/hybrid_payments")
-    try:
-        count = asyncio.run(rotate(database_url, keys))
-    except VaultError as exc:
-        print(f"a stored secret opens with none of the keys given: {exc}; keep the old key in the list",
+    done = asyncio.run(rotate(database_url, keys))
+    print(f"re-encrypted {done.rotated} connection(s) under the newest key")
+    if done.unopenable:
+        print(f"{len(done.unopenable)} connection(s) open with none of the keys given and were left as they are: "
+              f"{', '.join(map(str, done.unopenable))}. Keep the old keys until these are reconnected.",
               file=sys.stderr)
         return 1
-    print(f"re-encrypted {count} connection(s) under the newest key")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

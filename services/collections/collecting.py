@@ -40,6 +40,7 @@ from shared.observability import COLLECTION_ATTEMPTS, COLLECTIONS, COLLECTIONS_A
 from shared.outbox import UnitOfWork
 from shared.pagination import page_of
 from shared.processors import base as p
+from shared.scheduler import settle_each
 from shared.service import ServiceRuntime
 
 log = structlog.get_logger("collections")
@@ -129,15 +130,19 @@ class CollectionService:
             return await self._settle(attempt, collection, "failed", None, None, "no_payment_method")
         if self.processor is None:
             return await self._settle(attempt, collection, "failed", how, None, "processor_not_configured")
+        request = p.PaymentRequest(
+            amount=collection["amount"], currency=collection["currency"], payment_method=source,
+            idempotency_key=attempt["processor_idempotency_key"], reference=str(attempt["id"]),
+            customer=customer, off_session=how == "payment_method",
+            description=f"Platform commission, collection {collection['id']}",
+            metadata={"collection_id": str(collection["id"]), "barber_id": str(collection["barber_id"]),
+                      "attempt": str(attempt["attempt"])},
+        )
         try:
-            result = await self.processor.create_payment(p.PaymentRequest(
-                amount=collection["amount"], currency=collection["currency"], payment_method=source,
-                idempotency_key=attempt["processor_idempotency_key"], reference=str(attempt["id"]),
-                customer=customer, off_session=how == "payment_method",
-                description=f"Platform commission, collection {collection['id']}",
-                metadata={"collection_id": str(collection["id"]), "barber_id": str(collection["barber_id"]),
-                          "attempt": str(attempt["attempt"])},
-            ))
+            if how == "connect_debit":
+                result = await self.processor.debit_connected_account(request)  # type: ignore[attr-defined]
+            else:
+                result = await self.processor.create_payment(request)
         except p.PaymentDeclined as declined:
             COLLECTION_ATTEMPTS.labels("declined").inc()
             return await self._settle(attempt, collection, "failed", how, declined.processor_payment_id,
@@ -222,8 +227,9 @@ class CollectionService:
         untouched_since = now - timedelta(seconds=self.settings.pending_sweep_after)
         async with self.rt.uow() as uow:
             rows = await store.pending_attempts(uow.session, untouched_since, limit=200)
-        for row in rows:
-            await self.drive(row["id"])
+        outcomes = await settle_each(rows, lambda row: self.drive(row["id"]))
+        if outcomes:
+            log.info("collection_attempts_swept", **outcomes)
         return len(rows)
 
     async def close(self) -> None:

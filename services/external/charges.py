@@ -21,7 +21,7 @@ import structlog
 from litestar import Response
 
 from services.external import store
-from services.external.ledger import Ledger
+from services.external.ledger import NOT_FOUND, Ledger
 from services.external.mapping import transaction_out, transaction_recorded
 from services.external.processors import Adapters
 from services.external.settings import ExternalSettings
@@ -32,7 +32,8 @@ from shared.lifecycle import RefundRefused, plan_refund
 from shared.money import MoneyError, amount_field, format_amount, normalise_currency
 from shared.observability import EXTERNAL_CHARGES
 from shared.processors import base as p
-from shared.processors.base import find_payment, find_refund
+from shared.processors.base import find_payment, find_refund, listing_lag
+from shared.scheduler import settle_each
 from shared.service import ServiceRuntime
 
 log = structlog.get_logger("external.charges")
@@ -51,24 +52,32 @@ class ChargeService:
     # ---- charges --------------------------------------------------------------------------------------
 
     async def charge(self, body: ChargeRequest) -> ExternalTransactionOut:
+        """Charge the route on the barber's connection, or re-send its pending attempt.
+
+        `nothing_happened: true` (the router may then pay on the platform instead) is only ever
+        said of an attempt this very request created and that never reached the processor: a
+        pending attempt found again may have been sent before, and its outcome is unknown until the
+        processor says (a re-send with its key, the sweeper, or a webhook settles it)."""
         try:
             currency = normalise_currency(body.currency)
             amount = amount_field("amount", body.amount, currency, max_amount=None)
         except MoneyError as exc:
             raise validation_error("amount", str(exc)) from None
-        connection = await self._usable_connection(body.connection_id, body.barber_id, currency)
-        attempt = await self._open_attempt(body, connection, amount, currency)
-        if attempt["status"] != "pending":  # this route was paid (or failed for good): answer that
+        live = await self._live_attempt(body.route_id)
+        if live is not None and live["status"] != "pending":  # paid (or in flight elsewhere): answer that
+            return transaction_out(live)
+        connection = (await self._connection(live["connection_id"]) if live is not None
+                      else await self._usable_connection(body.connection_id, body.barber_id, currency))
+        adapter = self.adapters.for_connection(connection)  # before any attempt: its secret must open
+        attempt, fresh = await self._open_attempt(body, connection, amount, currency)
+        if attempt["status"] != "pending":
             return transaction_out(attempt)
-        adapter = self.adapters.for_connection(connection)
         circuit = self.circuits.circuit(f"connection:{connection['id']}")
         if circuit.is_open(time.monotonic()):
-            # This connection's calls keep failing: do not add another; the router may fall back.
-            await self._fail(attempt, "processor_unavailable", "recent calls to this processor failed", None)
             EXTERNAL_CHARGES.labels(connection["processor_type"], "circuit_open").inc()
-            raise ProblemError(503, "processor_unavailable", f"calls to this {connection['processor_type']} "
-                               "account keep failing; try again shortly", transaction_id=str(attempt["id"]),
-                               nothing_happened=True, headers={"Retry-After": "30"})
+            return await self._refused(attempt, fresh, "processor_unavailable",
+                                       f"calls to this {connection['processor_type']} account keep failing; "
+                                       "try again shortly")
         try:
             report = await adapter.create_payment(p.PaymentRequest(
                 amount=amount, currency=currency, payment_method=attempt["payment_method"],
@@ -79,17 +88,17 @@ class ChargeService:
             ))
         except p.PaymentDeclined as declined:
             circuit.record_success()
-            failed = await self._fail(attempt, declined.code or "card_declined", declined.message,
-                                      declined.processor_payment_id)
+            failed, _ = await self._fail(attempt, declined.code or "card_declined", declined.message,
+                                         declined.processor_payment_id)
             EXTERNAL_CHARGES.labels(connection["processor_type"], "declined").inc()
+            if failed["status"] != "failed":  # the processor's own word came first: it stands
+                return transaction_out(failed)
             raise ProblemError(402, "payment_declined", declined.message, transaction_id=str(failed["id"]),
                                decline_code=declined.code) from None
-        except p.ProcessorUnavailable as exc:  # surely nothing happened: the router may fall back
+        except p.ProcessorUnavailable as exc:
             circuit.record_failure(time.monotonic())
-            await self._fail(attempt, "processor_unavailable", exc.message, None)
             EXTERNAL_CHARGES.labels(connection["processor_type"], "unavailable").inc()
-            raise ProblemError(503, "processor_unavailable", exc.message, transaction_id=str(attempt["id"]),
-                               nothing_happened=True, headers={"Retry-After": "5"}) from None
+            return await self._refused(attempt, fresh, "processor_unavailable", exc.message)
         except p.OutcomeUnknown as exc:  # pending: a retry with the same route re-sends the same key
             circuit.record_failure(time.monotonic())
             EXTERNAL_CHARGES.labels(connection["processor_type"], "unknown").inc()
@@ -100,8 +109,10 @@ class ChargeService:
                                nothing_happened=False) from None
         except (p.InvalidCredentials, p.ProcessorRequestError) as exc:
             circuit.record_success()
-            failed = await self._fail(attempt, exc.code or "processor_rejected", exc.message, None)
+            failed, _ = await self._fail(attempt, exc.code or "processor_rejected", exc.message, None)
             EXTERNAL_CHARGES.labels(connection["processor_type"], "rejected").inc()
+            if failed["status"] != "failed":
+                return transaction_out(failed)
             raise ProblemError(422, "processor_rejected",
                                f"payment_method: the barber's {connection['processor_type']} refused the request: "
                                f"{exc.message}", transaction_id=str(failed["id"]), field="payment_method") from None
@@ -112,6 +123,27 @@ class ChargeService:
             await uow.commit()
         EXTERNAL_CHARGES.labels(connection["processor_type"], row["status"]).inc()
         return transaction_out(row)
+
+    async def _refused(self, attempt: dict[str, Any], fresh: bool, code: str, message: str) -> ExternalTransactionOut:
+        """The processor was not reached this time. A fresh attempt surely never reached it: it
+        failed, and the router may pay elsewhere. One found again may have been sent before: it
+        stays pending and nothing is promised."""
+        if fresh:
+            failed, moved = await self._fail(attempt, code, message, None)
+            if not moved:  # settled by the processor's own word meanwhile
+                return transaction_out(failed)
+        raise ProblemError(503, code, message, transaction_id=str(attempt["id"]), nothing_happened=fresh,
+                           headers={"Retry-After": "5"})
+
+    async def _live_attempt(self, route_id: uuid.UUID) -> dict[str, Any] | None:
+        async with self.rt.uow() as uow:
+            return await store.live_attempt(uow.session, route_id)
+
+    async def _connection(self, connection_id: int) -> dict[str, Any]:
+        async with self.rt.uow() as uow:
+            connection = await store.load_connection(uow.session, connection_id)
+        assert connection is not None
+        return connection
 
     async def _usable_connection(self, connection_id: int, barber_id: int, currency: str) -> dict[str, Any]:
         async with self.rt.uow() as uow:
@@ -130,8 +162,11 @@ class ChargeService:
         return connection
 
     async def _open_attempt(self, body: ChargeRequest, connection: dict[str, Any], amount: Decimal,
-                            currency: str) -> dict[str, Any]:
+                            currency: str) -> tuple[dict[str, Any], bool]:
+        """The route's live attempt with its lease taken, or a new one; True when new (this request
+        created it, so it has never been sent)."""
         now = datetime.now(UTC)
+        fresh = False
         async with self.rt.uow() as uow:
             live = await store.live_attempt(uow.session, body.route_id)
             if live is None:
@@ -146,17 +181,19 @@ class ChargeService:
                     origin="api", created_at=now, updated_at=now, version=1,
                 )
                 live = await store.insert_live_attempt(uow.session, values)
+                fresh = live is not None
                 if live is None:  # a concurrent request for this route inserted first: use theirs
                     live = await store.live_attempt(uow.session, body.route_id)
                     assert live is not None
-            if live["status"] == "pending":
+            if live["status"] == "pending" and not fresh:
                 live = await store.touch_pending(uow.session, live["id"], now) or live
             await uow.commit()
-        return live
+        return live, fresh
 
     async def _fail(self, attempt: dict[str, Any], code: str, message: str,
-                    processor_payment_id: str | None) -> dict[str, Any]:
-        """The attempt failed for good (declined, refused, never sent): record it, with its event."""
+                    processor_payment_id: str | None) -> tuple[dict[str, Any], bool]:
+        """The attempt failed for good (declined, refused, never sent): record it, with its event.
+        Returns the row and whether this call moved it (False: it was settled already)."""
         now = datetime.now(UTC)
         async with self.rt.uow() as uow:
             connection = await store.load_connection(uow.session, attempt["connection_id"])
@@ -166,15 +203,17 @@ class ChargeService:
                 failure_code=code, failure_message=message)
             if processor_payment_id is None:  # nothing at the processor to point at
                 row = await store.settle_unsent(uow.session, attempt["id"], code, message, now)
+                moved = row is not None
                 if row is not None:
                     uow.emit(transaction_recorded(row))
                 else:
                     row = await store.load_transaction(uow.session, attempt["id"])
             else:
                 row = await self.ledger.record_payment(uow, connection, report, origin="api", now=now)
+                moved = row["status"] == "failed"
             await uow.commit()
         assert row is not None
-        return row
+        return row, moved
 
     # ---- refunds ----------------------------------------------------------------------------------
 
@@ -279,15 +318,10 @@ class ChargeService:
         async with self.rt.uow() as uow:
             attempts = await store.pending_attempts(uow.session, untouched_since, limit=200)
             refunds = await store.pending_refunds(uow.session, untouched_since, limit=200)
-        outcomes: dict[str, int] = {}
-        for kind, rows, settle in (("payment", attempts, self._sweep_attempt), ("refund", refunds, self._sweep_refund)):
-            for row in rows:
-                try:
-                    outcome = f"{kind}_{await settle(row, now, untouched_since)}"
-                except p.ProcessorError as exc:
-                    log.warning("sweep_lookup_failed", id=str(row["id"]), error=exc.message)
-                    outcome = f"{kind}_lookup_failed"
-                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        outcomes = {f"payment_{k}": n for k, n in (await settle_each(
+            attempts, lambda row: self._sweep_attempt(row, now, untouched_since))).items()}
+        outcomes |= {f"refund_{k}": n for k, n in (await settle_each(
+            refunds, lambda row: self._sweep_refund(row, now, untouched_since))).items()}
         if outcomes:
             log.info("external_pending_swept", **outcomes)
         return outcomes
@@ -308,7 +342,12 @@ class ChargeService:
             if fresh["status"] != "pending" or fresh["updated_at"] >= untouched_since:
                 await uow.commit()  # settled or touched meanwhile: theirs stands
                 return "skipped"
-            if report is None:  # the processor never saw it: nothing was charged
+            if report is None and now - attempt["created_at"] < listing_lag(adapter) + timedelta(
+                    seconds=self.settings.pending_sweep_after):
+                # Not listed yet, but this processor's listing lags: look again later.
+                await store.touch_pending(uow.session, attempt["id"], now)
+                row = fresh
+            elif report is None:  # the processor never saw it: nothing was charged
                 row = await store.settle_unsent(uow.session, attempt["id"], "not_found_at_processor",
                                                 "the processor has no payment for this attempt", now)
                 assert row is not None
@@ -339,7 +378,7 @@ class ChargeService:
                 return "skipped"
             if report is None:
                 await store.update_refund(uow.session, refund["id"], dict(
-                    status="failed", failure_reason="not found at the processor", updated_at=now))
+                    status="failed", failure_reason=NOT_FOUND, updated_at=now))
                 status = "failed"
             else:
                 await self.ledger.record_refund(uow, connection, report, now=now)

@@ -15,6 +15,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import structlog
+
 from services.external import store
 from services.external.domain import commission_for
 from services.external.mapping import fees_of, transaction_recorded
@@ -25,6 +27,10 @@ from shared.outbox import UnitOfWork
 from shared.processors.base import PaymentResult, RefundResult
 
 Row = dict[str, Any]
+log = structlog.get_logger("external.ledger")
+# The failure a sweeper records when the processor has no trace of a refund; the processor's own
+# later word overrides it.
+NOT_FOUND = "not found at the processor"
 
 
 def _uuid(value: str | None) -> uuid.UUID | None:
@@ -44,6 +50,7 @@ class Ledger:
         processor's id; else a payment we learn of now). Returns the row as it stands."""
         session = uow.session
         processor = connection["processor_type"]
+        await store.lock_processor_payment(session, processor, report.processor_payment_id)
         row = None
         if (ours := _uuid(report.reference)) is not None:
             row = await store.load_transaction(session, ours, lock=True)
@@ -51,6 +58,12 @@ class Ledger:
                 row = None  # a reference that is not ours on this account
         if row is None:
             row = await store.transaction_by_processor_id(session, processor, report.processor_payment_id, lock=True)
+        if row is not None and row["connection_id"] != connection["id"]:
+            # Signed with this connection's secret (which its barber may know) but about another
+            # connection's payment: never let one account's notices move another's money.
+            log.warning("report_about_another_connection", connection_id=connection["id"],
+                        processor_payment_id=report.processor_payment_id)
+            return row
         if row is None:
             row, inserted = await self._learn_payment(uow, connection, report, origin=origin, now=now)
             if not inserted:  # a concurrent report recorded it first: merge into theirs
@@ -108,7 +121,14 @@ class Ledger:
         payment is unknown yet. Returns the transaction when it moved."""
         session = uow.session
         processor = connection["processor_type"]
+        # The same lock as the payment's own reports: a refund that arrives while its payment is
+        # being recorded for the first time is either adopted by it or finds it.
+        await store.lock_processor_payment(session, processor, report.processor_payment_id)
         payment = await store.transaction_by_processor_id(session, processor, report.processor_payment_id, lock=True)
+        if payment is not None and payment["connection_id"] != connection["id"]:
+            log.warning("refund_report_about_another_connection", connection_id=connection["id"],
+                        processor_payment_id=report.processor_payment_id)
+            return None
         existing = await store.refund_by_processor_id(session, processor, report.processor_refund_id)
         if existing is None and (ours := _uuid(report.reference)) is not None:
             existing = await store.load_refund(session, ours)
@@ -118,7 +138,7 @@ class Ledger:
                 processor_payment_id=report.processor_payment_id, processor_refund_id=report.processor_refund_id,
                 amount=report.amount, currency=report.currency, status=report.status,
                 failure_reason=report.failure_reason, created_at=now, updated_at=now))
-        elif self._moves(existing["status"], report.status):
+        elif self._moves(existing, report.status):
             await store.update_refund(session, existing["id"], dict(
                 status=report.status, processor_refund_id=report.processor_refund_id,
                 processor_payment_id=report.processor_payment_id,
@@ -131,10 +151,14 @@ class Ledger:
         return await self._refresh_refunds(uow, payment, now)
 
     @staticmethod
-    def _moves(current: str, reported: str) -> bool:
+    def _moves(existing: Row, reported: str) -> bool:
         """Refunds go pending -> succeeded | failed, and a succeeded one may still fail later
-        (the card was closed); nothing else moves (a late "pending" is old news)."""
-        return (current == "pending" and reported != "pending") or (current == "succeeded" and reported == "failed")
+        (the card was closed); a failure we only inferred (not found at the processor) gives way to
+        the processor's word; nothing else moves (a late "pending" is old news)."""
+        current = existing["status"]
+        inferred = current == "failed" and existing["failure_reason"] == NOT_FOUND
+        return ((current == "pending" and reported != "pending") or (current == "succeeded" and reported == "failed")
+                or (inferred and reported == "succeeded"))
 
     async def _refresh_refunds(self, uow: UnitOfWork, row: Row, now: datetime, *, adopt_only: bool = False) -> Row:
         """Adopt refunds that came before this payment, then recount what succeeded. (A payment
@@ -154,5 +178,6 @@ class Ledger:
         moved = succeeded - row["refunded_amount"]
         row = await store.update_transaction(session, row["id"], dict(refunded_amount=succeeded, status=status,
                                                                       updated_at=now))
-        uow.emit(transaction_recorded(row, refund_amount=abs(moved)))
+        # Negative when a refund that had succeeded failed later (the money came back).
+        uow.emit(transaction_recorded(row, refund_amount=moved))
         return row

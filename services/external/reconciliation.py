@@ -18,6 +18,7 @@ from services.external.ledger import Ledger
 from services.external.processors import Adapters
 from services.external.settings import ExternalSettings
 from services.external.wire import ReconcileFinding, ReconcileIn, ReconcileReport
+from shared.errors import ProblemError
 from shared.observability import RECONCILIATION_FINDINGS
 from shared.processors import base as p
 from shared.service import ServiceRuntime
@@ -47,13 +48,24 @@ class ReconcileService:
         for connection in connections:
             if not self.settings.enabled(connection["processor_type"]):
                 continue
+            # One connection's trouble (its processor down, its secret unopenable, a bug) never
+            # stops the others': it is reported as failed and the run goes on.
             try:
                 reported = await self.adapters.for_connection(connection).list_payments(since, until)
+                connection_findings = await self._connection(connection, reported, since, until, now)
             except p.ProcessorError as exc:
                 failed[str(connection["id"])] = exc.message
                 log.warning("reconcile_list_failed", connection_id=connection["id"], error=exc.message)
                 continue
-            for finding in await self._connection(connection, reported, since, until, now):
+            except ProblemError as exc:
+                failed[str(connection["id"])] = exc.detail
+                log.warning("reconcile_connection_failed", connection_id=connection["id"], error=exc.detail)
+                continue
+            except Exception:
+                log.exception("reconcile_connection_failed", connection_id=connection["id"])
+                failed[str(connection["id"])] = "reconciling this connection failed; see the service log"
+                continue
+            for finding in connection_findings:
                 counts[finding.verdict] += 1
                 RECONCILIATION_FINDINGS.labels(connection["processor_type"], finding.verdict).inc()
                 if finding.verdict != "matched":

@@ -57,8 +57,11 @@ class ExternalSettings(BaseSettings, kw_only=True, frozen=True):
             except (ValueError, TypeError):
                 raise SettingsError(f"CONNECTION_ENCRYPTION_KEYS: key {i + 1} is not a Fernet key "
                                     "(32 url-safe base64-encoded bytes)") from None
-        if self.pending_sweep_after <= 2 * self.processor_timeout:
-            raise SettingsError(f"PENDING_SWEEP_AFTER: must exceed twice PROCESSOR_TIMEOUT ({self.processor_timeout} s)")
+        if self.pending_sweep_after <= 4 * self.processor_timeout:
+            # A PayPal charge is up to three calls (token, order, capture), each with its own timeout:
+            # the sweeper must never take an attempt whose calls may still be running.
+            raise SettingsError(f"PENDING_SWEEP_AFTER: must exceed four times PROCESSOR_TIMEOUT "
+                                f"({self.processor_timeout} s)")
         if not self.webhook_base_url.startswith(("http://", "https://")):
             raise SettingsError(f"WEBHOOK_BASE_URL: expected an http(s) URL, got {self.webhook_base_url!r}")
 

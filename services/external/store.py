@@ -83,6 +83,12 @@ async def refresh_connection_totals(session: AsyncSession) -> int:
 
 # ---- transactions ------------------------------------------------------------------------------------
 
+async def lock_processor_payment(session: AsyncSession, processor: str, processor_payment_id: str) -> None:
+    """Serialise every report about one processor payment (and its refunds) in this transaction."""
+    await session.execute(sa.select(sa.func.pg_advisory_xact_lock(
+        sa.func.hashtextextended(sa.literal(f"{processor}:{processor_payment_id}"), 0))))
+
+
 async def load_transaction(session: AsyncSession, transaction_id: uuid.UUID, *, lock: bool = False) -> Row | None:
     query = sa.select(tx).where(tx.c.id == transaction_id)
     return _one(await session.execute(query.with_for_update() if lock else query))

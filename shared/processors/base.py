@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -220,6 +220,13 @@ class PaymentProcessor(Protocol):
     def parse_webhook(self, body: bytes) -> WebhookEvent: ...
 
     async def close(self) -> None: ...
+
+
+def listing_lag(processor: PaymentProcessor) -> timedelta:
+    """How long after a payment the processor's listing may still miss it (PayPal's Transaction
+    Search lags by hours; Stripe's and Square's lists are current). A sweeper that does not find an
+    attempt must not call it failed before this has passed: the processor may have charged it."""
+    return getattr(processor, "LISTING_LAG", timedelta(0))
 
 
 async def find_payment(processor: PaymentProcessor, reference: str, *, since: datetime,

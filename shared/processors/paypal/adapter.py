@@ -119,6 +119,9 @@ class PayPalCredentials:
 
 class PayPalProcessor:
     name: ProcessorName = "paypal"
+    # Transaction Search shows a capture hours after it happened: a payment missing from a listing
+    # is not proof that it did not happen until this has passed.
+    LISTING_LAG = timedelta(hours=3)
 
     def __init__(self, credentials: PayPalCredentials, *, api_base: str = DEFAULT_API_BASE,
                  timeout: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:

@@ -94,7 +94,8 @@ class StripeProcessor:
 
     async def create_payment(self, request: PaymentRequest) -> PaymentResult:
         if request.payment_method.startswith("acct_"):
-            return await self._debit_account(request)
+            # Never through here: a caller-given "payment method" must not debit anyone's account.
+            raise ProcessorRequestError("payment_method: a Connect account is not a payment method")
         currency = request.currency
         params: dict[str, Any] = {
             "amount": to_minor_units(request.amount, currency),
@@ -118,9 +119,12 @@ class StripeProcessor:
             params=params, options={"idempotency_key": request.idempotency_key}))
         return tf.payment_result(intent.to_dict())
 
-    async def _debit_account(self, request: PaymentRequest) -> PaymentResult:
+    async def debit_connected_account(self, request: PaymentRequest) -> PaymentResult:
         """A Connect platform debiting a connected account (`source=acct_...`, the Charges API):
-        how the platform collects from a barber with no card on file."""
+        how collections takes commission from a barber with no card on file. Deliberately not
+        reachable through `create_payment`, where the payment method comes from a caller."""
+        if not request.payment_method.startswith("acct_"):
+            raise ProcessorRequestError("only a connected account (acct_...) can be debited")
         params: dict[str, Any] = {
             "amount": to_minor_units(request.amount, request.currency), "currency": request.currency.lower(),
             "source": request.payment_method, "metadata": {**request.metadata, tf.REFERENCE_KEY: request.reference},
