@@ -611,6 +611,42 @@ async def test_a_payment_whose_outcome_is_unknown_never_falls_back_to_the_platfo
         == ["completed"]
 
 
+async def test_a_route_being_paid_externally_is_not_paid_again_concurrently(http, db, router_url, stripe_sim):
+    """While one request is paying a route on the barber's Stripe (slowly), a second one for the
+    same route is told to wait (409) rather than racing it (or falling back beside it); then the
+    route is paid once."""
+    import asyncio
+
+    b = next_barber()
+    hp = "/api/v1/hybrid-payments"
+    async with aiohttp.ClientSession(base_url=router_url) as router:
+        status, _ = await call(router, "PUT", f"{hp}/config/{b}", admin(), {
+            "payment_mode": "decentralized", "preferred_processor": "stripe", "commission_rate": "0.10",
+            "fallback_enabled": True, "connect_account_id": f"acct_{b}"})
+        assert status == 200
+        await connect_stripe(http, b, webhook_secret="whsec_concurrent")
+
+        async def routed_external():
+            s, body = await call(router, "POST", f"{hp}/route", barber(b), {"appointment_id": 5, "amount": "35.00"})
+            return body if s == 200 and body["payment_type"] == "external" else None
+
+        route = await eventually(routed_external, timeout=15)
+        body = {"route_id": route["route_id"], "payment_method": "pm_card_visa"}
+        await sim_call(stripe_sim, "POST", "/_sim/faults", {"mode": "slow", "delay_ms": 1500, "count": 1,
+                                                            "path_prefix": "/v1/payment_intents"})
+        first = asyncio.create_task(call(router, "POST", f"{hp}/process", barber(b), body))
+        await asyncio.sleep(0.5)
+        status, second = await call(router, "POST", f"{hp}/process", barber(b), body)
+        assert (status, second.get("code")) == (409, "payment_in_progress"), (status, second)
+        status, paid = await first
+        assert status == 200 and (paid["payment_type"], paid["status"]) == ("external", "completed"), paid
+        status, again = await call(router, "POST", f"{hp}/process", barber(b), body)
+        assert status == 200 and again["transaction_id"] == paid["transaction_id"]
+    intents = [pi for pi in (await sim_call(stripe_sim, "GET", "/_sim/payment_intents"))["data"]
+               if pi["metadata"].get("route_id") == route["route_id"]]
+    assert len(intents) == 1
+
+
 async def _job_ran(http, job: str) -> bool:
     async with http.get("/metrics") as resp:
         text = await resp.text()
