@@ -18,7 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from services.collections import store
 from services.collections import tables as ct
-from services.collections.domain import Accrual, BarberSettings, due_date, plan_collections, window_ends
+from services.collections.domain import (
+    Accrual,
+    BarberSettings,
+    due_date,
+    plan_collections,
+    window_ends,
+)
 from shared.migrations import upgrade
 from tests.conftest import RUN_ID
 from tools.devinfra import create_database, drop_database

@@ -563,6 +563,24 @@ async def test_an_external_route_is_paid_and_refunded_through_the_router(http, d
     assert len(intents) == 1 and intents[0]["application_fee_amount"] is None  # the barber's own account
 
 
+async def silent_external_route(router, http, b: int, amount: str) -> dict:
+    """Barber `b` decentralized on its own Stripe with fallback on, connected with an explicit
+    webhook secret (no endpoint registered: only our own calls learn what happened), and a route
+    for `amount` once the router has heard of the connection."""
+    hp = "/api/v1/hybrid-payments"
+    status, _ = await call(router, "PUT", f"{hp}/config/{b}", admin(), {
+        "payment_mode": "decentralized", "preferred_processor": "stripe", "commission_rate": "0.10",
+        "fallback_enabled": True, "connect_account_id": f"acct_{b}"})
+    assert status == 200
+    await connect_stripe(http, b, webhook_secret=f"whsec_silent_{b}")
+
+    async def routed_external():
+        s, body = await call(router, "POST", f"{hp}/route", barber(b), {"appointment_id": 4, "amount": amount})
+        return body if s == 200 and body["payment_type"] == "external" else None
+
+    return await eventually(routed_external, timeout=15)
+
+
 async def test_a_payment_whose_outcome_is_unknown_never_falls_back_to_the_platform(http, db, router_url, stripe_sim):
     """The barber's Stripe takes the charge but answers too late; the retry is refused (rate
     limited) before reaching it. That refusal says nothing about the first send, so the attempt
@@ -571,18 +589,7 @@ async def test_a_payment_whose_outcome_is_unknown_never_falls_back_to_the_platfo
     b = next_barber()
     hp = "/api/v1/hybrid-payments"
     async with aiohttp.ClientSession(base_url=router_url) as router:
-        status, _ = await call(router, "PUT", f"{hp}/config/{b}", admin(), {
-            "payment_mode": "decentralized", "preferred_processor": "stripe", "commission_rate": "0.10",
-            "fallback_enabled": True, "connect_account_id": f"acct_{b}"})
-        assert status == 200
-        # No webhook endpoint: only our own calls can learn what happened.
-        await connect_stripe(http, b, webhook_secret="whsec_no_endpoint")
-
-        async def routed_external():
-            s, body = await call(router, "POST", f"{hp}/route", barber(b), {"appointment_id": 4, "amount": "60.00"})
-            return body if s == 200 and body["payment_type"] == "external" else None
-
-        route = await eventually(routed_external, timeout=15)
+        route = await silent_external_route(router, http, b, "60.00")
         # The first scheduled reconciliation (seconds after start) would find the charge by itself
         # and settle it; let it pass, so that only our own calls can.
         await eventually(lambda: _job_ran(http, "external-reconciliation"), timeout=15)
@@ -620,17 +627,7 @@ async def test_a_route_being_paid_externally_is_not_paid_again_concurrently(http
     b = next_barber()
     hp = "/api/v1/hybrid-payments"
     async with aiohttp.ClientSession(base_url=router_url) as router:
-        status, _ = await call(router, "PUT", f"{hp}/config/{b}", admin(), {
-            "payment_mode": "decentralized", "preferred_processor": "stripe", "commission_rate": "0.10",
-            "fallback_enabled": True, "connect_account_id": f"acct_{b}"})
-        assert status == 200
-        await connect_stripe(http, b, webhook_secret="whsec_concurrent")
-
-        async def routed_external():
-            s, body = await call(router, "POST", f"{hp}/route", barber(b), {"appointment_id": 5, "amount": "35.00"})
-            return body if s == 200 and body["payment_type"] == "external" else None
-
-        route = await eventually(routed_external, timeout=15)
+        route = await silent_external_route(router, http, b, "35.00")
         body = {"route_id": route["route_id"], "payment_method": "pm_card_visa"}
         await sim_call(stripe_sim, "POST", "/_sim/faults", {"mode": "slow", "delay_ms": 1500, "count": 1,
                                                             "path_prefix": "/v1/payment_intents"})

@@ -40,37 +40,30 @@ async def test_an_answer_is_decoded_and_the_call_carries_a_service_token(upstrea
         await client.close()
 
 
+async def problem_of(base_url: str, path: str) -> ProblemError:
+    client = InternalClient(base_url, jwt_secret="s" * 32)
+    try:
+        with pytest.raises(ProblemError) as raised:
+            await client.call("POST", path, {})
+    finally:
+        await client.close()
+    return raised.value
+
+
 @pytest.mark.parametrize("status", [401, 403])
 async def test_a_refused_service_token_is_a_502_for_the_caller_not_its_401(upstream, status):
     """The caller's credentials were fine; ours were not. Passing the callee's 401/403 through
     would tell the caller to log in again."""
-    client = InternalClient(upstream, jwt_secret="s" * 32)
-    try:
-        with pytest.raises(ProblemError) as raised:
-            await client.call("POST", f"/status/{status}", {})
-    finally:
-        await client.close()
-    assert (raised.value.status, raised.value.code) == (502, "upstream_misconfigured")
+    problem = await problem_of(upstream, f"/status/{status}")
+    assert (problem.status, problem.code) == (502, "upstream_misconfigured")
 
 
 @pytest.mark.parametrize("status", [402, 409, 422, 503])
 async def test_other_problems_keep_the_callees_status_code_and_fields(upstream, status):
-    client = InternalClient(upstream, jwt_secret="s" * 32)
-    try:
-        with pytest.raises(ProblemError) as raised:
-            await client.call("POST", f"/status/{status}", {})
-    finally:
-        await client.close()
-    problem = raised.value
+    problem = await problem_of(upstream, f"/status/{status}")
     assert (problem.status, problem.code, problem.extra["transaction_id"]) == (status, "nope", "t-1")
 
 
 async def test_nobody_listening_is_unreachable():
-    client = InternalClient(f"http://127.0.0.1:{free_port()}", jwt_secret="s" * 32)
-    try:
-        with pytest.raises(ProblemError) as raised:
-            await client.call("POST", "/status/200", {})
-    finally:
-        await client.close()
-    assert (raised.value.status, raised.value.code, raised.value.extra["unreachable"]) == (
-        503, "upstream_unavailable", True)
+    problem = await problem_of(f"http://127.0.0.1:{free_port()}", "/status/200")
+    assert (problem.status, problem.code, problem.extra["unreachable"]) == (503, "upstream_unavailable", True)
