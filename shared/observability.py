@@ -35,6 +35,20 @@ COLLECTION_ATTEMPTS = Counter("collection_attempts_total", "Attempts to collect 
 COLLECTIONS = Gauge("platform_collections", "Collections by status and currency", ["status", "currency"])
 COLLECTIONS_AMOUNT = Gauge("platform_collections_amount", "Amount of collections by status and currency",
                            ["status", "currency"])
+# Analytics (from its rollups, over ANALYTICS_METRICS_WINDOW_DAYS; "all" labels sum the others).
+PAYMENT_SUCCESS_RATE = Gauge("payment_success_rate", "Completed / (completed + failed) payments",
+                             ["payment_type", "processor"])
+PAYMENT_VOLUME = Gauge("payment_volume", "Gross volume of completed payments", ["payment_type", "processor",
+                                                                                 "currency"])
+COMMISSION_COLLECTION_RATE = Gauge("commission_collection_rate",
+                                   "Commission collected / commission owed on barbers' own processors, all time",
+                                   ["currency"])
+PENDING_COLLECTIONS = Gauge("pending_collections", "Collections not collected yet, by status",
+                            ["status", "currency"])
+PENDING_COLLECTIONS_AMOUNT = Gauge("pending_collections_amount", "Amount of collections not collected yet",
+                                   ["status", "currency"])
+EVENT_LAG = Histogram("analytics_event_lag_seconds", "From an event's creation to analytics applying it",
+                      ["event_type"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60))
 JOB_RUNS = Counter("scheduled_job_runs_total", "Scheduled job runs by outcome", ["job", "outcome"])
 
 REQUEST_ID_HEADER = "x-request-id"

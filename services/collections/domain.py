@@ -16,7 +16,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
-from shared.money import round_money
+from shared.commission import NOTHING, Earned, commission_earned
 
 Frequency = Literal["daily", "weekly", "monthly"]
 FREQUENCIES: tuple[Frequency, ...] = ("daily", "weekly", "monthly")
@@ -24,29 +24,18 @@ FREQUENCIES: tuple[Frequency, ...] = ("daily", "weekly", "monthly")
 
 # ---- accrual ---------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Owed:
-    """What a transaction owes the platform so far: its commission, and the part reversed by refunds."""
-
-    commission: Decimal
-    reversed: Decimal
-
-    @property
-    def net(self) -> Decimal:
-        return self.commission - self.reversed
+Owed = Earned  # what a transaction owes the platform so far: its commission, less what refunds reversed
 
 
 def owed(*, payment_type: str, status: str, amount: Decimal, refunded_amount: Decimal, commission: Decimal,
          currency: str) -> Owed:
     """Centralized payments owe nothing (their commission was the application fee); an external
-    payment owes its commission once it completed, less `commission x refunded / amount` rounded
-    half-up (so a full refund reverses exactly the commission, and rounding never drifts)."""
-    zero = Decimal(0)
-    if payment_type != "external" or status not in ("completed", "partially_refunded", "refunded"):
-        return Owed(zero, zero)
-    if refunded_amount >= amount:
-        return Owed(commission, commission)
-    return Owed(commission, round_money(commission * refunded_amount / amount, currency))
+    payment owes what it earned (`shared.commission`: its commission once completed, less the
+    proportional reversal of its refunds)."""
+    if payment_type != "external":
+        return NOTHING
+    return commission_earned(status=status, amount=amount, refunded_amount=refunded_amount,
+                             commission=commission, currency=currency)
 
 
 def accrual_deltas(before: Owed, after: Owed) -> list[tuple[str, Decimal]]:

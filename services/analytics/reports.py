@@ -1,0 +1,201 @@
+"""What the analytics service answers: the unified dashboard, Six Figure Barber insights, and the
+Prometheus gauges. Reads rollups (never scans facts for the dashboard), hands them to the pure
+functions in `domain`, and shapes the answer (`wire`)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+from services.analytics import store
+from services.analytics.domain import (
+    ALL_BARBERS,
+    MEASURES,
+    WINDOW_DAYS,
+    Insights,
+    Measures,
+    RollupRow,
+    Visit,
+    dashboard,
+    six_figure_insights,
+    success_rate,
+)
+from services.analytics.settings import AnalyticsSettings
+from services.analytics.wire import (
+    ClientsOut,
+    DailyOut,
+    DashboardOut,
+    InsightsOut,
+    RecommendationOut,
+    TotalsOut,
+    TrendOut,
+)
+from shared.auth import Principal
+from shared.errors import ProblemError, validation_error
+from shared.money import MoneyError, format_amount, normalise_currency
+from shared.observability import (
+    COMMISSION_COLLECTION_RATE,
+    PAYMENT_SUCCESS_RATE,
+    PAYMENT_VOLUME,
+    PENDING_COLLECTIONS,
+    PENDING_COLLECTIONS_AMOUNT,
+)
+from shared.service import ServiceRuntime
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def parse_day(name: str, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        if not _DATE.match(value):
+            raise ValueError
+        return date.fromisoformat(value)
+    except ValueError:
+        raise validation_error(name, f"{value!r} is not a date (YYYY-MM-DD, UTC)") from None
+
+
+def currency_of(value: str) -> str:
+    try:
+        return normalise_currency(value)
+    except MoneyError as exc:
+        raise validation_error("currency", str(exc)) from None
+
+
+def disabled(feature: str, setting: str) -> ProblemError:
+    return ProblemError(404, "feature_disabled", f"{feature} is switched off here ({setting}=false)")
+
+
+class Reports:
+    def __init__(self, runtime: ServiceRuntime, settings: AnalyticsSettings,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.rt = runtime
+        self.settings = settings
+        self.clock = clock
+
+    # ---- the dashboard ----------------------------------------------------------------------------
+
+    async def dashboard(self, principal: Principal, *, barber_id: int | None, start: str | None, end: str | None,
+                        currency: str, source: str | None) -> DashboardOut:
+        if not self.settings.unified_analytics_enabled:
+            raise disabled("the unified dashboard", "UNIFIED_ANALYTICS_ENABLED")
+        scope = _scope(principal, barber_id)
+        currency = currency_of(currency)
+        last = parse_day("to", end) or self.clock().astimezone(UTC).date()
+        first = parse_day("from", start) or last - timedelta(days=29)
+        if first > last:
+            raise validation_error("from", f"{first} is after to ({last})")
+        if (last - first).days >= self.settings.dashboard_max_days:
+            raise validation_error("to", f"a range is at most {self.settings.dashboard_max_days} days")
+        async with self.rt.uow() as uow:
+            rows = await store.daily_payments(uow.session, barber_id=scope, currency=currency, start=first, end=last,
+                                              source=source)
+            collected = await store.collected_between(uow.session, barber_id=scope, currency=currency, start=first,
+                                                      end=last)
+            owed = await store.external_commission_until(uow.session, barber_id=scope, currency=currency, end=last)
+            collected_by_then = await store.collected_between(uow.session, barber_id=scope, currency=currency,
+                                                              start=None, end=last)
+        board = dashboard([RollupRow(r["day"], r["payment_type"], r["processor"],
+                                     Measures(**{m: r[m] for m in MEASURES})) for r in rows], first, last)
+
+        def totals(m: Measures) -> TotalsOut:
+            return TotalsOut(**_totals(m, currency))
+
+        return DashboardOut(
+            totals=totals(board.totals),
+            by_payment_type={k: totals(v) for k, v in board.by_payment_type.items()},
+            by_processor={k: totals(v) for k, v in board.by_processor.items()},
+            daily=[DailyOut(date=day, **_totals(m, currency)) for day, m in board.daily],
+            commission_collected=format_amount(collected, currency),
+            commission_outstanding=format_amount(owed - collected_by_then, currency),
+        )
+
+    # ---- Six Figure Barber insights -----------------------------------------------------------------
+
+    async def insights(self, principal: Principal, *, barber_id: int | None, currency: str) -> InsightsOut:
+        if not self.settings.six_figure_insights_enabled:
+            raise disabled("Six Figure Barber insights", "SIX_FIGURE_INSIGHTS_ENABLED")
+        scope = _scope(principal, barber_id)
+        if scope == ALL_BARBERS:
+            raise validation_error("barber_id", "insights are per barber: name one")
+        currency = currency_of(currency)
+        now = self.clock()
+        async with self.rt.uow() as uow:
+            rows = await store.barber_visits(uow.session, scope, currency, now - timedelta(days=2 * WINDOW_DAYS))
+        found = six_figure_insights([Visit(r["processed_at"], r["revenue"], r["client_id"]) for r in rows],
+                                    now=now, target=self.settings.six_figure_target, currency=currency)
+        return _insights_out(found, barber_id=scope, currency=currency, now=now)
+
+    # ---- Prometheus gauges -----------------------------------------------------------------------------
+
+    async def refresh_metrics(self, now: datetime) -> None:
+        since = now.astimezone(UTC).date() - timedelta(days=self.settings.analytics_metrics_window_days - 1)
+        async with self.rt.uow() as uow:
+            rows = await store.platform_since(uow.session, since)
+            commission = await store.commission_by_currency(uow.session)
+            collections = await store.collections_by_status(uow.session)
+        decided: dict[tuple[str, str], Measures] = {}
+        for r in rows:
+            m = Measures(**{k: r[k] for k in MEASURES})
+            PAYMENT_VOLUME.labels(r["payment_type"], r["processor"], r["currency"]).set(float(m.gross_volume))
+            for key in ((r["payment_type"], r["processor"]), (r["payment_type"], "all"), ("all", r["processor"]),
+                        ("all", "all")):
+                decided[key] = decided.get(key, Measures()) + m
+        for (payment_type, processor), m in decided.items():
+            rate = success_rate(m)
+            if rate is not None:
+                PAYMENT_SUCCESS_RATE.labels(payment_type, processor).set(float(rate))
+        for r in commission:
+            if r["owed"] > 0:
+                COMMISSION_COLLECTION_RATE.labels(r["currency"]).set(float(r["collected"] / r["owed"]))
+        for r in collections:
+            if r["status"] != "collected":
+                PENDING_COLLECTIONS.labels(r["status"], r["currency"]).set(r["n"])
+                PENDING_COLLECTIONS_AMOUNT.labels(r["status"], r["currency"]).set(float(r["amount"]))
+
+
+def _scope(principal: Principal, barber_id: int | None) -> int:
+    """Whose figures: a barber sees only its own; an admin names a barber, or sees all (0)."""
+    if principal.role == "barber":
+        if barber_id is not None and barber_id != principal.user_id:
+            raise ProblemError(403, "forbidden", "barber_id must be your own barber id")
+        return principal.user_id
+    if principal.role != "admin":
+        raise ProblemError(403, "forbidden", "requires role barber or admin")
+    return ALL_BARBERS if barber_id is None else barber_id
+
+
+def _totals(m: Measures, currency: str) -> dict:
+    rate = success_rate(m)
+    return dict(
+        transaction_count=m.transaction_count, completed_count=m.completed_count, failed_count=m.failed_count,
+        gross_volume=format_amount(m.gross_volume, currency), refunded_amount=format_amount(m.refunded_amount, currency),
+        success_rate=None if rate is None else str(rate), commission=format_amount(m.commission, currency),
+        processor_fees=format_amount(m.processor_fees, currency), barber_net=format_amount(m.barber_net, currency))
+
+
+def _insights_out(i: Insights, *, barber_id: int, currency: str, now: datetime) -> InsightsOut:
+    def money(value: Decimal | None) -> str | None:
+        return None if value is None else format_amount(value, currency)
+
+    def text(value: Decimal | None) -> str | None:
+        return None if value is None else str(value)
+
+    return InsightsOut(
+        barber_id=barber_id, currency=currency, as_of=now, has_history=i.has_history, message=i.message,
+        window_days=WINDOW_DAYS, revenue_90d=money(i.revenue), transactions_90d=i.transactions,
+        annualized_run_rate=money(i.annualized_run_rate), target=money(i.target), progress=str(i.progress),
+        average_ticket=money(i.average_ticket), transactions_per_week=str(i.transactions_per_week),
+        weekly_revenue=money(i.weekly_revenue), weekly_target=money(i.weekly_target),
+        weekly_revenue_gap=money(i.weekly_gap),
+        clients=ClientsOut(distinct_clients=i.clients.distinct_clients, retention_rate=text(i.clients.retention_rate),
+                           average_days_between_visits=text(i.clients.average_days_between_visits),
+                           revenue_per_client=money(i.clients.revenue_per_client)),
+        trend=TrendOut(previous_revenue_90d=money(i.trend.previous_revenue), change_rate=text(i.trend.change_rate),
+                       direction=i.trend.direction),
+        recommendations=[RecommendationOut(lever=r.lever, current=str(r.current), needed=str(r.needed),
+                                           change=str(r.change), message=r.message) for r in i.recommendations],
+    )

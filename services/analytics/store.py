@@ -1,0 +1,154 @@
+"""The analytics service's named queries over a unit of work's session. Rows come back as plain
+dicts. Rollups change only by adding deltas (`add_to_daily_payments`), in a fixed key order, so
+replicas applying events at once never deadlock on the shared all-barbers rows."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.analytics import tables as t
+from services.analytics.domain import ALL_BARBERS, MEASURES, Measures, RollupKey
+
+Row = dict[str, Any]
+tf, dp, cf, dc = t.transaction_facts, t.daily_payments, t.collection_facts, t.daily_collections
+
+
+COUNTS = ("transaction_count", "completed_count", "failed_count")
+
+
+def _sums() -> list:
+    """Each measure summed (counts stay integers: sum(bigint) is numeric in Postgres)."""
+    return [(sa.cast(sa.func.sum(dp.c[m]), sa.BigInteger) if m in COUNTS else sa.func.sum(dp.c[m])).label(m)
+            for m in MEASURES]
+
+
+def _one(result) -> Row | None:
+    row = result.mappings().first()
+    return dict(row) if row is not None else None
+
+
+def _all(result) -> list[Row]:
+    return [dict(r) for r in result.mappings()]
+
+
+# ---- transaction facts and their rollups -----------------------------------------------------------------
+
+async def lock_fact(session: AsyncSession, transaction_id: str) -> Row | None:
+    """The transaction's fact, with every other writer of it held off until commit (an advisory
+    lock, so a fact not yet inserted is serialised too)."""
+    await session.execute(sa.select(sa.func.pg_advisory_xact_lock(
+        sa.func.hashtextextended(sa.literal(f"analytics-fact:{transaction_id}"), 0))))
+    return _one(await session.execute(sa.select(tf).where(tf.c.transaction_id == transaction_id)))
+
+
+async def save_fact(session: AsyncSession, values: Row) -> None:
+    stmt = pg_insert(tf).values(**values)
+    await session.execute(stmt.on_conflict_do_update(
+        index_elements=[tf.c.transaction_id],
+        set_={k: stmt.excluded[k] for k in values if k != "transaction_id"}))
+
+
+async def add_to_daily_payments(session: AsyncSession, deltas: dict[RollupKey, Measures]) -> None:
+    if not deltas:
+        return
+    rows = [dict(day=day, barber_id=barber, payment_type=payment_type, processor=processor, currency=currency,
+                 source=source, **{m: getattr(delta, m) for m in MEASURES})
+            for (day, barber, payment_type, processor, currency, source), delta in sorted(deltas.items())]
+    stmt = pg_insert(dp).values(rows)
+    await session.execute(stmt.on_conflict_do_update(
+        index_elements=[dp.c.day, dp.c.barber_id, dp.c.payment_type, dp.c.processor, dp.c.currency, dp.c.source],
+        set_={m: dp.c[m] + stmt.excluded[m] for m in MEASURES}))
+
+
+async def daily_payments(session: AsyncSession, *, barber_id: int, currency: str, start: date, end: date,
+                         source: str | None) -> list[Row]:
+    """The rollup rows of one scope (a barber, or 0 for all) and currency over [start, end],
+    summed over sources unless one is asked for."""
+    where = [dp.c.barber_id == barber_id, dp.c.currency == currency, dp.c.day.between(start, end)]
+    if source is not None:
+        where.append(dp.c.source == source)
+    query = (sa.select(dp.c.day, dp.c.payment_type, dp.c.processor, *_sums())
+             .where(*where).group_by(dp.c.day, dp.c.payment_type, dp.c.processor))
+    return _all(await session.execute(query))
+
+
+async def external_commission_until(session: AsyncSession, *, barber_id: int, currency: str, end: date) -> Decimal:
+    """The commission kept on barbers' own processors up to `end`: what collections is owed."""
+    return await session.scalar(sa.select(sa.func.coalesce(sa.func.sum(dp.c.commission), 0)).where(
+        dp.c.barber_id == barber_id, dp.c.currency == currency, dp.c.payment_type == "external", dp.c.day <= end))
+
+
+async def barber_visits(session: AsyncSession, barber_id: int, currency: str, since: datetime) -> list[Row]:
+    """The barber's payments that took the money since `since`: when, what they kept, who paid."""
+    return _all(await session.execute(
+        sa.select(tf.c.processed_at, (tf.c.amount - tf.c.refunded_amount).label("revenue"), tf.c.client_id)
+        .where(tf.c.barber_id == barber_id, tf.c.currency == currency, tf.c.processed_at > since,
+               tf.c.status.in_(("completed", "partially_refunded", "refunded")))))
+
+
+# ---- collections ---------------------------------------------------------------------------------------
+
+async def lock_collection(session: AsyncSession, collection_id: uuid.UUID) -> Row | None:
+    await session.execute(sa.select(sa.func.pg_advisory_xact_lock(
+        sa.func.hashtextextended(sa.literal(f"analytics-collection:{collection_id}"), 0))))
+    return _one(await session.execute(sa.select(cf).where(cf.c.collection_id == collection_id)))
+
+
+async def save_collection(session: AsyncSession, values: Row) -> None:
+    stmt = pg_insert(cf).values(**values)
+    await session.execute(stmt.on_conflict_do_update(
+        index_elements=[cf.c.collection_id], set_={k: stmt.excluded[k] for k in values if k != "collection_id"}))
+
+
+async def add_collected(session: AsyncSession, *, day: date, barber_id: int, currency: str, amount: Decimal) -> None:
+    rows = [dict(day=day, barber_id=b, currency=currency, collected_count=1, collected_amount=amount)
+            for b in sorted({ALL_BARBERS, barber_id})]
+    stmt = pg_insert(dc).values(rows)
+    await session.execute(stmt.on_conflict_do_update(
+        index_elements=[dc.c.day, dc.c.barber_id, dc.c.currency],
+        set_={"collected_count": dc.c.collected_count + 1,
+              "collected_amount": dc.c.collected_amount + stmt.excluded.collected_amount}))
+
+
+async def collected_between(session: AsyncSession, *, barber_id: int, currency: str, start: date | None,
+                            end: date) -> Decimal:
+    where = [dc.c.barber_id == barber_id, dc.c.currency == currency, dc.c.day <= end]
+    if start is not None:
+        where.append(dc.c.day >= start)
+    return await session.scalar(sa.select(sa.func.coalesce(sa.func.sum(dc.c.collected_amount), 0)).where(*where))
+
+
+# ---- metrics -----------------------------------------------------------------------------------------------
+
+async def platform_since(session: AsyncSession, since: date) -> list[Row]:
+    """All barbers' rollups since `since`, per payment type, processor and currency."""
+    return _all(await session.execute(
+        sa.select(dp.c.payment_type, dp.c.processor, dp.c.currency, *_sums())
+        .where(dp.c.barber_id == ALL_BARBERS, dp.c.day >= since)
+        .group_by(dp.c.payment_type, dp.c.processor, dp.c.currency)))
+
+
+async def commission_by_currency(session: AsyncSession) -> list[Row]:
+    """Per currency, all time: external commission kept, and commission collected."""
+    owed = (sa.select(dp.c.currency, sa.func.sum(dp.c.commission).label("owed"))
+            .where(dp.c.barber_id == ALL_BARBERS, dp.c.payment_type == "external").group_by(dp.c.currency)
+            .subquery())
+    paid = (sa.select(dc.c.currency, sa.func.sum(dc.c.collected_amount).label("collected"))
+            .where(dc.c.barber_id == ALL_BARBERS).group_by(dc.c.currency).subquery())
+    return _all(await session.execute(
+        sa.select(sa.func.coalesce(owed.c.currency, paid.c.currency).label("currency"),
+                  sa.func.coalesce(owed.c.owed, 0).label("owed"), sa.func.coalesce(paid.c.collected, 0).label("collected"))
+        .select_from(owed.join(paid, owed.c.currency == paid.c.currency, full=True))))
+
+
+async def collections_by_status(session: AsyncSession) -> list[Row]:
+    return _all(await session.execute(
+        sa.select(cf.c.status, cf.c.currency, sa.func.count().label("n"), sa.func.sum(cf.c.amount).label("amount"))
+        .group_by(cf.c.status, cf.c.currency)))
