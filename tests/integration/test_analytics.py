@@ -26,7 +26,13 @@ from services.analytics import tables as at
 from services.analytics.app import create_app
 from services.analytics.settings import AnalyticsSettings
 from shared.db import PlatformTables
-from shared.events import CollectionDue, CollectionSettled, TransactionRecorded, encode_event, new_event
+from shared.events import (
+    CollectionDue,
+    CollectionSettled,
+    TransactionRecorded,
+    encode_event,
+    new_event,
+)
 from tests.integration.router_support import admin, barber
 from tests.support import eventually
 
