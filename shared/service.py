@@ -23,7 +23,7 @@ from litestar.params import SkipValidation
 
 from shared.auth import TokenVerifier, auth_middleware
 from shared.config import BaseSettings
-from shared.consumer import EventConsumer, Handler
+from shared.consumer import BatchHandler, EventConsumer, Handler
 from shared.db import HotPath, PlatformTables, create_engine, session_factory
 from shared.docs import openapi_config
 from shared.errors import ProblemError, exception_handlers
@@ -51,6 +51,9 @@ class ConsumerSpec:
     handler: Handler
     # Deterministic failures before the event is parked in dead_letters (transient ones retry forever).
     max_attempts: int = 5
+    # Optional: applies a whole fetched batch in one transaction (see `shared.consumer`); `handler`
+    # stays the one-event path a failed batch falls back to.
+    batch_handler: BatchHandler | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class ServiceRuntime:
                 name=f"{self.settings.service_name}-{spec.name}",
                 event_types=spec.event_types,
                 handler=spec.handler,
+                batch_handler=spec.batch_handler,
                 link=self.link,
                 unit_of_work=self.uow,
                 max_attempts=spec.max_attempts,

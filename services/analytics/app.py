@@ -25,7 +25,8 @@ def create_app(settings: settings_module.AnalyticsSettings | None = None, *,
     projections = Projections()
     reports = Reports(runtime, settings, clock=clock)
     runtime.consumer_specs = [
-        ConsumerSpec("transactions", ["transaction.recorded"], projections.apply_transaction_recorded),
+        ConsumerSpec("transactions", ["transaction.recorded"], projections.apply_transaction_recorded,
+                     batch_handler=projections.apply_transactions),
         ConsumerSpec("collections-due", ["collection.due"], projections.apply_collection_due),
         ConsumerSpec("collections-settled", ["collection.settled"], projections.apply_collection_settled),
     ]

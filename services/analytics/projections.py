@@ -15,7 +15,7 @@ import uuid
 from datetime import UTC, datetime
 
 from services.analytics import store
-from services.analytics.domain import Fact, rollup_deltas
+from services.analytics.domain import NONE, Fact, Measures, RollupKey, rollup_deltas
 from shared.events import CollectionDue, CollectionSettled, Event, TransactionRecorded
 from shared.observability import EVENT_LAG
 from shared.outbox import UnitOfWork
@@ -28,27 +28,49 @@ def fact_of_row(row: dict) -> Fact:
                 processor_fee=row["processor_fee"], day=row["day"])
 
 
+def fact_values(tx: TransactionRecorded, event: Event, now: datetime) -> dict:
+    processed_at = tx.processed_at.astimezone(UTC)
+    return dict(
+        transaction_id=tx.transaction_id, barber_id=tx.barber_id, appointment_id=tx.appointment_id,
+        client_id=tx.client_id, payment_type=tx.payment_type, processor=tx.processor,
+        connection_id=tx.connection_id, external_transaction_id=tx.external_transaction_id,
+        currency=tx.currency, status=tx.status, amount=tx.amount, refunded_amount=tx.refunded_amount,
+        commission_rate=tx.commission_rate, commission_amount=tx.commission_amount,
+        processor_fee=tx.processor_fee, processed_at=processed_at, day=processed_at.date(),
+        sequence=tx.sequence, source=tx.source, updated_at=now, event_at=event.occurred_at)
+
+
 class Projections:
     async def apply_transaction_recorded(self, uow: UnitOfWork, event: Event) -> None:
-        tx = event.decode(TransactionRecorded)
+        await self.apply_transactions(uow, [event])
+
+    async def apply_transactions(self, uow: UnitOfWork, events: list[Event]) -> None:
+        """A batch of `transaction.recorded`: per transaction its highest state wins (in the batch
+        and against the fact held), the rollups move by the sum of the deltas, in three statements
+        whatever the batch's size."""
+        latest: dict[str, tuple[Event, TransactionRecorded]] = {}
+        for event in events:
+            tx = event.decode(TransactionRecorded)
+            held = latest.get(tx.transaction_id)
+            if held is None or tx.sequence > held[1].sequence:
+                latest[tx.transaction_id] = (event, tx)
         session = uow.session
-        current = await store.lock_fact(session, tx.transaction_id)
-        if current is not None and tx.sequence <= current["sequence"]:
-            return  # the same state again, or an older one than we hold
-        processed_at = tx.processed_at.astimezone(UTC)
-        values = dict(
-            transaction_id=tx.transaction_id, barber_id=tx.barber_id, appointment_id=tx.appointment_id,
-            client_id=tx.client_id, payment_type=tx.payment_type, processor=tx.processor,
-            connection_id=tx.connection_id, external_transaction_id=tx.external_transaction_id,
-            currency=tx.currency, status=tx.status, amount=tx.amount, refunded_amount=tx.refunded_amount,
-            commission_rate=tx.commission_rate, commission_amount=tx.commission_amount,
-            processor_fee=tx.processor_fee, processed_at=processed_at, day=processed_at.date(),
-            sequence=tx.sequence, source=tx.source, updated_at=datetime.now(UTC))
-        after = fact_of_row(values)
-        await store.add_to_daily_payments(session, rollup_deltas(
-            fact_of_row(current) if current is not None else None, after))
-        await store.save_fact(session, values)
-        _lag(event)
+        current = await store.lock_facts(session, list(latest))
+        deltas: dict[RollupKey, Measures] = {}
+        facts = []
+        now = datetime.now(UTC)
+        for transaction_id, (event, tx) in latest.items():
+            held = current.get(transaction_id)
+            if held is not None and tx.sequence <= held["sequence"]:
+                continue  # the same state again, or an older one than we hold
+            values = fact_values(tx, event, now)
+            for key, delta in rollup_deltas(fact_of_row(held) if held else None, fact_of_row(values)).items():
+                deltas[key] = deltas.get(key, NONE) + delta
+            facts.append(values)
+        await store.add_to_daily_payments(session, {k: d for k, d in deltas.items() if not d.is_zero()})
+        await store.save_facts(session, facts)
+        for event, _ in latest.values():
+            _lag(event)
 
     async def apply_collection_due(self, uow: UnitOfWork, event: Event) -> None:
         due = event.decode(CollectionDue)

@@ -20,6 +20,9 @@ Row = dict[str, Any]
 tf, dp, cf, dc = t.transaction_facts, t.daily_payments, t.collection_facts, t.daily_collections
 
 
+_LOCK_FACTS = sa.text(
+    "SELECT count(pg_advisory_xact_lock(hashtextextended('analytics-fact:' || id, 0))) "
+    "FROM unnest(CAST(:ids AS text[])) AS id")
 COUNTS = ("transaction_count", "completed_count", "failed_count")
 
 
@@ -40,19 +43,23 @@ def _all(result) -> list[Row]:
 
 # ---- transaction facts and their rollups -----------------------------------------------------------------
 
-async def lock_fact(session: AsyncSession, transaction_id: str) -> Row | None:
-    """The transaction's fact, with every other writer of it held off until commit (an advisory
-    lock, so a fact not yet inserted is serialised too)."""
-    await session.execute(sa.select(sa.func.pg_advisory_xact_lock(
-        sa.func.hashtextextended(sa.literal(f"analytics-fact:{transaction_id}"), 0))))
-    return _one(await session.execute(sa.select(tf).where(tf.c.transaction_id == transaction_id)))
+async def lock_facts(session: AsyncSession, transaction_ids: list[str]) -> dict[str, Row]:
+    """The transactions' facts, with every other writer of them held off until commit: advisory
+    locks (so facts not inserted yet are serialised too), taken in one order so that two replicas
+    locking overlapping batches cannot deadlock."""
+    ids = sorted(set(transaction_ids))  # unnest keeps the array's order: the locks are taken in it
+    await session.execute(_LOCK_FACTS, {"ids": ids})
+    rows = await session.execute(sa.select(tf).where(tf.c.transaction_id.in_(ids)))
+    return {r["transaction_id"]: dict(r) for r in rows.mappings()}
 
 
-async def save_fact(session: AsyncSession, values: Row) -> None:
-    stmt = pg_insert(tf).values(**values)
+async def save_facts(session: AsyncSession, rows: list[Row]) -> None:
+    if not rows:
+        return
+    stmt = pg_insert(tf).values(sorted(rows, key=lambda r: r["transaction_id"]))
     await session.execute(stmt.on_conflict_do_update(
         index_elements=[tf.c.transaction_id],
-        set_={k: stmt.excluded[k] for k in values if k != "transaction_id"}))
+        set_={k: stmt.excluded[k] for k in rows[0] if k != "transaction_id"}))
 
 
 async def add_to_daily_payments(session: AsyncSession, deltas: dict[RollupKey, Measures]) -> None:

@@ -44,7 +44,8 @@ transaction_facts = sa.Table(
     sa.Column("day", sa.Date, nullable=False),  # the UTC day of processed_at: its rollup row
     sa.Column("sequence", sa.Integer, nullable=False),
     sa.Column("source", sa.Text, nullable=False),  # live | legacy
-    sa.Column("updated_at", TZ, nullable=False),
+    sa.Column("updated_at", TZ, nullable=False),  # when analytics applied this state
+    sa.Column("event_at", TZ, nullable=False),  # when the producer wrote it (the event's occurred_at)
     sa.Index("facts_barber_time", "barber_id", "processed_at"),
 )
 

@@ -65,6 +65,7 @@ def upgrade() -> None:
         sa.Column("sequence", sa.Integer, nullable=False),
         sa.Column("source", sa.Text, nullable=False),
         sa.Column("updated_at", TZ, nullable=False, server_default=NOW),
+        sa.Column("event_at", TZ, nullable=False),
         sa.CheckConstraint("payment_type in ('centralized', 'external')", name="fact_payment_type"),
         sa.CheckConstraint("status in ('pending', 'completed', 'failed', 'refunded', 'partially_refunded', "
                            "'canceled')", name="fact_status"),
