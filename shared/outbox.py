@@ -147,7 +147,9 @@ class UnitOfWork:
 
 
 class OutboxRelay:
-    """Publishes committed outbox rows in id order; several replicas may run (SKIP LOCKED)."""
+    """Publishes committed outbox rows, sent in id order; several replicas may run (SKIP LOCKED).
+    A row whose publish is not acknowledged stays unpublished and goes out again later, after
+    rows sent behind it: consumers order a transaction's states by `sequence`, not by arrival."""
 
     def __init__(
         self,
@@ -157,12 +159,14 @@ class OutboxRelay:
         *,
         batch_size: int = 200,
         poll_interval: float = 1.0,
+        ack_timeout: float = 5.0,
     ) -> None:
         self._sessions = sessions
         self._outbox = tables.outbox
         self._link = link
         self._batch_size = batch_size
         self._poll_interval = poll_interval
+        self._ack_timeout = ack_timeout
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task | None = None
@@ -228,20 +232,30 @@ class OutboxRelay:
                     .with_for_update(skip_locked=True)
                 )
             ).all()
-            published: list[int] = []
+            # Pipelined: every message of the batch is sent (in id order) before any ack is awaited,
+            # so a batch costs one round trip to JetStream, not one per event.
+            sent: list[tuple[Any, asyncio.Future]] = []
             failure: tuple[int, str] | None = None
             for row in rows:
                 try:
-                    ack = await js.publish(
-                        row.subject, row.body, stream=self._link.stream, headers={"Nats-Msg-Id": str(row.event_id)}
-                    )
-                except Exception as exc:  # keep what went out; retry the rest later, in order
+                    sent.append((row, await js.publish_async(
+                        row.subject, row.body, stream=self._link.stream, headers={"Nats-Msg-Id": str(row.event_id)},
+                        wait_stall=self._ack_timeout)))
+                except Exception as exc:  # the connection went: what was sent may still be acked
                     failure = (row.id, str(exc) or type(exc).__name__)
-                    OUTBOX_PUBLISH_ERRORS.inc()
                     break
+            acks = await asyncio.gather(*(asyncio.wait_for(future, self._ack_timeout) for _, future in sent),
+                                        return_exceptions=True)
+            published: list[int] = []
+            for (row, _), ack in zip(sent, acks, strict=True):
+                if isinstance(ack, BaseException):  # not acked: published again later (deduplicated by id)
+                    failure = failure or (row.id, str(ack) or type(ack).__name__)
+                    continue
                 published.append(row.id)
                 if ack.duplicate:
                     log.info("outbox_duplicate_dropped", event_id=str(row.event_id))
+            if failure is not None:
+                OUTBOX_PUBLISH_ERRORS.inc()
             await self._mark_published(session, published)
             if failure is not None:
                 await session.execute(

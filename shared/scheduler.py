@@ -60,7 +60,9 @@ class SingletonJob:
         self._job = job
         self._engine = engine
         self._clock = clock
-        self._key = lock_key(name)
+        # Job locks have a namespace of their own: a job's work may take named locks of its own
+        # (the aggregation's transaction lock was named like its job, and waited on it forever).
+        self.key = lock_key(f"job:{name}")
         self._stopping = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -97,7 +99,7 @@ class SingletonJob:
         """Run the job if no other replica is running it; False when it was skipped."""
         async with self._engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            if not await conn.scalar(sa.select(sa.func.pg_try_advisory_lock(self._key))):
+            if not await conn.scalar(sa.select(sa.func.pg_try_advisory_lock(self.key))):
                 JOB_RUNS.labels(self.name, "skipped").inc()
                 return False
             try:
@@ -108,5 +110,5 @@ class SingletonJob:
                 raise
             finally:
                 with contextlib.suppress(Exception):
-                    await conn.scalar(sa.select(sa.func.pg_advisory_unlock(self._key)))
+                    await conn.scalar(sa.select(sa.func.pg_advisory_unlock(self.key)))
         return True

@@ -41,16 +41,16 @@ class Measures:
     barber_net: Decimal = ZERO
 
     def __add__(self, other: Measures) -> Measures:
-        return Measures(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        return Measures(*(getattr(self, m) + getattr(other, m) for m in MEASURES))
 
     def __neg__(self) -> Measures:
-        return Measures(*(-getattr(self, f.name) for f in fields(self)))
+        return Measures(*(-getattr(self, m) for m in MEASURES))
 
     def __sub__(self, other: Measures) -> Measures:
         return self + -other
 
     def is_zero(self) -> bool:
-        return all(not getattr(self, f.name) for f in fields(self))
+        return all(not getattr(self, m) for m in MEASURES)
 
 
 MEASURES = tuple(f.name for f in fields(Measures))

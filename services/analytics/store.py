@@ -53,25 +53,35 @@ async def lock_facts(session: AsyncSession, transaction_ids: list[str]) -> dict[
     return {r["transaction_id"]: dict(r) for r in rows.mappings()}
 
 
+def _fact_upsert() -> Any:
+    stmt = pg_insert(tf)
+    return stmt.on_conflict_do_update(index_elements=[tf.c.transaction_id], set_={
+        c.name: stmt.excluded[c.name] for c in tf.columns if c.name != "transaction_id"})
+
+
+def _rollup_upsert() -> Any:
+    stmt = pg_insert(dp)
+    return stmt.on_conflict_do_update(
+        index_elements=[dp.c.day, dp.c.barber_id, dp.c.payment_type, dp.c.processor, dp.c.currency, dp.c.source],
+        set_={m: dp.c[m] + stmt.excluded[m] for m in MEASURES})
+
+
+# Built once and run with a list of rows (one cached statement whatever the batch's size).
+_SAVE_FACTS, _ADD_TO_ROLLUPS = _fact_upsert(), _rollup_upsert()
+
+
 async def save_facts(session: AsyncSession, rows: list[Row]) -> None:
-    if not rows:
-        return
-    stmt = pg_insert(tf).values(sorted(rows, key=lambda r: r["transaction_id"]))
-    await session.execute(stmt.on_conflict_do_update(
-        index_elements=[tf.c.transaction_id],
-        set_={k: stmt.excluded[k] for k in rows[0] if k != "transaction_id"}))
+    if rows:
+        await session.execute(_SAVE_FACTS, sorted(rows, key=lambda r: r["transaction_id"]))
 
 
 async def add_to_daily_payments(session: AsyncSession, deltas: dict[RollupKey, Measures]) -> None:
-    if not deltas:
-        return
-    rows = [dict(day=day, barber_id=barber, payment_type=payment_type, processor=processor, currency=currency,
+    """Add each delta to its rollup row, in key order (see the module's note on deadlocks)."""
+    if deltas:
+        await session.execute(_ADD_TO_ROLLUPS, [
+            dict(day=day, barber_id=barber, payment_type=payment_type, processor=processor, currency=currency,
                  source=source, **{m: getattr(delta, m) for m in MEASURES})
-            for (day, barber, payment_type, processor, currency, source), delta in sorted(deltas.items())]
-    stmt = pg_insert(dp).values(rows)
-    await session.execute(stmt.on_conflict_do_update(
-        index_elements=[dp.c.day, dp.c.barber_id, dp.c.payment_type, dp.c.processor, dp.c.currency, dp.c.source],
-        set_={m: dp.c[m] + stmt.excluded[m] for m in MEASURES}))
+            for (day, barber, payment_type, processor, currency, source), delta in sorted(deltas.items())])
 
 
 async def daily_payments(session: AsyncSession, *, barber_id: int, currency: str, start: date, end: date,

@@ -20,6 +20,12 @@ from shared.outbox import UnitOfWork
 
 
 class AccrualService:
+    async def apply_transactions_recorded(self, uow: UnitOfWork, events: list[Event]) -> None:
+        """A fetched batch in one transaction (one commit and one ack round for all of them);
+        each event as on its own, in delivery order."""
+        for event in events:
+            await self.apply_transaction_recorded(uow, event)
+
     async def apply_transaction_recorded(self, uow: UnitOfWork, event: Event) -> None:
         tx = event.decode(TransactionRecorded)
         if tx.payment_type != "external":  # centralized: the commission was the application fee

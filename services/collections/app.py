@@ -31,7 +31,8 @@ def create_app(settings: settings_module.CollectionsSettings | None = None, *,
     accruals = AccrualService()
     collections = CollectionService(runtime, settings, processor, clock=clock)
     runtime.consumer_specs = [
-        ConsumerSpec("accruals", ["transaction.recorded"], accruals.apply_transaction_recorded),
+        ConsumerSpec("accruals", ["transaction.recorded"], accruals.apply_transaction_recorded,
+                     batch_handler=accruals.apply_transactions_recorded),
         ConsumerSpec("settings", ["config.changed"], accruals.apply_config_changed),
         ConsumerSpec("collecting", ["collection.due"], collections.apply_collection_due),
     ]

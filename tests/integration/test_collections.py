@@ -245,6 +245,22 @@ async def test_two_concurrent_runs_bill_each_accrual_once(client, db, js, event_
         assert await accrual_sum(db, b, unbilled_only=True) == 0
 
 
+async def test_the_scheduled_run_bills_under_its_job_lock(client, db, js, event_names, app):
+    """As the schedule runs it: the job takes its singleton lock, then the aggregation takes its
+    own transaction lock. The two once shared a name, and the first scheduled run waited on its
+    own job lock forever (and every POST /run behind it)."""
+    b = next_barber()
+    await feed(js, event_names, db, recorded(b, f"tx-sched-{b}", commission="30.00"))
+    job = app.state.runtime.jobs["aggregation"]
+
+    async def run_job():
+        return await asyncio.wait_for(job.run_once(now=START + timedelta(days=30)), timeout=15)
+
+    assert await asyncio.to_thread(client.blocking_portal.call, run_job) is True
+    assert await accrual_sum(db, b, unbilled_only=True) == 0
+    await books_balance(db, b)
+
+
 # ---- collecting and dunning ---------------------------------------------------------------------------
 
 async def wait_status(client, b: int, status: str, attempts: int | None = None) -> dict:

@@ -108,14 +108,14 @@ async def test_crash_between_publish_and_mark_is_deduplicated_by_jetstream(sessi
 
     acks = []
     restarted = make_relay(sessions, link)
-    original_publish = link.js.publish
+    original_publish = link.js.publish_async
 
     async def spy(*args, **kwargs):
-        ack = await original_publish(*args, **kwargs)
-        acks.append(ack)
-        return ack
+        future = await original_publish(*args, **kwargs)
+        future.add_done_callback(lambda done: acks.append(done.result()))
+        return future
 
-    monkeypatch.setattr(link.js, "publish", spy)
+    monkeypatch.setattr(link.js, "publish_async", spy)
     await restarted.publish_pending()
     assert [ack.duplicate for ack in acks] == [True]
     assert await stream_messages(link) == 1
@@ -131,14 +131,42 @@ async def test_nats_down_keeps_events_until_it_is_back(sessions, link, monkeypat
     async def refuse(*_args, **_kwargs):
         raise ConnectionError("nats unavailable")
 
-    original = link.js.publish
-    monkeypatch.setattr(link.js, "publish", refuse)
+    original = link.js.publish_async
+    monkeypatch.setattr(link.js, "publish_async", refuse)
     with pytest.raises(RuntimeError, match="publish failed"):
         await relay.publish_pending()
     assert all([await unpublished(sessions, e.event_id) for e in events])
-    monkeypatch.setattr(link.js, "publish", original)
+    monkeypatch.setattr(link.js, "publish_async", original)
     assert await relay.publish_pending() == 3
     assert await stream_messages(link) == 3
+
+
+async def test_an_unacknowledged_publish_stays_in_the_outbox_while_the_rest_go(sessions, link, monkeypatch):
+    """The batch is pipelined: one message whose ack never comes stays unpublished (and goes out
+    on the next round), the others are marked published."""
+    from shared.outbox import OutboxRelay
+    from tests.integration.platform_support import tables
+
+    async with make_uow(sessions, link) as uow:
+        events = [await add_widget_with_event(uow, f"lost-ack-{i}") for i in range(3)]
+        await uow.commit()
+    relay = OutboxRelay(sessions, tables, link, poll_interval=0.1, ack_timeout=0.5)
+    original = link.js.publish_async
+    calls = []
+
+    async def lose_the_second(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:  # sent, say, but its ack is lost
+            return asyncio.get_running_loop().create_future()
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(link.js, "publish_async", lose_the_second)
+    with pytest.raises(RuntimeError, match="publish failed"):
+        await relay.publish_pending()
+    assert [await unpublished(sessions, e.event_id) for e in events] == [False, True, False]
+    monkeypatch.setattr(link.js, "publish_async", original)
+    assert await relay.publish_pending() == 1
+    assert not any([await unpublished(sessions, e.event_id) for e in events])
 
 
 class Applied:

@@ -27,7 +27,6 @@ import stripe
 from services.router import tables as t
 from shared.db import PlatformTables
 from shared.events import ConnectionChanged, encode_event, new_event
-from shared.scheduler import lock_key
 from tests.conftest import JWT_SECRET
 from tests.integration.conftest import ROUTER_SIM_KEY
 from tests.integration.router_support import BASE, admin, barber, sim_call
@@ -321,9 +320,9 @@ async def test_a_canceled_payment_intent_is_recorded_canceled(client, db, stripe
 async def test_the_sweeper_runs_in_one_replica_at_a_time(client, router_app, router_db):
     job = router_app.state.runtime.jobs["pending-sweeper"]
     async with router_db.connect() as holder:  # another replica, mid-run
-        await holder.execute(sa.select(sa.func.pg_advisory_lock(lock_key(job.name))))
+        await holder.execute(sa.select(sa.func.pg_advisory_lock(job.key)))
         assert await in_app(client, job.run_once) is False
-        await holder.execute(sa.select(sa.func.pg_advisory_unlock(lock_key(job.name))))
+        await holder.execute(sa.select(sa.func.pg_advisory_unlock(job.key)))
     assert await in_app(client, job.run_once) is True
 
 

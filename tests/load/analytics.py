@@ -17,7 +17,10 @@ to apply them all.
 fixed rate (open loop, to the simulator), waits until analytics has applied every one, and reads
 the lag per payment from analytics' facts: `updated_at` (applied, in the same transaction as the
 rollups the dashboard reads) minus `event_at` (the producer wrote the event, in the transaction of
-the payment). Results are printed and written to `.run/analytics-bench-<name>.json`.
+the payment). `lag --synthetic` measures the event path alone: on a scratch database, this process
+is the producer (a service runtime with the real unit of work and outbox relay, committing one
+`transaction.recorded` per payment at the rate), so the router's own cost of taking a payment is
+out of the figure. Results are printed and written to `.run/analytics-bench-<name>.json`.
 """
 
 from __future__ import annotations
@@ -300,6 +303,19 @@ def consumer_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---- lag at a steady rate, against make run ----------------------------------------------------------------
 
+async def open_loop(rate: float, duration: float, send) -> float:
+    """Start `send(n)` on a fixed timetable (n / rate seconds), whatever the answers take; wait for
+    all of them; return how long sending took."""
+    tasks, start = [], time.perf_counter()
+    for n, offset in enumerate(send_offsets(rate, duration)):
+        delay = start + offset - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(send(n)))
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - start
+
+
 async def lag_run(args: argparse.Namespace) -> dict[str, Any]:
     secret = pick_jwt_secret(args.jwt_secret)
     if not secret:
@@ -323,42 +339,84 @@ async def lag_run(args: argparse.Namespace) -> dict[str, Any]:
             started = time.perf_counter()
             try:
                 async with http.post(f"{hp}/process", headers=tokens[b], json={
-                        "appointment_id": n, "amount": f"{20 + n % 80}.00", "payment_method": "pm_card_visa"}) as resp:
+                        "appointment_id": n + 1, "amount": f"{20 + n % 80}.00",
+                        "payment_method": "pm_card_visa"}) as resp:
                     body = await resp.json(content_type=None)
                     if resp.status == 200:
                         paid.append(body["transaction_id"])
                         latencies.append(time.perf_counter() - started)
                     else:
-                        errors[str(resp.status)] = errors.get(str(resp.status), 0) + 1
+                        kind = f"{resp.status} {body.get('code') if isinstance(body, dict) else ''}".strip()
+                        errors[kind] = errors.get(kind, 0) + 1
             except aiohttp.ClientError as exc:
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
 
-        tasks = []
-        start = time.perf_counter()
-        for n, offset in enumerate(send_offsets(args.rate, args.duration)):
-            delay = start + offset - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(pay(n)))
-        await asyncio.gather(*tasks)
-        sent_s = time.perf_counter() - start
-    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
+        sent_s = await open_loop(args.rate, args.duration, pay)
+    lags = await applied_lags(database_url.replace("postgresql+asyncpg://", "postgresql://"), paid, "completed")
+    return {"mode": "make run, payments through the router", "rate": args.rate, "duration_s": args.duration,
+            "payments": len(paid), "errors": errors, "achieved_per_s": round(len(paid) / sent_s, 1),
+            "process_latency": ms(latencies), "event_lag": ms(lags)}
+
+
+async def synthetic_lag(scratch: Scratch, rate: float, duration: float) -> dict[str, Any]:
+    from services.router.tables import metadata as producer_tables
+    from shared.config import BaseSettings
+    from shared.service import ServiceRuntime
+
+    producer = ServiceRuntime(settings=BaseSettings(
+        service_name="bench-producer", database_url=scratch.url, nats_url=scratch.nats_url,
+        event_stream=scratch.stream, event_subject_prefix=scratch.prefix, jwt_secret=SECRET), metadata=producer_tables)
+    await producer.start()
+    ids: list[str] = []
+    commit_ms: list[float] = []
+    try:
+        async def pay(n: int) -> None:
+            amount = Decimal(2000 + n % 8000).scaleb(-2)
+            payload = TransactionRecorded(
+                transaction_id=f"lag-{n}", barber_id=1 + n % 100, appointment_id=n + 1, client_id=n % 40,
+                payment_type="centralized", processor="stripe", connection_id=None, external_transaction_id=None,
+                amount=amount, refunded_amount=Decimal(0), currency="USD", status="completed",
+                commission_rate=Decimal("0.20"), commission_amount=(amount / 5).quantize(Decimal("0.01")),
+                processor_fee=Decimal("0.88"), processed_at=datetime.now(UTC), sequence=1)
+            started = time.perf_counter()
+            async with producer.uow() as uow:
+                uow.emit(payload)
+                await uow.commit()
+            commit_ms.append(time.perf_counter() - started)
+            ids.append(f"lag-{n}")
+
+        sent_s = await open_loop(rate, duration, pay)
+        lags = await applied_lags(scratch.dsn, ids, "completed")
+    finally:
+        await producer.stop()
+    return {"mode": "synthetic producer", "rate": rate, "duration_s": duration, "payments": len(ids),
+            "achieved_per_s": round(len(ids) / sent_s, 1), "producer_commit": ms(commit_ms), "event_lag": ms(lags)}
+
+
+async def applied_lags(dsn: str, ids: list[str], status: str, timeout: float = 120) -> list[float]:
+    """Per transaction: analytics applied it (`updated_at`) minus the producer wrote it (`event_at`)."""
     conn = await asyncpg.connect(dsn)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + timeout
         while True:
             rows = await conn.fetch("SELECT extract(epoch FROM updated_at - event_at) AS lag, status "
-                                    "FROM analytics.transaction_facts WHERE transaction_id = ANY($1::text[])", paid)
-            if len(rows) == len(paid) and all(r["status"] == "completed" for r in rows):
-                break
+                                    "FROM analytics.transaction_facts WHERE transaction_id = ANY($1::text[])", ids)
+            if len(rows) == len(ids) and all(r["status"] == status for r in rows):
+                return [float(r["lag"]) for r in rows]
             if time.monotonic() > deadline:
-                raise SystemExit(f"analytics applied {len(rows)} of {len(paid)} payments in 120 s")
+                raise SystemExit(f"analytics applied {len(rows)} of {len(ids)} payments in {timeout} s")
             await asyncio.sleep(0.5)
     finally:
         await conn.close()
-    lags = [float(r["lag"]) for r in rows]
-    return {"rate": args.rate, "duration_s": args.duration, "payments": len(paid), "errors": errors,
-            "achieved_per_s": round(len(paid) / sent_s, 1), "process_latency": ms(latencies), "event_lag": ms(lags)}
+
+
+def synthetic_lag_bench(args: argparse.Namespace) -> dict[str, Any]:
+    with Scratch(args.server, args.nats_url) as scratch:
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(upgrade, "router", scratch.url).result()  # the producer's outbox
+        context, _ = scratch.service(ROOT / ".run" / "analytics-bench-lag.log")
+        with context:
+            return asyncio.run(synthetic_lag(scratch, args.rate, args.duration))
 
 
 # ---- the command line ---------------------------------------------------------------------------------------
@@ -384,11 +442,14 @@ def main(argv: list[str] | None = None) -> int:
     lag.add_argument("--duration", type=float, default=30.0)
     lag.add_argument("--barbers", type=int, default=100)
     lag.add_argument("--barber-id-start", type=int, default=990_001)
+    lag.add_argument("--synthetic", action="store_true", help="a producer of its own on a scratch database")
     args = parser.parse_args(argv)
     if args.bench == "dashboard":
         save("dashboard", dashboard_bench(args))
     elif args.bench == "consumer":
         save("consumer", consumer_bench(args))
+    elif args.synthetic:
+        save("lag-synthetic", synthetic_lag_bench(args))
     else:
         save("lag", asyncio.run(lag_run(args)))
     return 0
