@@ -26,8 +26,8 @@ class AnalyticsController(Controller):
     @get("/dashboard", guards=barbers_and_admins)
     async def dashboard(
         self, request: Caller, reports: ReportsDep, barber_id: BarberId = None,
-        start: Annotated[str | None, QueryParameter(name="from", max_length=10,
-                                                    description="first UTC day, YYYY-MM-DD (default: to - 29 days)")] = None,
+        start: Annotated[str | None, QueryParameter(
+            name="from", max_length=10, description="first UTC day, YYYY-MM-DD (default: to - 29 days)")] = None,
         end: Annotated[str | None, QueryParameter(name="to", max_length=10,
                                                   description="last UTC day, YYYY-MM-DD (default: today)")] = None,
         currency: Currency = "USD",

@@ -172,7 +172,8 @@ def _totals(m: Measures, currency: str) -> dict:
     rate = success_rate(m)
     return dict(
         transaction_count=m.transaction_count, completed_count=m.completed_count, failed_count=m.failed_count,
-        gross_volume=format_amount(m.gross_volume, currency), refunded_amount=format_amount(m.refunded_amount, currency),
+        gross_volume=format_amount(m.gross_volume, currency),
+        refunded_amount=format_amount(m.refunded_amount, currency),
         success_rate=None if rate is None else str(rate), commission=format_amount(m.commission, currency),
         processor_fees=format_amount(m.processor_fees, currency), barber_net=format_amount(m.barber_net, currency))
 

@@ -161,7 +161,8 @@ async def commission_by_currency(session: AsyncSession) -> list[Row]:
             .where(dc.c.barber_id == ALL_BARBERS).group_by(dc.c.currency).subquery())
     return _all(await session.execute(
         sa.select(sa.func.coalesce(owed.c.currency, paid.c.currency).label("currency"),
-                  sa.func.coalesce(owed.c.owed, 0).label("owed"), sa.func.coalesce(paid.c.collected, 0).label("collected"))
+                  sa.func.coalesce(owed.c.owed, 0).label("owed"),
+                  sa.func.coalesce(paid.c.collected, 0).label("collected"))
         .select_from(owed.join(paid, owed.c.currency == paid.c.currency, full=True))))
 
 
