@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.synced
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-unit test-integration test-e2e migrate downgrade load lint clean
+.PHONY: setup run test test-unit test-integration test-e2e migrate downgrade load rollback lint clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,12 @@ downgrade: setup
 # http://127.0.0.1:8000 goes through the dev gateway). LOAD_ARGS: any other bench flags.
 load: setup
 	$(PY) -m tests.load.bench $(if $(LOAD_URL),--router-url '$(LOAD_URL)') $(LOAD_ARGS)
+
+# Barbers back to centralized payments with fallback on, through the router's API (it must be up):
+# make rollback BARBER=42, or make rollback ALL=1. ROLLBACK_ARGS: e.g. --dry-run, --router-url URL.
+rollback: setup
+	@test -n "$(BARBER)$(ALL)" || { echo "make rollback BARBER=<id> or make rollback ALL=1" >&2; exit 2; }
+	$(PY) -m tools.rollback $(if $(BARBER),--barber $(BARBER)) $(if $(ALL),--all) $(ROLLBACK_ARGS)
 
 clean:
 	rm -rf .run .pytest_cache .hypothesis

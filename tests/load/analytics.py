@@ -46,10 +46,10 @@ import nats
 from shared.auth import issue_token
 from shared.events import TransactionRecorded, encode_event, ensure_stream, new_event
 from shared.migrations import upgrade
-from tests.load.bench import pick_database_url, pick_jwt_secret
 from tests.load.stats import percentile, send_offsets
 from tests.support import free_port, running_process
 from tools.devinfra import create_database, drop_database
+from tools.runstate import pick_database_url, pick_jwt_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "analytics-bench-secret-0123456789abcdef"

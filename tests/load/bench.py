@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -27,39 +26,21 @@ from rich.console import Console
 from rich.table import Table
 
 from tests.load.ceiling import PATH as CEILING_PATH
-from tests.load.loadtest import CONFIG_PATH, LoadConfig, LoadError, check_target, render, run_load, write_json
+from tests.load.loadtest import (
+    CONFIG_PATH,
+    LoadConfig,
+    LoadError,
+    check_target,
+    render,
+    run_load,
+    write_json,
+)
 from tests.load.stats import compare
+from tools.runstate import pick_database_url, pick_jwt_secret
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN_STATE = ROOT / ".run" / "run.json"  # written by `make run`
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 console = Console()
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an HTTP proxy
-
-
-def _run_state() -> dict[str, Any]:
-    try:
-        return json.loads(RUN_STATE.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def pick_database_url(given: str | None) -> tuple[str, str]:
-    """--database-url, else $DATABASE_URL, else the database `make run` recorded, else the local default."""
-    for url, source in ((given, "--database-url"), (os.environ.get("DATABASE_URL"), "DATABASE_URL"),
-                        (_run_state().get("database_url"), str(RUN_STATE.relative_to(ROOT)))):
-        if url:
-            return url, source
-    return DEFAULT_DATABASE_URL, "default"
-
-
-def pick_jwt_secret(given: str | None) -> str:
-    if given or os.environ.get("JWT_SECRET"):
-        return given or os.environ["JWT_SECRET"]
-    from shared.config import read_dotenv
-
-    from_dotenv = read_dotenv(ROOT / ".env").get("JWT_SECRET", "") if (ROOT / ".env").exists() else ""
-    return from_dotenv or _run_state().get("jwt_secret", "")
 
 
 def via_gateway(router_url: str) -> bool:

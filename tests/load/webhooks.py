@@ -40,7 +40,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from tests.load.bench import ceiling_app, pick_database_url, pick_jwt_secret, reachable
+from tests.load.bench import ceiling_app, reachable
 from tests.load.ceiling import PATH as CEILING_PATH
 from tests.load.loadtest import (
     ADMIN_SUBJECT,
@@ -57,6 +57,7 @@ from tests.load.loadtest import (
     write_json,
 )
 from tests.load.stats import MIN_SUCCESS_RATE, Recorder, summarize, verdict
+from tools.runstate import pick_database_url, pick_jwt_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_URL = "http://127.0.0.1:8002"  # the external service under `make run`
