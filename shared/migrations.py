@@ -68,6 +68,34 @@ def alembic_config(service: str, database_url: str | None = None) -> Config:
     return cfg
 
 
+class SchemaNotAtHead(RuntimeError):
+    """A service's schema is not at the revision its code needs."""
+
+
+def head_revision(service: str) -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config(service)).get_current_head()
+    assert head is not None
+    return head
+
+
+async def check_at_head(service: str, engine) -> None:
+    """Refuse to run a service on a schema its code was not written for (a deploy before its
+    migration, or a restore of an older backup): a clear message instead of errors mid-request."""
+    if service not in SERVICES:
+        return
+    head = head_revision(service)
+    async with engine.connect() as conn:
+        exists = await conn.scalar(sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": f"{service}.alembic_version"})
+        found = (await conn.scalar(sa.text(f'SELECT version_num FROM "{service}".alembic_version'))
+                 if exists else None)
+    if found != head:
+        raise SchemaNotAtHead(
+            f"the {service} schema is at {found or 'no revision (not migrated)'}, this code needs {head}: "
+            f"run `make migrate` (or `python -m tools.migrate upgrade --service {service}`), then start it again")
+
+
 def upgrade(service: str, database_url: str | None = None, revision: str = "head") -> None:
     command.upgrade(alembic_config(service, database_url), revision)
 

@@ -29,6 +29,7 @@ from shared.docs import openapi_config
 from shared.errors import ProblemError, exception_handlers
 from shared.idempotency import IdempotencyStore
 from shared.messaging import NatsLink
+from shared.migrations import check_at_head
 from shared.observability import configure_logging, metrics_payload, request_context_middleware
 from shared.outbox import OutboxRelay, UnitOfWork
 from shared.ratelimit import rate_limit_middleware
@@ -92,6 +93,7 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         self.engine = create_engine(self.settings)
+        await check_at_head(self.settings.service_name, self.engine)
         self.sessions = session_factory(self.engine)
         self.hot_path = HotPath(self.settings)
         await self.hot_path.start()

@@ -3,6 +3,7 @@ each in its own schema with its own version table."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -79,3 +80,33 @@ async def test_the_migrated_schema_matches_the_tables_module(database_url, servi
     finally:
         await engine.dispose()
     assert drift == [], f"{service}: tables.py and the migrations disagree: {drift}"
+
+
+async def test_a_service_refuses_to_start_on_a_schema_not_at_head(scratch_database, make_settings):
+    """An old schema (a deploy before its migration, a restore of an older backup) or none at all:
+    the service stops at start with what to run, instead of failing in the middle of requests."""
+    from litestar.testing import AsyncTestClient
+
+    from services.router.app import create_app
+    from services.router.settings import RouterSettings
+    from shared.migrations import head_revision
+
+    settings = make_settings(RouterSettings, database_url=scratch_database, log_level="error")
+
+    async def start_failure() -> str:
+        try:
+            async with AsyncTestClient(create_app(settings)):
+                return ""
+        except BaseException as exc:  # the test client wraps it in an ExceptionGroup
+            while isinstance(exc, BaseExceptionGroup):
+                exc = exc.exceptions[0]
+            return f"{type(exc).__name__}: {exc}"
+
+    assert re.search("SchemaNotAtHead: .*not migrated.*make migrate", await start_failure())
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(upgrade, "router", scratch_database, "rou0004").result()
+    assert f"at rou0004, this code needs {head_revision('router')}" in await start_failure()
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(upgrade, "router", scratch_database).result()
+    async with AsyncTestClient(create_app(settings)) as client:
+        assert (await client.get("/health/ready")).status_code == 200
