@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.synced
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-unit test-integration test-e2e migrate downgrade load rollback lint clean
+.PHONY: setup run test test-unit test-integration test-e2e migrate downgrade load rollback backup restore lint clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,16 @@ downgrade: setup
 # http://127.0.0.1:8000 goes through the dev gateway). LOAD_ARGS: any other bench flags.
 load: setup
 	$(PY) -m tests.load.bench $(if $(LOAD_URL),--router-url '$(LOAD_URL)') $(LOAD_ARGS)
+
+# Dump every service schema (and LEGACY_DSN's database when given), prove the dump restores, print where.
+backup: setup
+	$(PY) -m tools.backup backup $(if $(LEGACY_DSN),--legacy-dsn '$(LEGACY_DSN)')
+
+# The database rollback: put a `make backup` dump back (refuses while the services are connected
+# unless FORCE=1), then check the revisions and row counts against its manifest.
+restore: setup
+	@test -n "$(BACKUP)" || { echo "make restore BACKUP=<file written by make backup> [FORCE=1]" >&2; exit 2; }
+	$(PY) -m tools.backup restore '$(BACKUP)' $(if $(FORCE),--force)
 
 # Barbers back to centralized payments with fallback on, through the router's API (it must be up):
 # make rollback BARBER=42, or make rollback ALL=1. ROLLBACK_ARGS: e.g. --dry-run, --router-url URL.

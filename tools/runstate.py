@@ -20,13 +20,16 @@ def _run_state() -> dict[str, Any]:
         return {}
 
 
-def pick_database_url(given: str | None) -> tuple[str, str]:
-    """--database-url, else $DATABASE_URL, else the database `make run` recorded, else the local default."""
+SUITE_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/hybrid_payments"  # the services' own default
+
+
+def pick_database_url(given: str | None, default: str = DEFAULT_DATABASE_URL) -> tuple[str, str]:
+    """--database-url, else $DATABASE_URL, else the database `make run` recorded, else `default`."""
     for url, source in ((given, "--database-url"), (os.environ.get("DATABASE_URL"), "DATABASE_URL"),
                         (_run_state().get("database_url"), str(RUN_STATE.relative_to(ROOT)))):
         if url:
             return url, source
-    return DEFAULT_DATABASE_URL, "default"
+    return default, "default"
 
 
 def pick_jwt_secret(given: str | None) -> str:

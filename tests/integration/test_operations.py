@@ -1,9 +1,11 @@
-"""Operator commands against the services as real processes: rolling barbers back to centralized
-payments (`tools.rollback`, `make rollback`)."""
+"""Operator commands: rolling barbers back to centralized payments (`tools.rollback`, against the
+router as a real process), and backup and restore (`tools.backup`, on databases of their own)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import os
 
 import aiohttp
@@ -88,3 +90,73 @@ def test_the_command_says_when_the_router_cannot_be_reached(capsys):
     code = rollback.main(["--barber", "5", "--router-url", f"http://127.0.0.1:{free_port()}",
                           "--jwt-secret", JWT_SECRET])
     assert code == 2 and "HYBRID_PAYMENTS_ENABLED=false" in capsys.readouterr().err
+
+
+# ---- backup and restore ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def suite_database(infra):
+    """A database of its own with every service's schema at head."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared.migrations import SERVICES, upgrade
+    from tools.devinfra import create_database, drop_database
+
+    name = f"hp_ops_{next(_ids)}_{os.getpid()}"
+    create_database(infra.postgres_url, name)
+    url = infra.database_url(name)
+    with ThreadPoolExecutor(1) as pool:
+        for service in SERVICES:
+            pool.submit(upgrade, service, url).result()
+    yield url.replace("postgresql+asyncpg://", "postgresql://")
+    drop_database(infra.postgres_url, name)
+
+
+async def tool(database_url: str, *args: str) -> int:
+    from tools import backup
+
+    return await asyncio.to_thread(backup.main, ["--database-url", database_url, *args])
+
+
+async def test_a_backup_is_proved_and_restores_what_was_dumped(suite_database, tmp_path):
+    import asyncpg
+
+    from tools import backup
+
+    conn = await asyncpg.connect(suite_database)
+    try:
+        await conn.execute("INSERT INTO router.hybrid_payment_configs (barber_id, payment_mode, commission_rate, "
+                           "version) VALUES (7, 'hybrid', 0.125, 3)")
+        assert await tool(suite_database, "backup", "--out", str(tmp_path)) == 0
+        [dumped] = list(tmp_path.glob("hybrid-payments-*.dump"))
+        manifest = json.loads(dumped.with_suffix(".json").read_text())
+        assert manifest["row_counts"]["router.hybrid_payment_configs"] == 1
+        assert set(manifest["revisions"]) == {"router", "external", "collections", "analytics"}
+        # Things go wrong after the backup ...
+        await conn.execute("DELETE FROM router.hybrid_payment_configs")
+        await conn.execute("INSERT INTO analytics.daily_collections VALUES ('2026-11-26', 0, 'USD', 1, 5)")
+        # ... the restore refuses while another session (here: this one) is connected ...
+        assert await tool(suite_database, "restore", str(dumped)) == 1
+    finally:
+        await conn.close()
+    # ... and puts back exactly what was dumped once nobody is.
+    assert await tool(suite_database, "restore", str(dumped)) == 0
+    conn = await asyncpg.connect(suite_database)
+    rows = await conn.fetch("SELECT barber_id, payment_mode, version FROM router.hybrid_payment_configs")
+    await conn.close()
+    assert [tuple(r) for r in rows] == [(7, "hybrid", 3)]
+    found = await backup.manifest_of(suite_database, manifest["schemas"])
+    assert found["row_counts"]["analytics.daily_collections"] == 0 and found["revisions"] == manifest["revisions"]
+
+
+async def test_a_dump_that_does_not_match_its_manifest_is_caught(suite_database, tmp_path):
+    from tools import backup
+
+    assert await tool(suite_database, "backup", "--out", str(tmp_path)) == 0
+    [dumped] = list(tmp_path.glob("hybrid-payments-*.dump"))
+    manifest_path = dumped.with_suffix(".json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["row_counts"]["router.hybrid_payment_configs"] = 5  # as if rows went missing from the dump
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(backup.BackupError, match="row count of router.hybrid_payment_configs: expected 5, found 0"):
+        await asyncio.to_thread(backup.prove, dumped, suite_database)
