@@ -49,6 +49,9 @@ PENDING_COLLECTIONS_AMOUNT = Gauge("pending_collections_amount", "Amount of coll
                                    ["status", "currency"])
 EVENT_LAG = Histogram("analytics_event_lag_seconds", "From an event's creation to analytics applying it",
                       ["event_type"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60))
+OUTBOX_BACKLOG = Gauge("outbox_backlog", "Events committed but not yet published to JetStream", ["service"])
+CONSUMER_LAG = Gauge("consumer_lag", "Events in the stream not yet applied by a consumer", ["consumer"])
+DEAD_LETTERS_WAITING = Gauge("dead_letters_waiting", "Parked events not replayed yet", ["service"])
 JOB_RUNS = Counter("scheduled_job_runs_total", "Scheduled job runs by outcome", ["job", "outcome"])
 
 REQUEST_ID_HEADER = "x-request-id"

@@ -30,7 +30,14 @@ from shared.errors import ProblemError, exception_handlers
 from shared.idempotency import IdempotencyStore
 from shared.messaging import NatsLink
 from shared.migrations import check_at_head
-from shared.observability import configure_logging, metrics_payload, request_context_middleware
+from shared.observability import (
+    CONSUMER_LAG,
+    DEAD_LETTERS_WAITING,
+    OUTBOX_BACKLOG,
+    configure_logging,
+    metrics_payload,
+    request_context_middleware,
+)
 from shared.outbox import OutboxRelay, UnitOfWork
 from shared.ratelimit import rate_limit_middleware
 from shared.requests import TYPE_DECODERS, ExactJSONRequest, PlainDecimalSchema
@@ -116,12 +123,32 @@ class ServiceRuntime:
             )
             consumer.start()
             self.consumers.append(consumer)
-        for job_spec in self.job_specs:
+        for job_spec in [*self.job_specs, JobSpec("pipeline-metrics", 15.0, self.refresh_pipeline_metrics)]:
             job = SingletonJob(f"{self.settings.service_name}-{job_spec.name}", job_spec.interval, job_spec.job,
                                self.engine)
             self.jobs[job_spec.name] = job
             if self.start_jobs:
                 job.start()
+
+    async def refresh_pipeline_metrics(self, now: Any = None) -> None:
+        """The event pipeline as Prometheus sees it: events committed but not yet published (outbox
+        backlog), events waiting for each of this service's consumers (consumer lag), and parked
+        events not replayed yet (dead letters)."""
+        name = self.settings.service_name
+        outbox, parked = self.tables.outbox, self.tables.dead_letters
+        assert self.engine is not None
+        async with self.engine.connect() as conn:
+            OUTBOX_BACKLOG.labels(name).set(await conn.scalar(
+                sa.select(sa.func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))))
+            DEAD_LETTERS_WAITING.labels(name).set(await conn.scalar(
+                sa.select(sa.func.count()).select_from(parked).where(parked.c.replayed_at.is_(None))))
+        js = self.link.js
+        for consumer in self.consumers if js is not None else []:
+            try:
+                info = await js.consumer_info(self.link.stream, consumer.durable)
+            except Exception:  # not created yet, or NATS away: leave the last value
+                continue
+            CONSUMER_LAG.labels(consumer.name).set(info.num_pending + info.num_ack_pending)
 
     async def stop(self) -> None:
         """Stop in dependency order; a step that hangs is logged and left behind, so shutdown

@@ -354,3 +354,15 @@ async def test_the_gauges_show_success_rates_volume_and_collections(client, app,
                  'commission_collection_rate{currency="USD"}',
                  'pending_collections{currency="USD",status="failed"}'):
         assert name in text, name
+
+
+async def test_the_event_pipeline_is_measured(client, app, db, js, event_names):
+    """Every service exports its outbox backlog, each consumer's lag and its parked events; a drained
+    consumer shows no lag."""
+    await drained(js, event_names, "analytics-transactions")
+    await asyncio.to_thread(client.blocking_portal.call, app.state.runtime.refresh_pipeline_metrics)
+    text = (await client.get("/metrics")).text
+    assert 'consumer_lag{consumer="analytics-transactions"} 0.0' in text
+    for name in ('outbox_backlog{service="analytics"}', 'dead_letters_waiting{service="analytics"}',
+                 'consumer_lag{consumer="analytics-collections-settled"}'):
+        assert name in text, name
