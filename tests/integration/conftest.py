@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import aiohttp
 import pytest
 import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
@@ -54,6 +55,14 @@ async def link(infra, event_names):
 # ---- the router in-process, with the Stripe simulator as its own process ----------------------------
 
 ROUTER_SIM_KEY = "sk_test_platform_account"
+
+
+@pytest.fixture
+async def control(sim):
+    """A plain aiohttp session on the module's own simulator (`sim`), for its /_sim controls and
+    raw calls to its API."""
+    async with aiohttp.ClientSession(base_url=sim.url) as session:
+        yield session
 
 
 @pytest.fixture(scope="module")

@@ -50,6 +50,13 @@ def admin() -> dict[str, str]:
     return {"Authorization": f"Bearer {issue_token(JWT_SECRET, 1000, 'admin')}"}
 
 
+async def sim_post(control: aiohttp.ClientSession, path: str, body: dict) -> dict:
+    """POST to a simulator's /_sim control through the `control` session; it must answer 200."""
+    async with control.post(path, json=body) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
 async def sim_call(url: str, method: str, path: str, json: dict | None = None) -> dict:
     async with aiohttp.ClientSession() as http, http.request(method, url + path, json=json) as response:
         return await response.json()

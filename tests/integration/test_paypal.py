@@ -45,6 +45,7 @@ from shared.processors.base import (
 )
 from shared.processors.paypal import PayPalCredentials, PayPalProcessor, adapter
 from shared.processors.paypal import transformers as tf
+from tests.integration.router_support import sim_post
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_ID = "AZbarber-one-client-id"
@@ -97,18 +98,6 @@ async def make_processor(sim):
 @pytest.fixture
 def processor(make_processor) -> PayPalProcessor:
     return make_processor()
-
-
-@pytest.fixture
-async def control(sim):
-    async with aiohttp.ClientSession(base_url=sim.url) as session:
-        yield session
-
-
-async def sim_post(control: aiohttp.ClientSession, path: str, body: dict) -> dict:
-    async with control.post(path, json=body) as resp:
-        assert resp.status == 200, await resp.text()
-        return await resp.json()
 
 
 def account(sim):

@@ -50,6 +50,7 @@ from shared.processors.square import (
     square_idempotency_key,
 )
 from shared.processors.square import transformers as tf
+from tests.integration.router_support import sim_post
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "EAAAl-square-barber-one-token-7f3a"
@@ -83,19 +84,6 @@ async def make_processor(sim):
 @pytest.fixture
 def processor(make_processor) -> SquareProcessor:
     return make_processor()
-
-
-@pytest.fixture
-async def control(sim):
-    """Plain aiohttp session for /_sim controls and raw Square calls."""
-    async with aiohttp.ClientSession(base_url=sim.url) as session:
-        yield session
-
-
-async def sim_post(control: aiohttp.ClientSession, path: str, body: dict) -> dict:
-    async with control.post(path, json=body) as resp:
-        assert resp.status == 200, await resp.text()
-        return await resp.json()
 
 
 async def sim_payments(control: aiohttp.ClientSession) -> list[dict]:

@@ -15,6 +15,7 @@ import stripe
 from aiohttp import web
 
 from sandbox.stripe_sim import parse_stripe_form, start_stripe_sim
+from tests.integration.router_support import sim_post
 
 KEY = "sk_test_barber_one"
 
@@ -45,19 +46,6 @@ async def make_client(sim):
 @pytest.fixture
 def client(make_client) -> stripe.StripeClient:
     return make_client()
-
-
-@pytest.fixture
-async def control(sim):
-    """Plain aiohttp session for the simulator-only /_sim endpoints."""
-    async with aiohttp.ClientSession(base_url=sim.url) as session:
-        yield session
-
-
-async def sim_post(control: aiohttp.ClientSession, path: str, body: dict) -> dict:
-    async with control.post(path, json=body) as resp:
-        assert resp.status == 200, await resp.text()
-        return await resp.json()
 
 
 async def sim_payment_intents(control: aiohttp.ClientSession) -> list[dict]:
