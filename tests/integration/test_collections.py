@@ -7,6 +7,7 @@ The clock is the test's: it walks collections through their whole schedule.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -229,6 +230,9 @@ async def test_windows_and_the_minimum_hold(client, db, js, event_names, service
 
 
 async def test_two_concurrent_runs_bill_each_accrual_once(client, db, js, event_names, service):
+    """The use case itself, four times at once on the app's loop (not through the test client,
+    which would serialise them): four transactions on four connections. The same race through
+    real servers on sockets is the next test."""
     barbers = [next_barber() for _ in range(20)]
     events = [recorded(b, f"tx-{b}-{i}", commission="15.00") for b in barbers for i in range(3)]
     await feed(js, event_names, db, *events)
@@ -243,6 +247,44 @@ async def test_two_concurrent_runs_bill_each_accrual_once(client, db, js, event_
     for b in barbers:
         await books_balance(db, b)
         assert await accrual_sum(db, b, unbilled_only=True) == 0
+
+
+async def test_concurrent_runs_through_two_real_servers_bill_each_accrual_once(
+        client, db, js, event_names, service_env, tmp_path):
+    """Two collections processes on sockets, eight `POST /run` at once across them: every
+    barber gets exactly one collection of all its accruals (the aggregation's lock serialises the
+    runs, whichever process and connection they come from)."""
+    import os
+
+    import aiohttp
+
+    from tests.support import free_port, running_process
+
+    barbers = [next_barber() for _ in range(15)]
+    await feed(js, event_names, db, *[recorded(b, f"tx-http-{b}-{i}", commission="12.00")
+                                      for b in barbers for i in range(3)])
+    urls = []
+    with contextlib.ExitStack() as stack:
+        for n in range(2):
+            port = free_port()
+            env = {**os.environ, **service_env, "PORT": str(port), "STRIPE_SECRET_KEY": "",
+                   "LOG_LEVEL": "warning"}
+            stack.enter_context(running_process(["services.collections"], env,
+                                                ready_url=f"http://127.0.0.1:{port}/health/ready",
+                                                log=tmp_path / f"collections-{n}.log"))
+            urls.append(f"http://127.0.0.1:{port}")
+        async with aiohttp.ClientSession() as http:
+            async def run(url: str) -> list[dict]:
+                async with http.post(f"{url}{BASE}/run", headers=admin(), json={"force": True}) as resp:
+                    assert resp.status == 200, await resp.text()
+                    return (await resp.json())["created"]
+
+            results = await asyncio.gather(*(run(urls[n % 2]) for n in range(8)))
+    made = [c for created in results for c in created if c["barber_id"] in barbers]
+    assert sorted(c["barber_id"] for c in made) == sorted(barbers)
+    assert {c["amount"] for c in made} == {"36.00"}
+    for b in barbers:
+        await books_balance(db, b)
 
 
 async def test_the_scheduled_run_bills_under_its_job_lock(client, db, js, event_names, app):
