@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.synced
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-unit test-integration test-e2e migrate downgrade load rollback backup restore lint clean
+.PHONY: setup run test test-unit test-integration test-e2e migrate downgrade load rollback backup restore import validate lint clean
 
 setup: $(STAMP)
 
@@ -60,6 +60,13 @@ restore: setup
 rollback: setup
 	@test -n "$(BARBER)$(ALL)" || { echo "make rollback BARBER=<id> or make rollback ALL=1" >&2; exit 2; }
 	$(PY) -m tools.rollback $(if $(BARBER),--barber $(BARBER)) $(if $(ALL),--all) $(ROLLBACK_ARGS)
+
+# The BookedBarber V2 import: barber configs and payment history through the router's tables and outbox,
+# resumable (run it again after a crash) and idempotent, then a reconciliation per barber (exit 1 on any
+# difference). IMPORT_ARGS: e.g. --currency EUR, --analytics-timeout 0, --batch-size N.
+import: setup
+	@test -n "$(LEGACY_DSN)" || { echo "make import LEGACY_DSN=postgresql://user@host/bookedbarber" >&2; exit 2; }
+	$(PY) -m tools.legacy_import --legacy-dsn '$(LEGACY_DSN)' $(IMPORT_ARGS)
 
 clean:
 	rm -rf .run .pytest_cache .hypothesis

@@ -57,16 +57,7 @@ class BarberContexts:
         self._cache: dict[int, tuple[float, BarberContext]] = {}
 
     def defaults_row(self, barber_id: int) -> dict[str, Any]:
-        s = self.settings
-        return {
-            "barber_id": barber_id, "payment_mode": s.default_payment_mode, "preferred_processor": None,
-            "fallback_enabled": True, "min_external_amount": None, "max_platform_amount": None,
-            "split_threshold": None, "threshold_currency": "USD", "commission_rate": s.default_commission_rate,
-            "commission_collection_frequency": s.commission_collection_frequency,
-            "auto_collection_enabled": s.auto_collection_enabled, "webhook_notifications": True,
-            "email_notifications": True, "analytics_enabled": True, "connect_account_id": None,
-            "version": 0, "updated_at": None,
-        }
+        return default_config_row(self.settings, barber_id)
 
     async def get(self, barber_id: int, *, fresh: bool = False) -> BarberContext:
         now = time.monotonic()
@@ -156,3 +147,16 @@ class RoutingService:
 
     async def get_route(self, principal: Principal, route_id: uuid.UUID) -> RouteOut:
         return route_out(await self.load_decision(principal, route_id))
+
+
+def default_config_row(s: RouterSettings, barber_id: int) -> dict[str, Any]:
+    """The config a barber without a row has: the platform defaults (version 0: never saved)."""
+    return {
+        "barber_id": barber_id, "payment_mode": s.default_payment_mode, "preferred_processor": None,
+        "fallback_enabled": True, "min_external_amount": None, "max_platform_amount": None,
+        "split_threshold": None, "threshold_currency": "USD", "commission_rate": s.default_commission_rate,
+        "commission_collection_frequency": s.commission_collection_frequency,
+        "auto_collection_enabled": s.auto_collection_enabled, "webhook_notifications": True,
+        "email_notifications": True, "analytics_enabled": True, "connect_account_id": None,
+        "version": 0, "updated_at": None,
+    }

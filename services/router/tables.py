@@ -140,3 +140,50 @@ platform_refunds = sa.Table(
     sa.Index("platform_refunds_payment", "payment_id"),
     sa.Index("platform_refunds_pending", "updated_at", postgresql_where=sa.text("status = 'pending'")),
 )
+
+# Payment history imported from BookedBarber V2 (`tools/legacy_import.py`), and the import's runs.
+legacy_payments = sa.Table(
+    "legacy_payments",
+    metadata,
+    sa.Column("transaction_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("legacy_id", sa.BigInteger, nullable=False, unique=True),
+    sa.Column("barber_id", sa.Integer, nullable=False),
+    sa.Column("appointment_id", sa.BigInteger),
+    sa.Column("client_id", sa.BigInteger),
+    sa.Column("amount", Money, nullable=False),
+    sa.Column("refunded_amount", Money, nullable=False),
+    sa.Column("currency", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("commission_rate", Rate, nullable=False),
+    sa.Column("commission_amount", Money, nullable=False),
+    sa.Column("processor_fee", Money, nullable=False),
+    sa.Column("stripe_payment_intent_id", sa.Text),
+    sa.Column("processed_at", TZ, nullable=False),
+    sa.Column("imported_at", TZ, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Index("legacy_payments_barber", "barber_id", "processed_at"),
+)
+
+legacy_imports = sa.Table(
+    "legacy_imports",
+    metadata,
+    sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),  # running | imported | reconciled | differences
+    sa.Column("checkpoint", sa.BigInteger, nullable=False),  # the last legacy payment id committed
+    sa.Column("started_at", TZ, nullable=False),
+    sa.Column("updated_at", TZ, nullable=False),
+    sa.Column("finished_at", TZ),
+    sa.Column("report", JSONB),
+    sa.Index("legacy_imports_one_running", "source", unique=True, postgresql_where=sa.text("status = 'running'")),
+)
+
+legacy_import_skips = sa.Table(
+    "legacy_import_skips",
+    metadata,
+    sa.Column("legacy_table", sa.Text, primary_key=True),
+    sa.Column("legacy_id", sa.BigInteger, primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Column("run_id", sa.Integer, nullable=False),
+)
