@@ -25,6 +25,12 @@ EVENTS_CONSUMED = Counter("events_consumed_total", "Events applied by consumers"
 EVENTS_DEAD_LETTERED = Counter(
     "events_dead_lettered_total", "Events parked in dead_letters after failing deterministically", ["consumer"]
 )
+PROCESSOR_LATENCY = Histogram(
+    "processor_request_duration_seconds",
+    "Calls to Stripe, Square and PayPal by operation and how they ended (ok, or the error kind)",
+    ["processor", "operation", "outcome"],
+    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30),
+)
 EXTERNAL_CHARGES = Counter("external_charges_total", "Charges through barbers' own processors by outcome",
                            ["processor", "outcome"])
 WEBHOOKS_RECEIVED = Counter("webhooks_received_total", "Processor webhooks by outcome", ["processor", "outcome"])

@@ -45,6 +45,7 @@ from shared.observability import (
 from shared.service import ServiceRuntime
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+PENDING_STATUSES = ("pending", "failed", "overdue")  # a collection's statuses before it is collected
 
 
 def parse_day(name: str, value: str | None) -> date | None:
@@ -151,10 +152,12 @@ class Reports:
         for r in commission:
             if r["owed"] > 0:
                 COMMISSION_COLLECTION_RATE.labels(r["currency"]).set(float(r["collected"] / r["owed"]))
-        for r in collections:
-            if r["status"] != "collected":
-                PENDING_COLLECTIONS.labels(r["status"], r["currency"]).set(r["n"])
-                PENDING_COLLECTIONS_AMOUNT.labels(r["status"], r["currency"]).set(float(r["amount"]))
+        found = {(r["status"], r["currency"]): r for r in collections}
+        for currency in {r["currency"] for r in collections}:
+            for status in PENDING_STATUSES:  # a status with none left reads 0, not its last count
+                r = found.get((status, currency))
+                PENDING_COLLECTIONS.labels(status, currency).set(r["n"] if r else 0)
+                PENDING_COLLECTIONS_AMOUNT.labels(status, currency).set(float(r["amount"]) if r else 0.0)
 
 
 def _scope(principal: Principal, barber_id: int | None) -> int:

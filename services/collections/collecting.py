@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, get_args
 
 import structlog
 
@@ -28,6 +28,7 @@ from services.collections.wire import (
     BalanceOut,
     CollectionOut,
     CollectionPage,
+    CollectionStatus,
     PaymentMethodIn,
     PaymentMethodOut,
     RunOut,
@@ -290,6 +291,9 @@ class CollectionService:
     async def refresh_metrics(self, now: datetime) -> None:
         async with self.rt.uow() as uow:
             rows = await store.totals_by_status(uow.session)
-        for row in rows:
-            COLLECTIONS.labels(row["status"], row["currency"]).set(row["n"])
-            COLLECTIONS_AMOUNT.labels(row["status"], row["currency"]).set(float(row["amount"]))
+        found = {(row["status"], row["currency"]): row for row in rows}
+        for currency in {row["currency"] for row in rows}:
+            for status in get_args(CollectionStatus):  # a status with none left reads 0, not its last count
+                row = found.get((status, currency))
+                COLLECTIONS.labels(status, currency).set(row["n"] if row else 0)
+                COLLECTIONS_AMOUNT.labels(status, currency).set(float(row["amount"]) if row else 0.0)

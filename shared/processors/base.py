@@ -13,11 +13,15 @@ Two failure kinds must never be confused, because money depends on it:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, Protocol, runtime_checkable
+
+from shared.observability import PROCESSOR_LATENCY
 
 ProcessorName = Literal["stripe", "square", "paypal"]
 PROCESSOR_NAMES: tuple[ProcessorName, ...] = ("stripe", "square", "paypal")
@@ -178,6 +182,31 @@ class ProcessorRequestError(ProcessorError):
 
 class InvalidSignature(ProcessorError):
     """A webhook's signature is missing, forged or too old."""
+
+
+# ---- response times ----------------------------------------------------------------------------
+
+# How a call ended, for `processor_request_duration_seconds{outcome}`; the first match wins.
+_OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
+    (PaymentDeclined, "declined"), (ProcessorTimeout, "timeout"), (OutcomeUnknown, "unknown"),
+    (ProcessorUnavailable, "unavailable"), (InvalidCredentials, "credentials"), (ProcessorError, "rejected"),
+)
+
+
+@contextmanager
+def timed(processor: ProcessorName, operation: str) -> Iterator[None]:
+    """Observe one call to a processor: each adapter's request helper runs every call inside this.
+    `operation` is a fixed name (never an id or a URL), so the label set stays small."""
+    started = time.perf_counter()
+    outcome = "error"
+    try:
+        yield
+        outcome = "ok"
+    except BaseException as exc:
+        outcome = next((name for kind, name in _OUTCOMES if isinstance(exc, kind)), "error")
+        raise
+    finally:
+        PROCESSOR_LATENCY.labels(processor, operation, outcome).observe(time.perf_counter() - started)
 
 
 # ---- the interface -----------------------------------------------------------------------------

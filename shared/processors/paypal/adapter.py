@@ -72,6 +72,7 @@ from shared.processors.base import (
     Secret,
     WebhookEvent,
     WebhookRegistration,
+    timed,
 )
 from shared.processors.paypal import transformers as tf
 
@@ -172,7 +173,7 @@ class PayPalProcessor:
         if request.platform_fee is not None:
             unit["payment_instruction"] = {"platform_fees": [
                 {"amount": tf.to_money(request.platform_fee, request.currency)}]}
-        order = await self._call("POST", "/v2/checkout/orders", body={
+        order = await self._call("POST", "/v2/checkout/orders", operation="create_payment", body={
             "intent": "CAPTURE",
             "purchase_units": [unit],
             "payment_source": {"token": {"id": request.payment_method, "type": "BILLING_AGREEMENT"}},
@@ -180,7 +181,8 @@ class PayPalProcessor:
         status = order.get("status")
         tf.order_status(status)  # an unknown order status is an error, not a guess
         if status == "APPROVED":
-            order = await self._call("POST", f"/v2/checkout/orders/{order['id']}/capture", body={},
+            order = await self._call("POST", f"/v2/checkout/orders/{order['id']}/capture",
+                                     operation="capture_payment", body={},
                                      request_id=f"{request.idempotency_key}:capture", declines=True,
                                      order_id=order["id"])
             tf.order_status(order.get("status"))
@@ -200,39 +202,42 @@ class PayPalProcessor:
         return result
 
     async def retrieve_payment(self, processor_payment_id: str) -> PaymentResult:
-        capture = await self._call("GET", f"/v2/payments/captures/{_id(processor_payment_id)}")
+        capture = await self._call("GET", f"/v2/payments/captures/{_id(processor_payment_id)}",
+                                   operation="retrieve_payment")
         return tf.payment_result(capture)
 
     async def refund(self, request: RefundRequest) -> RefundResult:
         # The reference travels as custom_id, which the refund (and the order listing it) returns.
         # reverse_platform_fee has no PayPal switch: partner fees are returned in proportion.
         capture_id = _id(request.processor_payment_id)
-        refund = await self._call("POST", f"/v2/payments/captures/{capture_id}/refund", body={
+        refund = await self._call("POST", f"/v2/payments/captures/{capture_id}/refund", operation="refund", body={
             "amount": tf.to_money(request.amount, request.currency),
             "custom_id": request.reference,
         }, request_id=request.idempotency_key)
         return tf.refund_result(refund, capture_id=capture_id)
 
     async def retrieve_refund(self, processor_refund_id: str) -> RefundResult:
-        refund = await self._call("GET", f"/v2/payments/refunds/{_id(processor_refund_id)}")
+        refund = await self._call("GET", f"/v2/payments/refunds/{_id(processor_refund_id)}",
+                                  operation="retrieve_refund")
         return tf.refund_result(refund)
 
     async def list_refunds(self, processor_payment_id: str) -> list[RefundResult]:
         """PayPal lists no refunds per capture, but the capture's order lists its purchase units'
         refunds (immediately, unlike Transaction Search, which lags)."""
         capture_id = _id(processor_payment_id)
-        capture = await self._call("GET", f"/v2/payments/captures/{capture_id}")
+        capture = await self._call("GET", f"/v2/payments/captures/{capture_id}", operation="retrieve_payment")
         order_id = tf.order_id_of_capture(capture)
         if not order_id:
             raise ProcessorRequestError(f"PayPal capture {capture_id} names no order", code="no_order")
-        order = await self._call("GET", f"/v2/checkout/orders/{_id(order_id)}")
+        order = await self._call("GET", f"/v2/checkout/orders/{_id(order_id)}", operation="retrieve_order")
         results = []
         for refund in tf.order_refunds(order):
             of = tf.last_segment(tf.link(refund, "up"), "captures")
             if of not in (None, capture_id):
                 continue  # another capture of the same order
             if "custom_id" not in refund or "status" not in refund:  # a summary: fetch the refund
-                refund = await self._call("GET", f"/v2/payments/refunds/{_id(refund['id'])}")
+                refund = await self._call("GET", f"/v2/payments/refunds/{_id(refund['id'])}",
+                                          operation="retrieve_refund")
             results.append(tf.refund_result(refund, capture_id=capture_id))
         return results
 
@@ -247,7 +252,7 @@ class PayPalProcessor:
             end = min(start + SEARCH_WINDOW, end_limit)
             page, pages = 1, 1
             while page <= pages:
-                listing = await self._call("GET", "/v1/reporting/transactions", params={
+                listing = await self._call("GET", "/v1/reporting/transactions", operation="list_payments", params={
                     "start_date": _rfc3339(start), "end_date": _rfc3339(end), "fields": "all",
                     "page_size": str(SEARCH_PAGE_SIZE), "page": str(page)})
                 for payment in tf.transaction_payments(listing.get("transaction_details") or ()):
@@ -262,12 +267,12 @@ class PayPalProcessor:
         """For PayPal the webhook id is what verification needs, so it is the 'secret' kept. A URL
         PayPal already has (a registration whose answer was lost) is looked up, not an error."""
         try:
-            webhook = await self._call("POST", "/v1/notifications/webhooks", body={
+            webhook = await self._call("POST", "/v1/notifications/webhooks", operation="register_webhook", body={
                 "url": url, "event_types": [{"name": name} for name in tf.WEBHOOK_EVENT_TYPES]})
         except ProcessorRequestError as exc:
             if exc.code != "WEBHOOK_URL_ALREADY_EXISTS":
                 raise
-            listing = await self._call("GET", "/v1/notifications/webhooks")
+            listing = await self._call("GET", "/v1/notifications/webhooks", operation="list_webhooks")
             matches = [w for w in listing.get("webhooks") or () if w.get("url") == url]
             if not matches:
                 raise
@@ -301,7 +306,8 @@ class PayPalProcessor:
         }
         payload = (json.dumps(fields)[:-1] + ', "webhook_event": ' + text + "}").encode()
         try:
-            answer = await self._call("POST", "/v1/notifications/verify-webhook-signature", data=payload)
+            answer = await self._call("POST", "/v1/notifications/verify-webhook-signature", operation="verify_webhook",
+                                      data=payload)
         except ProcessorRequestError as exc:  # PayPal refused the headers themselves as malformed
             raise InvalidSignature(f"PayPal refused to verify the webhook: {exc.code}") from None
         status = answer.get("verification_status")
@@ -339,39 +345,42 @@ class PayPalProcessor:
     async def _fetch_token(self) -> dict[str, Any]:
         pair = f"{self._credentials.client_id}:{self._credentials.client_secret.reveal()}"
         basic = {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
-        status, body = await self._send("POST", "/v1/oauth2/token", headers=basic,
-                                        data={"grant_type": "client_credentials"})
-        if status in (400, 401, 403) and body.get("error") in ("invalid_client", "unauthorized_client",
-                                                                "access_denied", None):
-            raise InvalidCredentials(f"PayPal refused the client id/secret ({body.get('error')})",
-                                     code=body.get("error"), raw=body)
-        if status >= 300 or not body.get("access_token"):
-            raise self._error(status, body, declines=False)
-        return body
+        with timed(self.name, "access_token"):
+            status, body = await self._send("POST", "/v1/oauth2/token", headers=basic,
+                                            data={"grant_type": "client_credentials"})
+            if status in (400, 401, 403) and body.get("error") in ("invalid_client", "unauthorized_client",
+                                                                    "access_denied", None):
+                raise InvalidCredentials(f"PayPal refused the client id/secret ({body.get('error')})",
+                                         code=body.get("error"), raw=body)
+            if status >= 300 or not body.get("access_token"):
+                raise self._error(status, body, declines=False)
+            return body
 
-    async def _call(self, method: str, path: str, *, body: dict[str, Any] | None = None,
-                    data: bytes | None = None, params: dict[str, str] | None = None,
-                    request_id: str | None = None, declines: bool = False,
-                    order_id: str | None = None) -> dict[str, Any]:
-        """One API call with a bearer token; a 401 for an expired or revoked token gets one new
-        token and one retry (safe: PayPal did nothing, and writes carry their request id)."""
+    async def _call(self, method: str, path: str, *, operation: str = "other",
+                    body: dict[str, Any] | None = None, data: bytes | None = None,
+                    params: dict[str, str] | None = None, request_id: str | None = None,
+                    declines: bool = False, order_id: str | None = None) -> dict[str, Any]:
+        """One API call with a bearer token, timed as `operation` (a fixed name: paths carry ids);
+        a 401 for an expired or revoked token gets one new token and one retry (safe: PayPal did
+        nothing, and writes carry their request id)."""
         headers = dict(_REPRESENTATION)
         if request_id is not None:
             headers["PayPal-Request-Id"] = request_id
         if data is not None:
             headers["Content-Type"] = "application/json"
-        token = await self._access_token()
-        for attempt in (1, 2):
-            headers["Authorization"] = f"Bearer {token.reveal()}"
-            status, answer = await self._send(method, path, headers=headers, json_body=body,
-                                              data=data, params=params)
-            if status == 401 and attempt == 1 and _token_refused(answer):
-                token = await self._access_token(stale=token)
-                continue
-            if 200 <= status < 300:
-                return answer
-            raise self._error(status, answer, declines=declines, order_id=order_id)
-        raise AssertionError("unreachable")
+        token = await self._access_token()  # timed on its own when it has to be fetched
+        with timed(self.name, operation):
+            for attempt in (1, 2):
+                headers["Authorization"] = f"Bearer {token.reveal()}"
+                status, answer = await self._send(method, path, headers=headers, json_body=body,
+                                                  data=data, params=params)
+                if status == 401 and attempt == 1 and _token_refused(answer):
+                    token = await self._access_token(stale=token)
+                    continue
+                if 200 <= status < 300:
+                    return answer
+                raise self._error(status, answer, declines=declines, order_id=order_id)
+            raise AssertionError("unreachable")
 
     async def _send(self, method: str, path: str, *, headers: dict[str, str] | None = None,
                     json_body: dict[str, Any] | None = None, data: Any = None,

@@ -60,6 +60,7 @@ from shared.processors.base import (
     Secret,
     WebhookEvent,
     WebhookRegistration,
+    timed,
 )
 from shared.processors.square import transformers as tf
 
@@ -134,7 +135,8 @@ class SquareProcessor:
         if not isinstance(location_id, str) or not _ID.fullmatch(location_id):
             raise InvalidCredentials(f"{location_id!r} is not a Square location id")
         try:
-            response = await self._call(lambda c: c.locations.get(location_id, request_options=_NO_RETRIES))
+            response = await self._call("check_credentials",
+                                        lambda c: c.locations.get(location_id, request_options=_NO_RETRIES))
         except ProcessorRequestError as exc:
             if exc.code == "NOT_FOUND":
                 raise InvalidCredentials(
@@ -170,8 +172,8 @@ class SquareProcessor:
             params["note"] = request.description[:tf.NOTE_MAX]  # a label; Square refuses longer ones
         if request.customer:
             params["customer_id"] = request.customer
-        response = await self._call(lambda c: c.payments.create(**params, request_options=_NO_RETRIES),
-                                    declines=True)
+        response = await self._call("create_payment",
+                                    lambda c: c.payments.create(**params, request_options=_NO_RETRIES), declines=True)
         payment = _wire(response).get("payment")
         if not payment:
             raise OutcomeUnknown("Square answered CreatePayment without a payment")
@@ -195,7 +197,8 @@ class SquareProcessor:
             "reason": tf.refund_reason(request.reference),
         }
         # reverse_platform_fee: a seller's own account took no platform fee, so there is none to reverse.
-        response = await self._call(lambda c: c.refunds.refund_payment(**params, request_options=_NO_RETRIES))
+        response = await self._call("refund",
+                                    lambda c: c.refunds.refund_payment(**params, request_options=_NO_RETRIES))
         refund = _wire(response).get("refund")
         if not refund:
             raise OutcomeUnknown("Square answered RefundPayment without a refund")
@@ -203,7 +206,7 @@ class SquareProcessor:
 
     async def retrieve_refund(self, processor_refund_id: str) -> RefundResult:
         refund_id = _checked_id(processor_refund_id, "refund")
-        response = await self._call(lambda c: c.refunds.get(refund_id, request_options=_NO_RETRIES))
+        response = await self._call("retrieve_refund", lambda c: c.refunds.get(refund_id, request_options=_NO_RETRIES))
         return tf.refund_result(_wire(response).get("refund") or {})
 
     async def list_refunds(self, processor_payment_id: str) -> list[RefundResult]:
@@ -218,7 +221,7 @@ class SquareProcessor:
         while True:
             # Pages are followed by hand: the SDK's pager stops at the first empty page even when
             # Square hands back a cursor, which Square allows ("fewer results than the limit").
-            pager = await self._call(lambda c, cursor=cursor: c.payments.list(
+            pager = await self._call("list_payments", lambda c, cursor=cursor: c.payments.list(
                 **query, cursor=cursor, request_options=_NO_RETRIES))
             page = _wire(pager.response)
             rows.extend(page.get("payments") or [])
@@ -233,7 +236,7 @@ class SquareProcessor:
     async def register_webhook(self, url: str) -> WebhookRegistration:
         subscription = {"name": WEBHOOK_SUBSCRIPTION_NAME, "enabled": True,
                         "event_types": list(tf.WEBHOOK_EVENT_TYPES), "notification_url": url}
-        response = await self._call(lambda c: c.webhooks.subscriptions.create(
+        response = await self._call("register_webhook", lambda c: c.webhooks.subscriptions.create(
             subscription=subscription, idempotency_key=str(uuid.uuid4()), request_options=_NO_RETRIES))
         created = _wire(response).get("subscription") or {}
         if not created.get("id") or not created.get("signature_key"):
@@ -270,16 +273,22 @@ class SquareProcessor:
 
     async def _payment(self, processor_payment_id: str) -> dict[str, Any]:
         payment_id = _checked_id(processor_payment_id, "payment")
-        response = await self._call(lambda c: c.payments.get(payment_id, request_options=_NO_RETRIES))
+        response = await self._call("retrieve_payment",
+                                    lambda c: c.payments.get(payment_id, request_options=_NO_RETRIES))
         payment = _wire(response).get("payment")
         if not payment:
             raise ProcessorRequestError(f"Square answered GetPayment without payment {payment_id}")
         return payment
 
-    async def _call(self, request: Callable[[AsyncSquare], Awaitable[T]], *, declines: bool = False) -> T:
-        """Run one SDK call and turn every failure into the interface's errors. Messages are built
-        from Square's error codes and exception type names only, so no header value (the token)
-        can end up in one."""
+    async def _call(self, operation: str, request: Callable[[AsyncSquare], Awaitable[T]], *,
+                    declines: bool = False) -> T:
+        """Run one SDK call, timed as `operation`, and turn every failure into the interface's
+        errors. Messages are built from Square's error codes and exception type names only, so no
+        header value (the token) can end up in one."""
+        with timed(self.name, operation):
+            return await self._mapped(request, declines)
+
+    async def _mapped(self, request: Callable[[AsyncSquare], Awaitable[T]], declines: bool) -> T:
         try:
             return await request(self._square())
         except ApiError as exc:

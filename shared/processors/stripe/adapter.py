@@ -35,6 +35,7 @@ from shared.processors.base import (
     Secret,
     WebhookEvent,
     WebhookRegistration,
+    timed,
 )
 from shared.processors.stripe import transformers as tf
 
@@ -87,7 +88,7 @@ class StripeProcessor:
     # ---- the interface ----------------------------------------------------------------------
 
     async def check_credentials(self) -> AccountInfo:
-        account = await self._call(lambda c: c.v1.accounts.retrieve_current_async())
+        account = await self._call("check_credentials", lambda c: c.v1.accounts.retrieve_current_async())
         raw = account.to_dict()
         currency = raw.get("default_currency")
         return AccountInfo(account_id=raw["id"], default_currency=currency.upper() if currency else None)
@@ -115,7 +116,7 @@ class StripeProcessor:
             params["application_fee_amount"] = to_minor_units(request.platform_fee, currency)
         if request.destination:
             params["transfer_data"] = {"destination": request.destination}
-        intent = await self._call(lambda c: c.v1.payment_intents.create_async(
+        intent = await self._call("create_payment", lambda c: c.v1.payment_intents.create_async(
             params=params, options={"idempotency_key": request.idempotency_key}))
         return tf.payment_result(intent.to_dict())
 
@@ -131,12 +132,13 @@ class StripeProcessor:
         }
         if request.description:
             params["description"] = request.description
-        charge = await self._call(lambda c: c.v1.charges.create_async(
+        charge = await self._call("debit_connected_account", lambda c: c.v1.charges.create_async(
             params=params, options={"idempotency_key": request.idempotency_key}))
         return tf.charge_result(charge.to_dict())
 
     async def retrieve_payment(self, processor_payment_id: str) -> PaymentResult:
-        intent = await self._call(lambda c: c.v1.payment_intents.retrieve_async(processor_payment_id))
+        intent = await self._call("retrieve_payment",
+                                 lambda c: c.v1.payment_intents.retrieve_async(processor_payment_id))
         return tf.payment_result(intent.to_dict())
 
     async def refund(self, request: RefundRequest) -> RefundResult:
@@ -148,26 +150,27 @@ class StripeProcessor:
         if request.reverse_platform_fee:
             # A destination charge: the barber's transfer and the platform's fee are reversed in proportion.
             params.update(reverse_transfer=True, refund_application_fee=True)
-        refund = await self._call(lambda c: c.v1.refunds.create_async(
+        refund = await self._call("refund", lambda c: c.v1.refunds.create_async(
             params=params, options={"idempotency_key": request.idempotency_key}))
         return tf.refund_result(refund.to_dict())
 
     async def retrieve_refund(self, processor_refund_id: str) -> RefundResult:
-        refund = await self._call(lambda c: c.v1.refunds.retrieve_async(processor_refund_id))
+        refund = await self._call("retrieve_refund", lambda c: c.v1.refunds.retrieve_async(processor_refund_id))
         return tf.refund_result(refund.to_dict())
 
     async def list_refunds(self, processor_payment_id: str) -> list[RefundResult]:
-        rows = await self._all(lambda c, page: c.v1.refunds.list_async(
+        rows = await self._all("list_refunds", lambda c, page: c.v1.refunds.list_async(
             params={"payment_intent": processor_payment_id, **page}))
         return [tf.refund_result(r) for r in rows]
 
     async def list_payments(self, since: datetime, until: datetime) -> list[PaymentResult]:
         window = {"created": {"gte": int(since.timestamp()), "lt": int(until.timestamp()) + 1}}
-        rows = await self._all(lambda c, page: c.v1.payment_intents.list_async(params={**window, **page}))
+        rows = await self._all("list_payments",
+                               lambda c, page: c.v1.payment_intents.list_async(params={**window, **page}))
         return [tf.payment_result(r) for r in rows if since.timestamp() <= r["created"] < until.timestamp() + 1]
 
     async def register_webhook(self, url: str) -> WebhookRegistration:
-        endpoint = await self._call(lambda c: c.v1.webhook_endpoints.create_async(
+        endpoint = await self._call("register_webhook", lambda c: c.v1.webhook_endpoints.create_async(
             params={"url": url, "enabled_events": WEBHOOK_EVENTS}))
         raw = endpoint.to_dict()
         return WebhookRegistration(endpoint_id=raw["id"], secret=Secret(raw["secret"]))
@@ -189,18 +192,23 @@ class StripeProcessor:
 
     # ---- plumbing -----------------------------------------------------------------------------
 
-    async def _all(self, fetch) -> list[dict[str, Any]]:
+    async def _all(self, operation: str, fetch) -> list[dict[str, Any]]:
         """Every page of a Stripe list (newest first), following `starting_after`."""
         rows: list[dict[str, Any]] = []
         page: dict[str, Any] = {"limit": _PAGE}
         while True:
-            listing = (await self._call(lambda c, page=page: fetch(c, page))).to_dict()
+            listing = (await self._call(operation, lambda c, page=page: fetch(c, page))).to_dict()
             rows.extend(listing["data"])
             if not listing.get("has_more") or not listing["data"]:
                 return rows
             page = {"limit": _PAGE, "starting_after": listing["data"][-1]["id"]}
 
-    async def _call(self, request):
+    async def _call(self, operation: str, request):
+        """One SDK call, timed as `operation`, its errors turned into the interface's."""
+        with timed(self.name, operation):
+            return await self._mapped(request)
+
+    async def _mapped(self, request):
         try:
             return await request(self._stripe())
         except stripe.CardError as exc:
