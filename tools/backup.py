@@ -114,13 +114,18 @@ def _run(args: list[str]) -> None:
         raise BackupError(f"{Path(args[0]).name} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
 
 
+def _service_schemas(dsn: str) -> list[str]:
+    present = {r[0] for r in asyncio.run(_fetch(dsn, "SELECT nspname FROM pg_namespace"))}
+    return [s for s in SERVICES if s in present]
+
+
 def _schemas_of(dsn: str, legacy: bool) -> list[str]:
     if not legacy:
-        present = {r[0] for r in asyncio.run(_fetch(dsn, "SELECT nspname FROM pg_namespace"))}
-        if not present & set(SERVICES):
+        present = _service_schemas(dsn)
+        if not present:
             raise BackupError(f"no service schema ({', '.join(SERVICES)}) in {dsn.rsplit('@', 1)[-1]}: is it the "
                               "suite's database? (--database-url, or DATABASE_URL)")
-        return [s for s in SERVICES if s in present]
+        return present
     rows = asyncio.run(_fetch(dsn, "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
                                    "AND nspname <> 'information_schema' ORDER BY 1"))
     return [r[0] for r in rows]
@@ -196,9 +201,13 @@ def main(argv: list[str] | None = None) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             path = args.out / f"hybrid-payments-{stamp}.dump"
-            manifest = dump(dsn, path)
-            print(f"backup: {path} (schemas {', '.join(manifest['schemas'])}; revisions "
-                  f"{', '.join(f'{k} {v}' for k, v in manifest['revisions'].items())}); restore proved")
+            if args.legacy_dsn and not _service_schemas(dsn):  # the migration's first backup
+                print(f"suite: no service schema in {dsn.rsplit('@', 1)[-1]} yet (before the first make migrate): "
+                      "only the legacy database is backed up")
+            else:
+                manifest = dump(dsn, path)
+                print(f"backup: {path} (schemas {', '.join(manifest['schemas'])}; revisions "
+                      f"{', '.join(f'{k} {v}' for k, v in manifest['revisions'].items())}); restore proved")
             if args.legacy_dsn:
                 legacy = args.out / f"legacy-{stamp}.dump"
                 dump(plain(args.legacy_dsn), legacy, legacy=True)
