@@ -68,5 +68,9 @@ import: setup
 	@test -n "$(LEGACY_DSN)" || { echo "make import LEGACY_DSN=postgresql://user@host/bookedbarber" >&2; exit 2; }
 	$(PY) -m tools.legacy_import --legacy-dsn '$(LEGACY_DSN)' $(IMPORT_ARGS)
 
+# Post-migration checks against the running suite, one PASS/FAIL line each (exit 1 on any FAIL); VALIDATE_ARGS: flags.
+validate: setup
+	$(PY) -m tools.validate $(VALIDATE_ARGS)
+
 clean:
 	rm -rf .run .pytest_cache .hypothesis
