@@ -261,7 +261,10 @@ async def test_concurrent_runs_through_two_real_servers_bill_each_accrual_once(
     from tests.support import free_port, running_process
 
     barbers = [next_barber() for _ in range(15)]
-    await feed(js, event_names, db, *[recorded(b, f"tx-http-{b}-{i}", commission="12.00")
+    # Paid now: the current window is open, so the processes' own scheduled run (a few seconds after
+    # they start) leaves these accruals to the forced runs under test instead of racing them.
+    now = datetime.now(UTC)
+    await feed(js, event_names, db, *[recorded(b, f"tx-http-{b}-{i}", commission="12.00", processed_at=now)
                                       for b in barbers for i in range(3)])
     urls = []
     with contextlib.ExitStack() as stack:
