@@ -153,6 +153,16 @@ class EventConsumer:
             raise RuntimeError(f"consumer {self.name} needs nats-server >= 2.10 for several subjects")
         return {"filter_subjects": subjects}
 
+    async def _fetch(self, sub) -> list:
+        """Waits (up to 0.5 s) for the next message, then takes what else is waiting already, up to
+        the batch, without waiting for more. A backlog comes in whole batches, and a lone live event
+        goes at once: one `fetch(batch)` would hold it until the batch filled or the wait ran out."""
+        messages = await sub.fetch(1, timeout=0.5)
+        if self._batch > 1:
+            with contextlib.suppress(TimeoutError, NatsTimeoutError):
+                messages += await sub.fetch(self._batch - 1, timeout=0.01)
+        return messages
+
     async def run(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -162,7 +172,7 @@ class EventConsumer:
                 try:
                     while not self._stopping.is_set():
                         try:
-                            messages = await sub.fetch(self._batch, timeout=0.5)
+                            messages = await self._fetch(sub)
                         except (TimeoutError, NatsTimeoutError):
                             continue
                         if self._batch_handler is not None and len(messages) > 1:

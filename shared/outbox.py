@@ -157,7 +157,7 @@ class OutboxRelay:
         tables: PlatformTables,
         link: NatsLink,
         *,
-        batch_size: int = 200,
+        batch_size: int = 1000,
         poll_interval: float = 1.0,
         ack_timeout: float = 5.0,
     ) -> None:

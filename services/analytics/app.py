@@ -26,7 +26,7 @@ def create_app(settings: settings_module.AnalyticsSettings | None = None, *,
     reports = Reports(runtime, settings, clock=clock)
     runtime.consumer_specs = [
         ConsumerSpec("transactions", ["transaction.recorded"], projections.apply_transaction_recorded,
-                     batch_handler=projections.apply_transactions),
+                     batch_handler=projections.apply_transactions, batch=500),
         ConsumerSpec("collections-due", ["collection.due"], projections.apply_collection_due),
         ConsumerSpec("collections-settled", ["collection.settled"], projections.apply_collection_settled),
     ]

@@ -32,7 +32,7 @@ def create_app(settings: settings_module.CollectionsSettings | None = None, *,
     collections = CollectionService(runtime, settings, processor, clock=clock)
     runtime.consumer_specs = [
         ConsumerSpec("accruals", ["transaction.recorded"], accruals.apply_transaction_recorded,
-                     batch_handler=accruals.apply_transactions_recorded),
+                     batch_handler=accruals.apply_transactions_recorded, batch=500),
         ConsumerSpec("settings", ["config.changed"], accruals.apply_config_changed),
         ConsumerSpec("collecting", ["collection.due"], collections.apply_collection_due),
     ]
