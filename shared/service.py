@@ -137,7 +137,7 @@ class ServiceRuntime:
     async def refresh_pipeline_metrics(self, now: Any = None) -> None:
         """The event pipeline as Prometheus sees it: events committed but not yet published (outbox
         backlog), events waiting for each of this service's consumers (consumer lag), and parked
-        events not replayed yet (dead letters)."""
+        events neither replayed nor discarded yet (dead letters)."""
         name = self.settings.service_name
         outbox, parked = self.tables.outbox, self.tables.dead_letters
         assert self.engine is not None
@@ -145,7 +145,8 @@ class ServiceRuntime:
             OUTBOX_BACKLOG.labels(name).set(await conn.scalar(
                 sa.select(sa.func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))))
             DEAD_LETTERS_WAITING.labels(name).set(await conn.scalar(
-                sa.select(sa.func.count()).select_from(parked).where(parked.c.replayed_at.is_(None))))
+                sa.select(sa.func.count()).select_from(parked)
+                .where(parked.c.replayed_at.is_(None), parked.c.discarded_at.is_(None))))
         js = self.link.js
         for consumer in self.consumers if js is not None else []:
             try:

@@ -366,3 +366,15 @@ async def test_the_event_pipeline_is_measured(client, app, db, js, event_names):
     for name in ('outbox_backlog{service="analytics"}', 'dead_letters_waiting{service="analytics"}',
                  'consumer_lag{consumer="analytics-collections-settled"}'):
         assert name in text, name
+
+    # A discarded dead letter is dealt with: only those neither replayed nor discarded are waiting.
+    parked = platform.dead_letters
+    async with db.begin() as conn:
+        await conn.execute(sa.insert(parked).values(
+            consumer="analytics-transactions", event_id=uuid.uuid4(), event_type="transaction.recorded",
+            subject="x", body=b"{}", error="test", attempts=5, discarded_at=datetime.now(UTC)))
+        waiting = await conn.scalar(sa.select(sa.func.count()).select_from(parked).where(
+            parked.c.replayed_at.is_(None), parked.c.discarded_at.is_(None)))
+    await asyncio.to_thread(client.blocking_portal.call, app.state.runtime.refresh_pipeline_metrics)
+    text = (await client.get("/metrics")).text
+    assert f'dead_letters_waiting{{service="analytics"}} {float(waiting)}' in text
