@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -103,6 +104,9 @@ class EventConsumer:
         self._backoff = (backoff_base, backoff_cap)
         self._task: asyncio.Task | None = None
         self._stopping = asyncio.Event()
+        # After this long without a message, check the durable consumer still exists: one deleted
+        # under a running service looks, from the fetch loop, exactly like a quiet stream.
+        self._check_every = 10.0
 
     @property
     def durable(self) -> str:
@@ -163,6 +167,16 @@ class EventConsumer:
                 messages += await sub.fetch(self._batch - 1, timeout=0.01)
         return messages
 
+    async def _still_there(self, js) -> None:
+        """Raise (so `run` creates the consumer again) when the durable consumer was deleted. It is
+        recreated delivering from the stream's start: every event is claimed by id, so what was
+        applied already is skipped, and what arrived meanwhile is not lost."""
+        try:
+            await js.consumer_info(self._link.stream, self.durable)
+        except NotFoundError:
+            log.warning("consumer_missing_recreating", consumer=self.name, durable=self.durable)
+            raise RuntimeError(f"durable consumer {self.durable} was deleted") from None
+
     async def run(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -170,11 +184,16 @@ class EventConsumer:
                 js = await self._link.wait_ready()
                 sub = await js.pull_subscribe_bind(self.durable, self._link.stream)
                 try:
+                    quiet_since = time.monotonic()
                     while not self._stopping.is_set():
                         try:
                             messages = await self._fetch(sub)
                         except (TimeoutError, NatsTimeoutError):
+                            if time.monotonic() - quiet_since >= self._check_every:
+                                quiet_since = time.monotonic()
+                                await self._still_there(js)
                             continue
+                        quiet_since = time.monotonic()
                         if self._batch_handler is not None and len(messages) > 1:
                             await self.handle_batch(messages)
                         else:

@@ -251,6 +251,28 @@ async def test_same_event_twice_is_applied_once(sessions, link):
         await consumer.stop()
 
 
+async def test_a_consumer_deleted_while_it_runs_is_recreated_and_nothing_is_lost(sessions, link):
+    """An operator (or a stream restore) deletes the durable consumer under a running service: the
+    fetch loop only sees quiet, so it must look, notice, and create it again, and events published
+    meanwhile are still applied, once each."""
+    handler = Applied()
+    consumer = consumer_for(link, sessions, handler, "recreated")
+    consumer._check_every = 0.5
+    first, second = new_event("transaction.recorded", {"n": 21}), new_event("transaction.recorded", {"n": 22})
+    subject = link.subject_prefix + "transaction.recorded"
+    consumer.start()
+    try:
+        await link.js.publish(subject, encode_event(first))
+        await eventually(lambda: handler.applied == [first.event_id], timeout=10)
+        await link.js.delete_consumer(link.stream, consumer.durable)
+        await link.js.publish(subject, encode_event(second))
+        await eventually(lambda: second.event_id in handler.applied, timeout=15)
+        assert await applied_count(sessions, first.event_id) == 1  # redelivered from the start: claimed once
+        assert await applied_count(sessions, second.event_id) == 1
+    finally:
+        await consumer.stop()
+
+
 async def test_failed_handler_is_retried_then_applied(sessions, link):
     event = new_event("transaction.recorded", {"n": 2})
     await link.js.publish(link.subject_prefix + "transaction.recorded", encode_event(event))
