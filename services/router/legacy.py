@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import cached_property
 
 from shared.events import TransactionRecorded
 from shared.fees import processor_fee
@@ -85,7 +86,7 @@ class LegacyPayment:
     stripe_payment_intent_id: str | None
     processed_at: datetime
 
-    @property
+    @cached_property
     def transaction_id(self) -> uuid.UUID:
         return legacy_transaction_id(self.legacy_id)
 
