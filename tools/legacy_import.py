@@ -25,7 +25,8 @@ What it carries over, and what it skips, is `services.router.legacy` (pure). Thi
 The suite's database is `--database-url`, else `DATABASE_URL`, else the one `make run` recorded;
 analytics' is `--analytics-database-url`, else the same. The router's settings
 (`DEFAULT_COMMISSION_RATE`, `COMMISSION_COLLECTION_FREQUENCY`, `EVENT_SUBJECT_PREFIX`, ...) are
-read from the environment and `.env` as the router reads them.
+read from the environment and `.env` as the router reads them (the subject prefix, else as `make run`
+recorded it: the events must go where the services listen).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ from services.router.settings import RouterSettings
 from shared.config import SettingsError, load_settings
 from shared.events import EventPayload, encode_event, new_event
 from shared.money import minor_unit_exponent, normalise_currency
-from tools.runstate import ROOT, pick_database_url
+from tools.runstate import ROOT, pick_database_url, pick_event_names
 
 REPORT_DIR = ROOT / ".run"
 SKIP_IDS_SHOWN = 20
@@ -414,7 +415,9 @@ def router_settings(database_url: str) -> RouterSettings:
     env = dict(os.environ)
     if not env.get("JWT_SECRET") and not env.get("JWT_PUBLIC_KEY"):
         env["JWT_SECRET"] = "unused-by-the-import"
-    return load_settings(RouterSettings, env=env, dotenv=ROOT / ".env", database_url=database_url)
+    stream, prefix = pick_event_names()  # as the router has them, or as `make run` recorded them
+    return load_settings(RouterSettings, env=env, dotenv=ROOT / ".env", database_url=database_url,
+                         event_stream=stream, event_subject_prefix=prefix)
 
 
 async def main_async(args: argparse.Namespace, console: Console) -> int:

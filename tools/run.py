@@ -499,6 +499,9 @@ class Suite:
                     "urls": {c.name: c.url for c in self.children},
                     "database_url": self.database_url,
                     "nats_url": infra.nats_url,
+                    # The services' stream and subject prefix, so operator tools write and look where they do.
+                    "event_stream": self.config.get("EVENT_STREAM") or "PAYMENTS",
+                    "event_subject_prefix": self.config.get("EVENT_SUBJECT_PREFIX", ""),
                     "embedded": {
                         "postgres": infra.postgres_pid if infra.embedded_postgres else None,
                         "nats": infra.nats_pid if infra.embedded_nats else None,

@@ -39,3 +39,20 @@ def pick_jwt_secret(given: str | None) -> str:
 
     from_dotenv = read_dotenv(ROOT / ".env").get("JWT_SECRET", "") if (ROOT / ".env").exists() else ""
     return from_dotenv or _run_state().get("jwt_secret", "")
+
+
+def pick_event_names(stream: str | None = None, prefix: str | None = None) -> tuple[str, str]:
+    """The JetStream stream and subject prefix the services use: the flags, else $EVENT_STREAM /
+    $EVENT_SUBJECT_PREFIX, else `.env`, else what `make run` recorded, else PAYMENTS and none."""
+    from shared.config import read_dotenv
+
+    dotenv, state = read_dotenv(ROOT / ".env"), _run_state()
+
+    def pick(given: str | None, var: str, key: str, default: str) -> str:
+        for value in (given, os.environ.get(var), dotenv.get(var), state.get(key)):
+            if value is not None:
+                return value
+        return default
+
+    return (pick(stream, "EVENT_STREAM", "event_stream", "PAYMENTS"),
+            pick(prefix, "EVENT_SUBJECT_PREFIX", "event_subject_prefix", ""))

@@ -37,7 +37,8 @@ collections :8003, analytics :8004, nats://127.0.0.1:4222. The database and the 
 found as the other operator tools find them (`--database-url`, `$DATABASE_URL`, run.json;
 `--jwt-secret`, `$JWT_SECRET`, `.env`, run.json), NATS as `--nats-url`, `$NATS_URL`, run.json.
 The stream and subject prefix are `--stream` / `--subject-prefix`, else `$EVENT_STREAM` /
-`$EVENT_SUBJECT_PREFIX` (or `.env`), else PAYMENTS and none, as the services default them.
+`$EVENT_SUBJECT_PREFIX` (or `.env`), else what `make run` recorded, else PAYMENTS and none, as the
+services default them.
 """
 
 from __future__ import annotations
@@ -63,13 +64,13 @@ from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from shared.auth import issue_token
-from shared.config import BaseSettings, load_settings, mask_url, normalise_database_url, read_dotenv
+from shared.config import BaseSettings, load_settings, mask_url, normalise_database_url
 from shared.db import PlatformTables
 from shared.events import stream_subjects
 from shared.migrations import SERVICES, SchemaNotAtHead, check_at_head, head_revision
 from tools.run import ADMIN_SUBJECT
 from tools.run import SERVICES as DEFAULT_PORTS
-from tools.runstate import ROOT, RUN_STATE, SUITE_DATABASE_URL, pick_database_url, pick_jwt_secret
+from tools.runstate import RUN_STATE, SUITE_DATABASE_URL, pick_database_url, pick_event_names, pick_jwt_secret
 
 PROBE_BARBER_ID = 2_000_000_000  # barber_id is int4 (max 2147483647); no real barber is this high
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -486,16 +487,14 @@ def main(argv: list[str] | None = None) -> int:
         print("no JWT secret: pass --jwt-secret or set JWT_SECRET (as the services have it)", file=sys.stderr)
         return 2
     state = recorded()
-    dotenv = read_dotenv(ROOT / ".env")
+    stream, subject_prefix = pick_event_names(args.stream, args.subject_prefix)
     urls = {s: (getattr(args, f"{s}_url") or state.get("urls", {}).get(s) or f"http://127.0.0.1:{port}").rstrip("/")
             for s, port in DEFAULT_PORTS.items()}
     target = Target(
         urls=urls,
         database_url=pick_database_url(args.database_url, SUITE_DATABASE_URL)[0],
         nats_url=args.nats_url or os.environ.get("NATS_URL") or state.get("nats_url") or DEFAULT_NATS_URL,
-        stream=args.stream or os.environ.get("EVENT_STREAM") or dotenv.get("EVENT_STREAM") or DEFAULT_STREAM,
-        subject_prefix=(args.subject_prefix if args.subject_prefix is not None
-                        else os.environ.get("EVENT_SUBJECT_PREFIX", dotenv.get("EVENT_SUBJECT_PREFIX", ""))),
+        stream=stream, subject_prefix=subject_prefix,
         jwt_secret=secret, max_backlog=args.max_backlog, outbox_age=args.outbox_age, timeout=args.timeout,
     )
     return report(asyncio.run(validate(target)), Console(highlight=False, soft_wrap=True))
