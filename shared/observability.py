@@ -58,7 +58,7 @@ EVENT_LAG = Histogram("analytics_event_lag_seconds", "From an event's creation t
 OUTBOX_BACKLOG = Gauge("outbox_backlog", "Events committed but not yet published to JetStream", ["service"])
 CONSUMER_LAG = Gauge("consumer_lag", "Events in the stream not yet applied by a consumer", ["consumer"])
 DEAD_LETTERS_WAITING = Gauge("dead_letters_waiting", "Parked events not replayed yet", ["service"])
-JOB_RUNS = Counter("scheduled_job_runs_total", "Scheduled job runs by outcome", ["job", "outcome"])
+JOB_RUNS = Counter("scheduled_job_runs_total", "Scheduled job runs by outcome", ["job_name", "outcome"])
 
 REQUEST_ID_HEADER = "x-request-id"
 

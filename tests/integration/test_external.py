@@ -647,7 +647,7 @@ async def test_a_route_being_paid_externally_is_not_paid_again_concurrently(http
 async def _job_ran(http, job: str) -> bool:
     async with http.get("/metrics") as resp:
         text = await resp.text()
-    return f'scheduled_job_runs_total{{job="{job}",' in text  # ran (whatever came of it)
+    return f'scheduled_job_runs_total{{job_name="{job}",' in text  # ran (whatever came of it)
 
 
 async def test_a_declined_payment_the_client_completes_later_is_recorded_completed(http, db, stripe_sim):
