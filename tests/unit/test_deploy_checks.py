@@ -410,6 +410,20 @@ def test_deployment_has_probes_and_requests(service):
         assert {"name": "PORT", "value": str(DEFAULT_PORTS[service])} in container["env"]
 
 
+def test_ingress_routes_every_prefix_and_docs_page_to_its_service():
+    """The Kubernetes ingress has the dev gateway's routes: each public prefix to its service, and
+    /docs/<service>/... rewritten to that service's /schema/..."""
+    ingresses = {doc["metadata"]["name"]: doc for _, doc in MANIFESTS if doc["kind"] == "Ingress"}
+    routes = {p["path"]: p["backend"]["service"]["name"]
+              for doc in ingresses.values() for rule in doc["spec"]["rules"] for p in rule["http"]["paths"]}
+    for prefix, service in PREFIXES.items():
+        assert routes.get(prefix) == f"hybrid-payments-{service}", prefix
+    docs = ingresses["hybrid-payments-docs"]
+    assert docs["metadata"]["annotations"]["nginx.ingress.kubernetes.io/rewrite-target"] == "/schema/$2"
+    for service in SERVICES:
+        assert routes[f"/docs/({service})/?(.*)"] == f"hybrid-payments-{service}"
+
+
 # --- systemd -----------------------------------------------------------------------------------
 
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
