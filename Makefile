@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.synced
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-unit test-integration test-e2e migrate downgrade load rollback backup restore import validate lint clean
+.PHONY: setup run test test-unit test-integration test-e2e migrate downgrade load rollback backup restore import validate clean
 
 setup: $(STAMP)
 
