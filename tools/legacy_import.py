@@ -67,9 +67,11 @@ from services.router.settings import RouterSettings
 from shared.config import SettingsError, load_settings
 from shared.events import EventPayload, encode_event, new_event
 from shared.money import minor_unit_exponent, normalise_currency
+from shared.scheduler import lock_key
 from tools.runstate import ROOT, pick_database_url, pick_event_names
 
 REPORT_DIR = ROOT / ".run"
+IMPORT_LOCK = lock_key("legacy-import")
 SKIP_IDS_SHOWN = 20
 PAYMENT_COLUMNS = (
     "transaction_id", "legacy_id", "barber_id", "appointment_id", "client_id", "amount", "refunded_amount",
@@ -443,6 +445,12 @@ async def main_async(args: argparse.Namespace, console: Console) -> int:
         head = await suite.fetchval("SELECT to_regclass('router.legacy_imports') IS NOT NULL")
         if not head:
             console.print("[red]the router's schema has no legacy import tables: run `make migrate` first[/red]")
+            return 2
+        # One import at a time (two would race on the run's checkpoint): a session lock, freed when
+        # this connection closes, also when the process is killed.
+        if not await suite.fetchval("SELECT pg_try_advisory_lock($1)", IMPORT_LOCK):
+            console.print("[red]another import is running against this suite database: wait for it, "
+                          "or stop it (a killed import resumes from its checkpoint)[/red]")
             return 2
         importer = LegacyImport(legacy, suite, settings, currency=currency, batch_size=args.batch_size, console=console)
         try:

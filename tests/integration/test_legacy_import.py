@@ -209,6 +209,20 @@ async def test_changes_in_the_legacy_database_are_carried_and_a_difference_fails
     assert msgspec.json.decode(status[0]["report"])["differences"]
 
 
+async def test_one_import_at_a_time(legacy, suite_db):
+    from tools.legacy_import import IMPORT_LOCK
+
+    dsn, _ = legacy
+    holder = await asyncpg.connect(suite_db)
+    try:
+        assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", IMPORT_LOCK)
+        second = run_import(dsn, suite_db)
+    finally:
+        await holder.close()
+    assert second.returncode == 2 and "another import is running" in second.stdout
+    assert await fetch(suite_db, "SELECT count(*) FROM router.legacy_imports") == [(0,)]
+
+
 def test_bad_input_is_refused_with_a_message(suite_db, infra, tmp_path):
     nowhere = run_import("postgresql://postgres@127.0.0.1:1/none", suite_db)
     assert nowhere.returncode == 2 and "cannot connect to the legacy database 127.0.0.1:1/none" in nowhere.stdout
