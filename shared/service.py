@@ -67,6 +67,14 @@ class ConsumerSpec:
     batch: int = 50
 
 
+def consumer_of(service_name: str, spec: ConsumerSpec, link: NatsLink, unit_of_work: Any) -> EventConsumer:
+    """The consumer a service runs for `spec`, named `<service>-<spec name>` (its durable name on the
+    stream); `tools.validate` builds them the same way to know which consumers must exist."""
+    return EventConsumer(name=f"{service_name}-{spec.name}", event_types=spec.event_types, handler=spec.handler,
+                         batch_handler=spec.batch_handler, link=link, unit_of_work=unit_of_work,
+                         max_attempts=spec.max_attempts, batch=spec.batch)
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """A periodic job a service runs in one replica at a time (see `shared.scheduler`)."""
@@ -115,16 +123,7 @@ class ServiceRuntime:
         if self.start_relay:
             self.relay.start()
         for spec in self.consumer_specs:
-            consumer = EventConsumer(
-                name=f"{self.settings.service_name}-{spec.name}",
-                event_types=spec.event_types,
-                handler=spec.handler,
-                batch_handler=spec.batch_handler,
-                link=self.link,
-                unit_of_work=self.uow,
-                max_attempts=spec.max_attempts,
-                batch=spec.batch,
-            )
+            consumer = consumer_of(self.settings.service_name, spec, self.link, self.uow)
             consumer.start()
             self.consumers.append(consumer)
         for job_spec in [*self.job_specs, JobSpec("pipeline-metrics", 15.0, self.refresh_pipeline_metrics)]:

@@ -68,6 +68,7 @@ from shared.config import BaseSettings, load_settings, mask_url, normalise_datab
 from shared.db import PlatformTables
 from shared.events import stream_subjects
 from shared.migrations import SERVICES, SchemaNotAtHead, check_at_head, head_revision
+from shared.service import consumer_of
 from tools.run import ADMIN_SUBJECT
 from tools.run import SERVICES as DEFAULT_PORTS
 from tools.runstate import RUN_STATE, SUITE_DATABASE_URL, pick_database_url, pick_event_names, pick_jwt_secret
@@ -150,8 +151,6 @@ def declared_consumers(service: str) -> list[ExpectedConsumer]:
     placeholder settings: building the app connects nothing, only its lifespan does)."""
     from cryptography.fernet import Fernet
 
-    from shared.consumer import EventConsumer
-
     app_module = importlib.import_module(f"services.{service}.app")
     settings_module = importlib.import_module(f"services.{service}.settings")
     (settings_class,) = [v for v in vars(settings_module).values() if isinstance(v, type)
@@ -164,9 +163,7 @@ def declared_consumers(service: str) -> list[ExpectedConsumer]:
     runtime = app_module.create_app(settings).state.runtime
     expected = []
     for spec in runtime.consumer_specs:
-        # Named as `ServiceRuntime.start` names them; the durable name is the consumer's own rule.
-        consumer = EventConsumer(name=f"{settings.service_name}-{spec.name}", event_types=spec.event_types,
-                                 handler=spec.handler, link=runtime.link, unit_of_work=runtime.uow)
+        consumer = consumer_of(settings.service_name, spec, runtime.link, runtime.uow)  # as the service does
         expected.append(ExpectedConsumer(service, consumer.durable, tuple(spec.event_types)))
     return expected
 
