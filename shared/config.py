@@ -102,6 +102,12 @@ def mask_url(text: str) -> str:
     return _URL_PASSWORD.sub(r"\g<head>***@", text)
 
 
+def libpq_url(url: str) -> str:
+    """The `postgresql://` form of a database URL, for asyncpg.connect and the Postgres client tools
+    (the services' SQLAlchemy URLs say `postgresql+asyncpg://`)."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
 def normalise_database_url(url: str) -> str:
     for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):

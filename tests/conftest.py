@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nats
@@ -17,8 +16,8 @@ import pytest
 from cryptography.fernet import Fernet
 
 from shared.config import BaseSettings, load_settings
-from shared.migrations import SERVICES, upgrade
-from tools.devinfra import Infra, create_database, drop_database, start_infra
+from tests.support import scratch_database
+from tools.devinfra import Infra, start_infra
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = uuid.uuid4().hex[:10]
@@ -36,15 +35,8 @@ def infra() -> Infra:
 @pytest.fixture(scope="session")
 def database_url(infra: Infra) -> str:
     """A fresh database for this run with every service's migrations at head."""
-    name = f"hp_test_{RUN_ID}"
-    create_database(infra.postgres_url, name)
-    url = infra.database_url(name)
-    # Alembic's env runs its own event loop; keep it off the test loop's thread.
-    with ThreadPoolExecutor(1) as pool:
-        for service in SERVICES:
-            pool.submit(upgrade, service, url).result()
-    yield url
-    drop_database(infra.postgres_url, name)
+    with scratch_database(infra, f"hp_test_{RUN_ID}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -64,3 +65,22 @@ def running_process(args: list[str], env: dict[str, str], *, ready_url: str, log
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def scratch_database(infra, name: str, *, migrated: bool = True) -> Iterator[str]:
+    """A database of its own on the run's Postgres (every service schema at head unless `migrated`
+    is false), dropped afterwards; yields its URL (`postgresql+asyncpg://`)."""
+    from shared.migrations import SERVICES, upgrade
+    from tools.devinfra import create_database, drop_database
+
+    create_database(infra.postgres_url, name)
+    url = infra.database_url(name)
+    try:
+        if migrated:
+            with ThreadPoolExecutor(1) as pool:  # Alembic runs its own event loop: off the test loop's thread
+                for service in SERVICES:
+                    pool.submit(upgrade, service, url).result()
+        yield url
+    finally:
+        drop_database(infra.postgres_url, name)

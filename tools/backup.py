@@ -37,6 +37,7 @@ from typing import Any
 
 import asyncpg
 
+from shared.config import libpq_url
 from shared.migrations import SERVICES
 from tools.devinfra import create_database, drop_database, postgres_bindir
 from tools.runstate import ROOT, SUITE_DATABASE_URL, pick_database_url
@@ -44,10 +45,6 @@ from tools.runstate import ROOT, SUITE_DATABASE_URL, pick_database_url
 
 class BackupError(RuntimeError):
     pass
-
-
-def plain(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
 def server_url(url: str) -> str:
@@ -195,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("file", type=Path)
     r.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
-    dsn = plain(pick_database_url(args.database_url, SUITE_DATABASE_URL)[0])
+    dsn = libpq_url(pick_database_url(args.database_url, SUITE_DATABASE_URL)[0])
     try:
         if args.command == "backup":
             args.out.mkdir(parents=True, exist_ok=True)
@@ -210,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{', '.join(f'{k} {v}' for k, v in manifest['revisions'].items())}); restore proved")
             if args.legacy_dsn:
                 legacy = args.out / f"legacy-{stamp}.dump"
-                dump(plain(args.legacy_dsn), legacy, legacy=True)
+                dump(libpq_url(args.legacy_dsn), legacy, legacy=True)
                 print(f"legacy backup: {legacy}; restore proved")
         else:
             manifest = restore(args.file, dsn, force=args.force)

@@ -64,7 +64,7 @@ from services.router.legacy import (
 from services.router.mapping import config_changed, config_out
 from services.router.routing import default_config_row
 from services.router.settings import RouterSettings
-from shared.config import SettingsError, load_settings
+from shared.config import SettingsError, libpq_url, load_settings
 from shared.events import EventPayload, encode_event, new_event
 from shared.money import minor_unit_exponent, normalise_currency
 from shared.scheduler import lock_key
@@ -121,10 +121,6 @@ def source_name(dsn: str) -> str:
     """The legacy database as a run records it: host, port and name, never the password."""
     url = urlsplit(dsn)
     return f"{url.hostname or 'localhost'}:{url.port or 5432}{url.path or '/'}"
-
-
-def plain(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
 def outbox_record(payload: EventPayload, prefix: str) -> tuple:
@@ -431,12 +427,12 @@ async def main_async(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[red]{exc}[/red]")
         return 2
     try:
-        legacy = await asyncpg.connect(plain(args.legacy_dsn))
+        legacy = await asyncpg.connect(libpq_url(args.legacy_dsn))
     except (OSError, asyncpg.PostgresError) as exc:
         console.print(f"[red]cannot connect to the legacy database {source_name(args.legacy_dsn)}: {exc}[/red]")
         return 2
     try:
-        suite = await asyncpg.connect(plain(database_url))
+        suite = await asyncpg.connect(libpq_url(database_url))
     except (OSError, asyncpg.PostgresError) as exc:
         await legacy.close()
         console.print(f"[red]cannot connect to the suite's database: {exc}[/red]")
@@ -458,7 +454,7 @@ async def main_async(args: argparse.Namespace, console: Console) -> int:
         except LegacyImportError as exc:
             console.print(f"[red]{exc}[/red]")
             return 2
-        analytics_dsn = plain(args.analytics_database_url or database_url)
+        analytics_dsn = libpq_url(args.analytics_database_url or database_url)
         await reconcile(report, legacy, suite, analytics_dsn, rates, currency,
                         analytics_timeout=args.analytics_timeout, console=console)
         path = await save_report(suite, report)

@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.auth import issue_token
+from shared.config import libpq_url
 from tools.runstate import pick_database_url, pick_jwt_secret
 
 ROLLED_BACK = {"payment_mode": "centralized", "fallback_enabled": True}
@@ -54,7 +55,7 @@ def describe(config: dict[str, Any]) -> str:
 
 
 async def configured_barbers(database_url: str) -> list[int]:
-    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    conn = await asyncpg.connect(libpq_url(database_url))
     try:
         return [r["barber_id"] for r in await conn.fetch(
             "SELECT barber_id FROM router.hybrid_payment_configs ORDER BY barber_id")]

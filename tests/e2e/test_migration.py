@@ -28,12 +28,12 @@ import nats
 import pytest
 
 from shared.auth import issue_token
+from shared.config import libpq_url
 from tests import legacy_db
 from tests.conftest import ROOT, RUN_ID
 from tests.e2e.ledger import AN, HP, Barber, call, cents, money, pay, set_up
 from tests.run_support import make_run
-from tests.support import eventually
-from tools.devinfra import create_database, drop_database
+from tests.support import eventually, scratch_database
 
 BARBERS, PAYMENTS = 12, 2500
 LEGACY_START = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(days=40)
@@ -42,24 +42,19 @@ LEGACY_START = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta
 @pytest.fixture(scope="module")
 def legacy(infra):
     data = legacy_db.generate(barbers=BARBERS, payments=PAYMENTS, seed=23, start=LEGACY_START)
-    name = f"hp_e2e_legacy_{RUN_ID}"
-    create_database(infra.postgres_url, name)
-    dsn = infra.database_url(name).replace("postgresql+asyncpg://", "postgresql://")
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, legacy_db.write(dsn, data)).result()
-    yield dsn, data
-    drop_database(infra.postgres_url, name)
+    with scratch_database(infra, f"hp_e2e_legacy_{RUN_ID}", migrated=False) as url:
+        dsn = libpq_url(url)
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, legacy_db.write(dsn, data)).result()
+        yield dsn, data
 
 
 @pytest.fixture(scope="module")
 def env(infra, service_env):
     """The suite's environment for this migration: an empty database and a stream of its own."""
-    name = f"hp_e2e_migration_{RUN_ID}"
-    create_database(infra.postgres_url, name)
     stream = f"PAYMENTS_M{RUN_ID}"
-    yield {**service_env, "DATABASE_URL": infra.database_url(name), "EVENT_STREAM": stream,
-           "EVENT_SUBJECT_PREFIX": f"m{RUN_ID}."}
-    drop_database(infra.postgres_url, name)
+    with scratch_database(infra, f"hp_e2e_migration_{RUN_ID}", migrated=False) as url:  # make migrate's job
+        yield {**service_env, "DATABASE_URL": url, "EVENT_STREAM": stream, "EVENT_SUBJECT_PREFIX": f"m{RUN_ID}."}
 
     async def drop_stream():
         nc = await nats.connect(infra.nats_url)
@@ -79,10 +74,6 @@ def tool(env: dict, *args: str, wait: bool = True):
     if not wait:
         return subprocess.Popen(command, env=full_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     return subprocess.run(command, env=full_env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-
-
-def plain(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
 def legacy_commission_kept(data: legacy_db.LegacyData) -> dict[int, int]:
@@ -157,7 +148,7 @@ async def test_migrating_from_bookedbarber_v2(legacy, env, tmp_path_factory):
 
 async def import_killed_and_resumed(env: dict, dsn: str, data: legacy_db.LegacyData) -> None:
     proc = tool(env, "tools.legacy_import", "--legacy-dsn", dsn, "--batch-size", "50", wait=False)
-    conn = await asyncpg.connect(plain(env["DATABASE_URL"]))
+    conn = await asyncpg.connect(libpq_url(env["DATABASE_URL"]))
     try:
         deadline = time.monotonic() + 60
         while not (await conn.fetchval("SELECT max(checkpoint) FROM router.legacy_imports") or 0) >= 500:

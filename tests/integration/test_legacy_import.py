@@ -23,11 +23,11 @@ import asyncpg
 import msgspec
 import pytest
 
+from shared.config import libpq_url
 from shared.events import TransactionRecorded, decode_event
-from shared.migrations import SERVICES, upgrade
 from tests import legacy_db
 from tests.conftest import ROOT, RUN_ID
-from tools.devinfra import create_database, drop_database
+from tests.support import scratch_database
 
 BARBERS, PAYMENTS = 40, 6000
 
@@ -35,26 +35,18 @@ BARBERS, PAYMENTS = 40, 6000
 @pytest.fixture(scope="module")
 def legacy(infra):
     data = legacy_db.generate(barbers=BARBERS, payments=PAYMENTS, seed=11)
-    name = f"hp_legacy_{RUN_ID}"
-    create_database(infra.postgres_url, name)
-    dsn = infra.database_url(name).replace("postgresql+asyncpg://", "postgresql://")
-    with ThreadPoolExecutor(1) as pool:  # off the test loop's thread
-        pool.submit(asyncio.run, legacy_db.write(dsn, data)).result()
-    yield dsn, data
-    drop_database(infra.postgres_url, name)
+    with scratch_database(infra, f"hp_legacy_{RUN_ID}", migrated=False) as url:
+        dsn = libpq_url(url)
+        with ThreadPoolExecutor(1) as pool:  # off the test loop's thread
+            pool.submit(asyncio.run, legacy_db.write(dsn, data)).result()
+        yield dsn, data
 
 
 @pytest.fixture
 def suite_db(infra):
     """A suite database of its own at head: the import configures barbers 1..n, whom other tests use."""
-    name = f"hp_import_{RUN_ID}_{uuid.uuid4().hex[:6]}"
-    create_database(infra.postgres_url, name)
-    url = infra.database_url(name)
-    with ThreadPoolExecutor(1) as pool:  # Alembic runs its own event loop
-        for service in SERVICES:
-            pool.submit(upgrade, service, url).result()
-    yield url.replace("postgresql+asyncpg://", "postgresql://")
-    drop_database(infra.postgres_url, name)
+    with scratch_database(infra, f"hp_import_{RUN_ID}_{uuid.uuid4().hex[:6]}") as url:
+        yield libpq_url(url)
 
 
 def run_import(legacy_dsn: str, suite_url: str, *extra: str, wait: bool = True):

@@ -15,11 +15,12 @@ import sqlalchemy as sa
 
 from services.router import tables as rt
 from shared.auth import issue_token
+from shared.config import libpq_url
 from shared.db import PlatformTables
 from shared.events import ConnectionChanged, encode_event, new_event
 from tests.conftest import JWT_SECRET
 from tests.integration.router_support import admin, barber
-from tests.support import eventually, free_port, running_process
+from tests.support import eventually, free_port, running_process, scratch_database
 from tools import rollback
 
 HP = "/api/v1/hybrid-payments"
@@ -97,19 +98,8 @@ def test_the_command_says_when_the_router_cannot_be_reached(capsys):
 @pytest.fixture
 def suite_database(infra):
     """A database of its own with every service's schema at head."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from shared.migrations import SERVICES, upgrade
-    from tools.devinfra import create_database, drop_database
-
-    name = f"hp_ops_{next(_ids)}_{os.getpid()}"
-    create_database(infra.postgres_url, name)
-    url = infra.database_url(name)
-    with ThreadPoolExecutor(1) as pool:
-        for service in SERVICES:
-            pool.submit(upgrade, service, url).result()
-    yield url.replace("postgresql+asyncpg://", "postgresql://")
-    drop_database(infra.postgres_url, name)
+    with scratch_database(infra, f"hp_ops_{next(_ids)}_{os.getpid()}") as url:
+        yield libpq_url(url)
 
 
 async def tool(database_url: str, *args: str) -> int:

@@ -22,11 +22,10 @@ from nats.js.errors import NotFoundError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from shared.config import normalise_database_url
-from shared.migrations import SERVICES, upgrade
+from shared.migrations import SERVICES
 from tests.conftest import ENCRYPTION_KEY, JWT_SECRET, ROOT, RUN_ID
-from tests.support import eventually, free_port
+from tests.support import eventually, free_port, scratch_database
 from tools import validate as tools_validate
-from tools.devinfra import create_database, drop_database
 
 
 class Suite:
@@ -74,25 +73,20 @@ class Suite:
 
 @pytest.fixture(scope="module")
 def suite(infra, tmp_path_factory):
-    name = f"hp_validate_{RUN_ID}"
-    create_database(infra.postgres_url, name)
-    database_url = infra.database_url(name)
-    with ThreadPoolExecutor(1) as pool:  # Alembic runs its own event loop: off the test loop's thread
-        for service in SERVICES:
-            pool.submit(upgrade, service, database_url).result()
     stream, prefix = f"PAYMENTS_V{RUN_ID}", f"v{RUN_ID}."
-    env = {**os.environ, "DATABASE_URL": database_url, "NATS_URL": infra.nats_url, "JWT_SECRET": JWT_SECRET,
-           "CONNECTION_ENCRYPTION_KEYS": ENCRYPTION_KEY, "EVENT_STREAM": stream, "EVENT_SUBJECT_PREFIX": prefix,
-           "STRIPE_SECRET_KEY": "", "LOG_LEVEL": "warning", "LOG_JSON": "true", "OUTBOX_POLL_INTERVAL": "0.2"}
-    running = Suite(env, tmp_path_factory.mktemp("validate"))
-    try:
-        running.start(*SERVICES)
-        yield running
-    finally:
-        running.stop(*running.procs)
-        with ThreadPoolExecutor(1) as pool:
-            pool.submit(_delete_stream, infra.nats_url, stream).result()
-        drop_database(infra.postgres_url, name)
+    with scratch_database(infra, f"hp_validate_{RUN_ID}") as database_url:
+        env = {**os.environ, "DATABASE_URL": database_url, "NATS_URL": infra.nats_url, "JWT_SECRET": JWT_SECRET,
+               "CONNECTION_ENCRYPTION_KEYS": ENCRYPTION_KEY, "EVENT_STREAM": stream,
+               "EVENT_SUBJECT_PREFIX": prefix, "STRIPE_SECRET_KEY": "", "LOG_LEVEL": "warning",
+               "LOG_JSON": "true", "OUTBOX_POLL_INTERVAL": "0.2"}
+        running = Suite(env, tmp_path_factory.mktemp("validate"))
+        try:
+            running.start(*SERVICES)
+            yield running
+        finally:
+            running.stop(*running.procs)
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(_delete_stream, infra.nats_url, stream).result()
 
 
 def _delete_stream(nats_url: str, stream: str) -> None:
