@@ -255,33 +255,42 @@ def six_figure_insights(visits: list[Visit], *, now: datetime, target: Decimal, 
     the way to `target` a year, and what alone would close the gap.
 
     Run rate = revenue of the last 90 days x 365 / 90. Weekly figures are the annual ones x 7 / 365,
-    so `weekly_gap` = (target - run rate) x 7 / 365 (never negative). Each recommendation changes one
-    lever and keeps the others: the ticket that closes the gap (price), the extra clients a week at
-    today's average ticket (volume), or the visit interval that brings returning clients back often
-    enough (frequency: revenue taken to scale with how often clients come)."""
+    so `weekly_gap` = (target - run rate) x 7 / 365. The barber reaches the target when the run
+    rate as shown (to the cent) does; then the gap is zero, otherwise it is at least one cent, so
+    the gap, `progress` and the message never disagree. Each recommendation changes one lever and
+    keeps the others: the ticket that closes the gap (price), the extra clients a week at today's
+    average ticket (volume), or the visit interval that brings returning clients back often enough
+    (frequency: revenue taken to scale with how often clients come). Levers scale the revenue kept,
+    so when refunds took all of it back (zero, or less) there are none, and the message says why.
+
+    `target` must be positive (settings hold SIX_FIGURE_TARGET at 0.01 or more)."""
+    if not target > 0:
+        # Not an assert: a caller's value, and progress and every lever divide by it.
+        raise ValueError(f"the six-figure target must be positive, not {target}")
     start = now - timedelta(days=WINDOW_DAYS)
     current = [v for v in visits if start < v.at <= now]
     previous = [v for v in visits if start - timedelta(days=WINDOW_DAYS) < v.at <= start]
     revenue = sum((v.revenue for v in current), ZERO)
     previous_revenue = sum((v.revenue for v in previous), ZERO)
     count = len(current)
-    run_rate = round_money(revenue * 365 / WINDOW_DAYS, currency)
+    exact_run_rate = revenue * 365 / WINDOW_DAYS
+    run_rate = round_money(exact_run_rate, currency)
+    reaches = run_rate >= target
     average_ticket = round_money(revenue / count, currency) if count else None
-    weekly_revenue = round_money(_per_week(revenue * 365 / WINDOW_DAYS), currency)
+    weekly_revenue = round_money(_per_week(exact_run_rate), currency)
     weekly_target = round_money(_per_week(target), currency)
-    weekly_gap = round_money(max(ZERO, _per_week(target - revenue * 365 / WINDOW_DAYS)), currency)
+    # Rounded half-up, a shortfall under half a cent a week would read 0.00 beside a run rate
+    # short of the target (and "on track"): it shows as the smallest amount instead.
+    quantum = Decimal(1).scaleb(-minor_unit_exponent(currency))
+    weekly_gap = (round_money(ZERO, currency) if reaches
+                  else max(quantum, round_money(_per_week(target - exact_run_rate), currency)))
     clients = client_measures(current, previous, currency)
-    if previous_revenue:
-        change = _rate((revenue - previous_revenue) / previous_revenue)
-        trend = Trend(previous_revenue, change, "up" if change > 0 else "down" if change < 0 else "flat")
-    else:
-        trend = Trend(previous_revenue, None, "new" if revenue else "flat")
     insights = Insights(
         has_history=bool(current or previous), revenue=revenue, transactions=count, annualized_run_rate=run_rate,
         target=target, progress=_rate(run_rate / target), average_ticket=average_ticket,
         transactions_per_week=(Decimal(count) * 7 / WINDOW_DAYS).quantize(Decimal("0.01"), ROUND_HALF_UP),
         weekly_revenue=weekly_revenue, weekly_target=weekly_target, weekly_gap=weekly_gap, clients=clients,
-        trend=trend,
+        trend=_trend(revenue, previous_revenue),
     )
     if not insights.has_history:
         return replace(insights, message="No completed payments in the last 180 days: nothing to measure yet. "
@@ -289,32 +298,59 @@ def six_figure_insights(visits: list[Visit], *, now: datetime, target: Decimal, 
     if not count:
         return replace(insights, message="No completed payments in the last 90 days: the run rate is zero. "
                                           "Recommendations need at least one recent payment.")
-    if not weekly_gap:
+    if reaches:
         return replace(insights, message=f"On track: the run rate {run_rate} {currency} reaches the target.")
+    if revenue <= 0:
+        payments = "payment was" if count == 1 else "payments were"
+        return replace(insights, message=(
+            f"The last 90 days' {count} {payments} refunded: {round_money(revenue, currency)} {currency} "
+            f"kept, so the run rate is {run_rate} {currency} a year, "
+            f"{weekly_gap} {currency} a week short of {target} {currency}. No lever scales zero revenue: "
+            f"recommendations need revenue kept in the last 90 days."))
     return replace(insights, recommendations=_recommendations(insights, currency),
                     message=f"The run rate is {run_rate} {currency} a year, {weekly_gap} {currency} a week "
                             f"short of {target} {currency}.")
 
 
+def _trend(revenue: Decimal, previous: Decimal) -> Trend:
+    """The change against the previous 90 days. A rate is only measured from previous revenue
+    above zero: from nothing it is undefined, and from less than nothing its sign would lie."""
+    if previous > 0:
+        change = _rate((revenue - previous) / previous)
+        return Trend(previous, change, "up" if change > 0 else "down" if change < 0 else "flat")
+    if previous == 0 and revenue > 0:
+        return Trend(previous, None, "new")
+    return Trend(previous, None, "up" if revenue > previous else "down" if revenue < previous else "flat")
+
+
 def _recommendations(i: Insights, currency: str) -> list[Recommendation]:
-    assert i.average_ticket is not None and i.annualized_run_rate > 0
-    exact_run_rate = i.revenue * 365 / WINDOW_DAYS
-    factor = i.target / exact_run_rate  # how much more revenue the target needs (> 1 here)
+    """The levers, for a barber with a recent payment, revenue kept (> 0) and a run rate short of
+    the target: the only case `six_figure_insights` calls this in, so every division below has a
+    positive divisor. Each figure is one exact fraction divided once before it is rounded: a chain
+    of divisions, each rounded to 28 digits, can land a hair off an exact cent and then round a
+    whole cent (or tenth) the wrong way."""
+    revenue, visits, target = i.revenue, i.transactions, i.target
+    average_ticket = round_money(revenue / visits, currency)
+    factor = target * WINDOW_DAYS / (revenue * 365)  # how much more revenue the target needs (> 1 here)
     quantum = Decimal(1).scaleb(-minor_unit_exponent(currency))
-    ticket = (i.revenue / i.transactions * factor).quantize(quantum, ROUND_CEILING)
-    extra = (_per_week(i.target - exact_run_rate) / (i.revenue / i.transactions)).quantize(Decimal("0.1"),
-                                                                                          ROUND_CEILING)
+    # avg ticket x factor = (revenue / visits) x target x 90 / (revenue x 365): revenue cancels out.
+    ticket = (target * WINDOW_DAYS / (365 * visits)).quantize(quantum, ROUND_CEILING)
+    # The weekly gap, (target - run rate) x 7 / 365, over today's exact average ticket, revenue / visits.
+    extra = ((target * WINDOW_DAYS - revenue * 365) * 7 * visits / (WINDOW_DAYS * 365 * revenue)).quantize(
+        Decimal("0.1"), ROUND_CEILING)
     found = [
-        Recommendation("price", i.average_ticket, ticket, ticket - i.average_ticket,
-                       f"Raise the average ticket from {i.average_ticket} to {ticket} {currency} "
+        Recommendation("price", average_ticket, ticket, ticket - average_ticket,
+                       f"Raise the average ticket from {average_ticket} to {ticket} {currency} "
                        f"(+{_rate(factor - 1) * 100:.2f} %) at today's volume."),
         Recommendation("volume", i.transactions_per_week, i.transactions_per_week + extra, extra,
-                       f"Add {extra} clients a week at today's average ticket of {i.average_ticket} {currency}."),
+                       f"Add {extra} clients a week at today's average ticket of {average_ticket} {currency}."),
     ]
     interval = i.clients.average_days_between_visits
     if interval is not None and interval > 0:
-        needed = (interval / factor).quantize(Decimal("0.1"), ROUND_FLOOR)
-        found.append(Recommendation(
-            "frequency", interval, needed, needed - interval,
-            f"Bring returning clients back every {needed} days instead of every {interval}."))
+        # interval / factor, in one division.
+        needed = (interval * revenue * 365 / (target * WINDOW_DAYS)).quantize(Decimal("0.1"), ROUND_FLOOR)
+        if needed > 0:  # rounded down to 0.0 it would ask clients to come back continuously: no lever
+            found.append(Recommendation(
+                "frequency", interval, needed, needed - interval,
+                f"Bring returning clients back every {needed} days instead of every {interval}."))
     return found

@@ -313,6 +313,39 @@ async def test_insights_for_a_barber_with_a_known_history(client, db, js, event_
     assert nobody["message"].startswith("No completed payments")
 
 
+async def test_insights_of_a_barber_whose_recent_payments_were_all_refunded_answer_200(client, db, js, event_names):
+    """Regression: a barber whose only payments of the last 90 days were refunded in full has
+    visits but no revenue; the insights failed an `assert` and answered 500."""
+    b = next_barber()
+    sent = []
+    for n, days_ago in enumerate((5, 40)):
+        common = dict(transaction_id=f"an-refunded-{b}-{n}", barber_id=b, appointment_id=n, client_id=21,
+                      payment_type="external", processor="square", connection_id=1, external_transaction_id=None,
+                      amount=Decimal("60.00"), currency="USD", commission_rate=Decimal("0.10"),
+                      commission_amount=Decimal("6.00"), processor_fee=Decimal("2.04"),
+                      processed_at=NOW - timedelta(days=days_ago))
+        sent.append(new_event(TransactionRecorded(**common, refunded_amount=Decimal(0), status="completed",
+                                                  sequence=1)))
+        sent.append(new_event(TransactionRecorded(**common, refunded_amount=Decimal("60.00"), status="refunded",
+                                                  sequence=2)))
+    for event in sent:
+        await publish(js, event_names, event)
+    await all_applied(db, sent)
+    response = await client.get(f"{BASE}/six-figure-insights", headers=barber(b))
+    assert response.status_code == 200, response.text
+    i = response.json()
+    assert (i["has_history"], i["revenue_90d"], i["transactions_90d"], i["annualized_run_rate"], i["progress"]) == (
+        True, "0.00", 2, "0.00", "0.0000")
+    # Nothing kept, so the whole weekly target is the gap: 100000 x 7 / 365 = 1917.808.. -> 1917.81.
+    assert (i["average_ticket"], i["weekly_revenue"], i["weekly_target"], i["weekly_revenue_gap"]) == (
+        "0.00", "0.00", "1917.81", "1917.81")
+    assert i["recommendations"] == []
+    assert "refund" in i["message"] and "zero" in i["message"]
+    assert i["clients"] == {"distinct_clients": 1, "retention_rate": None, "average_days_between_visits": "35.0",
+                            "revenue_per_client": "0.00"}
+    assert i["trend"] == {"previous_revenue_90d": "0.00", "change_rate": None, "direction": "flat"}
+
+
 async def test_who_sees_what_and_bad_input_is_a_422_naming_the_field(client):
     b = next_barber()
     other = (await client.get(f"{BASE}/dashboard", headers=barber(b), params={"barber_id": b + 1}))
