@@ -10,7 +10,8 @@ registered through `/v1/webhook_endpoints`. State is in memory; every API key is
 `/_sim` controls and the runners come from `sandbox.common`.
 
 Simulated: PaymentIntents (create, confirm, retrieve, list, cancel; automatic capture), the
-Charges they create, Refunds (create, retrieve, list; pending, failed and canceled ones through
+Charges they create (retrieve, list) and Connect account debits (`POST /v1/charges` with
+`source=acct_...`), Refunds (create, retrieve, list; pending, failed and canceled ones through
 the test cards and the control below), Events, webhook endpoints, `/v1/account` and
 `/v1/balance` as credential checks, and Stripe's `pm_card_*` test payment methods: the declining
 ones, the 3-D Secure ones, and `pm_card_pendingRefund` (refunds start `pending`) and
@@ -715,6 +716,12 @@ def retrieve_charge(call: Call) -> dict:
     return call.expand(get_obj(call.account.charges, call.path_id, "charge", "charge"))
 
 
+def list_charges(call: Call) -> dict:
+    customer, pi_id = p_str(call.params, "customer"), p_str(call.params, "payment_intent")
+    return list_page(call, call.account.charges, "/v1/charges", extra=("customer", "payment_intent"),
+                     keep=lambda ch: customer in (None, ch["customer"]) and pi_id in (None, ch["payment_intent"]))
+
+
 # --- refunds -------------------------------------------------------------------------------
 
 
@@ -885,6 +892,7 @@ API_ROUTES = [
     ("POST", "/v1/payment_intents/{id}/confirm", confirm_payment_intent),
     ("POST", "/v1/payment_intents/{id}/cancel", cancel_payment_intent),
     ("POST", "/v1/charges", create_account_debit),
+    ("GET", "/v1/charges", list_charges),
     ("GET", "/v1/charges/{id}", retrieve_charge),
     ("POST", "/v1/refunds", create_refund),
     ("GET", "/v1/refunds", list_refunds),

@@ -116,6 +116,8 @@ class ConnectionChanged(EventPayload):
     supports_payments: bool
     supports_refunds: bool
     processing_fees: ProcessingFees | None = None
+    # The connection row's version: a reader keeps the highest (clocks of replicas may disagree).
+    connection_version: int | None = None
 
 
 class ConfigChanged(EventPayload):

@@ -34,6 +34,12 @@ PROCESSOR_LATENCY = Histogram(
 EXTERNAL_CHARGES = Counter("external_charges_total", "Charges through barbers' own processors by outcome",
                            ["processor", "outcome"])
 WEBHOOKS_RECEIVED = Counter("webhooks_received_total", "Processor webhooks by outcome", ["processor", "outcome"])
+# From the external service's tables (one replica's job computes them; every replica reads the same rows).
+DOUBLE_CHARGES = Gauge("external_double_charges", "Payments flagged as a double charge and not refunded yet",
+                       ["processor"])
+UNATTRIBUTED_PAYMENTS = Gauge("external_unattributed_payments",
+                              "Payments of accounts several barbers connected, waiting for an operator",
+                              ["processor"])
 RECONCILIATION_FINDINGS = Counter("reconciliation_findings_total", "Reconciled processor payments by verdict",
                                   ["processor", "verdict"])
 ACCRUALS_APPLIED = Counter("commission_accruals_total", "Commission accrual rows written, by kind", ["kind"])

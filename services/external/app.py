@@ -11,6 +11,7 @@ from litestar import Litestar
 
 import services.external as package
 from services.external import settings as settings_module
+from services.external.attribution import AttributionService
 from services.external.charges import ChargeService
 from services.external.connections import ConnectionService
 from services.external.controllers import (
@@ -21,6 +22,8 @@ from services.external.controllers import (
 from services.external.ledger import Ledger
 from services.external.processors import Adapters
 from services.external.reconciliation import ReconcileService
+from services.external.refunds import RefundService
+from services.external.sweeper import Sweeper
 from services.external.tables import metadata
 from services.external.transactions import TransactionService
 from services.external.usecases import ExternalUseCases
@@ -46,14 +49,17 @@ def create_app(settings: settings_module.ExternalSettings | None = None) -> Lite
     external = ExternalUseCases(
         connections=ConnectionService(runtime, settings, adapters),
         charges=ChargeService(runtime, settings, adapters, ledger, CircuitBoard()),
+        refunds=RefundService(runtime, adapters, ledger),
+        sweeper=Sweeper(runtime, settings, adapters, ledger),
         webhooks=WebhookService(runtime, settings, adapters, ledger),
         reconciliation=ReconcileService(runtime, settings, adapters, ledger),
+        attribution=AttributionService(runtime, adapters, ledger),
         transactions=TransactionService(runtime),
     )
     external.connections.listeners.append(external.webhooks.forget)
     runtime.consumer_specs = [ConsumerSpec("rates", ["config.changed"], external.transactions.apply_config_changed)]
     runtime.job_specs = [
-        JobSpec("pending-sweeper", settings.sweep_interval, external.charges.sweep_pending),
+        JobSpec("pending-sweeper", settings.sweep_interval, external.sweeper.sweep_pending),
         JobSpec("reconciliation", settings.reconcile_interval, external.reconciliation.scheduled),
         JobSpec("republish-connections", 300.0, external.connections.republish),
         JobSpec("connection-totals", settings.stats_interval, external.connections.refresh_totals),

@@ -30,8 +30,10 @@ from services.external.wire import ConnectionIn, ConnectionOut, ConnectionPage, 
 from shared.auth import Principal, acting_barber_id
 from shared.errors import ProblemError, not_found, validation_error
 from shared.idempotency import Claim
+from shared.observability import DOUBLE_CHARGES, UNATTRIBUTED_PAYMENTS
 from shared.pagination import page_of
 from shared.processors import base as p
+from shared.processors.base import PROCESSOR_NAMES
 from shared.service import ServiceRuntime
 
 log = structlog.get_logger("external.connections")
@@ -106,7 +108,10 @@ class ConnectionService:
         values: dict[str, Any] = {}
         try:
             account = await adapter.check_credentials()
+            if row["processor_account"] not in (None, account.account_id):
+                raise AccountMismatch(account.account_id)
             values = {"status": "active", "status_reason": None, "last_sync_at": datetime.now(UTC),
+                      "processor_account": account.account_id,
                       "connection_data": {**row["connection_data"], "processor_account": account.account_id}}
             if row["webhook_secret"] is None:
                 registration = await adapter.register_webhook(self.webhook_url(processor, row["id"]))
@@ -119,12 +124,13 @@ class ConnectionService:
                                                             "PATCH the credentials to try again"}
         except p.ProcessorRequestError as exc:
             values = {"status": "error", "status_reason": f"{processor} refused the check: {exc.message}"}
+        except AccountMismatch as exc:
+            values = {"status": "error", "status_reason": exc.reason(row)}
         finally:
             await adapter.close()
         async with self.rt.uow() as uow:
             current = await store.load_connection(uow.session, row["id"], lock=True)
-            assert current is not None
-            if current["credentials"] != row["credentials"] or current["status"] == "disconnected":
+            if current is None or current["credentials"] != row["credentials"] or current["status"] == "disconnected":
                 await uow.commit()  # changed meanwhile: the newer check decides
                 return current
             values["updated_at"] = datetime.now(UTC)
@@ -170,6 +176,7 @@ class ConnectionService:
                 credentials = parse_credentials(processor, changes.pop("credentials"))
             except msgspec.ValidationError as exc:
                 raise validation_error("credentials", str(exc).replace("$.", "")) from None
+            await self._same_account(row, credentials)
             values.update(credentials=self.vault.seal(msgspec.to_builtins(credentials)), status="pending",
                           status_reason="credentials not checked yet",
                           connection_data={**row["connection_data"],
@@ -181,8 +188,7 @@ class ConnectionService:
         values.update(changes)
         async with self.rt.uow() as uow:
             current = await store.load_connection(uow.session, connection_id, lock=True)
-            assert current is not None
-            if current["status"] == "disconnected":
+            if current is None or current["status"] == "disconnected":
                 raise ProblemError(409, "connection_disconnected", f"connection {connection_id} is disconnected")
             values["updated_at"] = datetime.now(UTC)
             values["published_status"] = published_status(values.get("status", current["status"]),
@@ -194,15 +200,38 @@ class ConnectionService:
             row = await self._check(row, credentials)
         return self._out(row)
 
+    async def _same_account(self, row: dict[str, Any], credentials: msgspec.Struct) -> None:
+        """New credentials must be accepted by the processor and belong to the account this
+        connection was verified with: its payments, refunds and reconciliation all refer to it (a
+        new account is a new connection). Nothing is stored when they are not."""
+        processor = row["processor_type"]
+        adapter = build_adapter(processor, credentials, self.settings)
+        try:
+            account = await adapter.check_credentials()
+        except p.InvalidCredentials as exc:
+            raise ProblemError(422, "invalid_credentials", f"credentials: {processor} refused them: {exc.message}",
+                               field="credentials") from None
+        except (p.ProcessorUnavailable, p.OutcomeUnknown) as exc:
+            raise ProblemError(503, "processor_unavailable", f"could not check the new credentials with {processor} "
+                               f"({exc.message}); nothing was changed, try again", headers={"Retry-After": "5"}) \
+                from None
+        except p.ProcessorRequestError as exc:
+            raise ProblemError(422, "invalid_credentials", f"credentials: {processor} refused the check: "
+                               f"{exc.message}", field="credentials") from None
+        finally:
+            await adapter.close()
+        if row["processor_account"] not in (None, account.account_id):
+            raise ProblemError(422, "account_mismatch", AccountMismatch(account.account_id).reason(row),
+                               field="credentials")
+
     async def disconnect(self, principal: Principal, connection_id: int) -> ConnectionOut:
-        await self._own(principal, connection_id)
+        row = await self._own(principal, connection_id)
         now = datetime.now(UTC)
         async with self.rt.uow() as uow:
             current = await store.load_connection(uow.session, connection_id, lock=True)
-            assert current is not None
-            if current["status"] == "disconnected":
+            if current is None or current["status"] == "disconnected":
                 await uow.commit()
-                return self._out(current)
+                return self._out(current or row)
             row = await store.update_connection(uow.session, connection_id, dict(
                 status="disconnected", status_reason="disconnected by " + principal.role, disconnected_at=now,
                 updated_at=now, published_status="disconnected"))
@@ -211,9 +240,16 @@ class ConnectionService:
         return self._out(row)
 
     async def refresh_totals(self, now: datetime) -> int:
+        """The seed's per-connection counters, and the integrity gauges (double charges to refund,
+        payments waiting for attribution), from the tables: the same whichever replica is scraped."""
         async with self.rt.uow() as uow:
             count = await store.refresh_connection_totals(uow.session)
+            integrity = {r["processor"]: r for r in await store.integrity_counts(uow.session)}
             await uow.commit()
+        for processor in PROCESSOR_NAMES:
+            found = integrity.get(processor)
+            DOUBLE_CHARGES.labels(processor).set(found["double_charges"] if found else 0)
+            UNATTRIBUTED_PAYMENTS.labels(processor).set(found["unattributed"] if found else 0)
         return count
 
     async def republish(self, now: datetime) -> int:
@@ -231,6 +267,18 @@ class ConnectionService:
         if count:
             log.info("connections_republished", count=count)
         return count
+
+
+class AccountMismatch(Exception):
+    """Credentials that belong to another processor account than the connection's."""
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(account_id)
+        self.account_id = account_id
+
+    def reason(self, row: dict[str, Any]) -> str:
+        return (f"credentials: they belong to {row['processor_type']} account {self.account_id}, not to this "
+                f"connection's {row['processor_account']}; connect the other account as a new connection")
 
 
 def _fees(fees) -> dict[str, str] | None:

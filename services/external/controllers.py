@@ -14,9 +14,11 @@ from services.external.wire import (
     ConnectionOut,
     ConnectionPage,
     ConnectionUpdate,
+    AttributeIn,
     ReconcileIn,
     ReconcileReport,
     TransactionPage,
+    UnattributedPage,
     WebhookAck,
 )
 from shared.auth import MAX_USER_ID, Principal, require_roles
@@ -96,6 +98,19 @@ class ExternalPaymentsController(Controller):
         body = await optional_body(request, ReconcileIn)
         return await external.reconciliation.run(body)
 
+    @get("/unattributed", guards=admin_only)
+    async def list_unattributed(self, external: External, waiting: FromQuery[bool] = True, limit: Limit = DEFAULT_LIMIT,
+                                cursor: Cursor = None) -> UnattributedPage:
+        """Payments nobody started, on a processor account several barbers connected (newest first;
+        `waiting=false` includes the ones already attributed)."""
+        return await external.attribution.list(waiting_only=waiting, cursor=cursor, limit=limit)
+
+    @post("/unattributed/{unattributed_id:int}/attribute", guards=admin_only, status_code=200)
+    async def attribute(self, unattributed_id: FromPath[int], data: JSONBody[AttributeIn],
+                        external: External) -> ExternalTransactionOut:
+        """Record such a payment as one connection's (as the processor says it is now)."""
+        return await external.attribution.attribute(unattributed_id, data.connection_id)
+
 
 class WebhooksController(Controller):
     path = "/api/v1/webhooks"
@@ -124,7 +139,7 @@ class InternalController(Controller):
 
     @post("/refunds", guards=service_only, status_code=200)
     async def refund(self, data: JSONBody[RefundRequest], external: External) -> Response[RefundOutcome]:
-        return await external.charges.refund(data)
+        return await external.refunds.refund(data)
 
     @get("/transactions/{transaction_id:uuid}", guards=service_only)
     async def transaction(self, request: Caller, transaction_id: FromPath[uuid.UUID],

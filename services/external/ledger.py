@@ -1,11 +1,18 @@
-"""What a processor says about a payment or a refund, written into our records, whoever heard it
-(our own API call, a webhook, the sweeper, reconciliation).
+"""What a processor says about a payment or a refund, written into our records, whoever asked it
+(our own API call, a webhook's re-fetch, the sweeper, reconciliation). Only the processor's own word
+comes here: a webhook body is a claim (the barber can sign anything with its own secret), so the
+webhook service fetches the object first.
 
 Every report is merged, never overwritten: a settled payment never goes back to pending, the first
-settled outcome stands, and the refunded total is the sum of refunds the processor says succeeded.
-So duplicated, late and out-of-order reports converge on the same rows, and `transaction.recorded`
-is emitted only when something changed. A refund reported before its payment is kept and counted
-when the payment arrives. Locks: the transaction row first, always.
+settled outcome stands (a failed one may still complete), and the refunded total is the sum of
+refunds the processor says succeeded. So duplicated, late and out-of-order reports converge on the
+same rows, and `transaction.recorded` is emitted only when something changed.
+
+Whose payment it is: ours by our reference (the attempt's id), else by the processor's id; a
+payment nobody started is the connection's only when no other barber connected the same processor
+account (otherwise it waits, unattributed, for an operator). A refund reported before its payment is
+kept with the connection that heard it and adopted only by a payment of that processor account.
+Locks: the processor payment's advisory lock, then the transaction row.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any
 import structlog
 
 from services.external import store
-from services.external.domain import commission_for
+from services.external.domain import commission_for, processed_at_of
 from services.external.mapping import fees_of, transaction_recorded
 from services.external.settings import ExternalSettings
 from shared.fees import processor_fee
@@ -45,41 +52,94 @@ class Ledger:
         self.settings = settings
 
     async def record_payment(self, uow: UnitOfWork, connection: Row, report: PaymentResult, *, origin: str,
-                             now: datetime) -> Row:
-        """Merge a report on a payment into its row (our attempt, found by reference; else by the
-        processor's id; else a payment we learn of now). Returns the row as it stands."""
+                             now: datetime, heard_at: datetime | None = None) -> Row | None:
+        """Merge the processor's word on a payment into its row (our attempt, found by reference;
+        else by the processor's id; else a payment we learn of now). Returns the row as it stands, or
+        None when it is not this connection's to record (another account's, or a payment nobody
+        started on an account several barbers connected: then it waits in `unattributed_payments`).
+        `heard_at`: when the processor said it happened, if the object itself gives no time."""
         session = uow.session
-        processor = connection["processor_type"]
-        await store.lock_processor_payment(session, processor, report.processor_payment_id)
+        await store.lock_processor_payment(session, connection["processor_type"], report.processor_payment_id)
+        row = await self._ours(session, connection, report)
+        if row is None:
+            owners = await self._owners(session, connection)
+            if len({c["barber_id"] for c in owners}) > 1:
+                await self._hold(session, connection, owners, report, origin, now)
+                return None
+            row, inserted = await self._learn_payment(uow, connection, report, origin=origin, now=now,
+                                                      heard_at=heard_at)
+            if not inserted:  # a concurrent report recorded it first: merge into theirs
+                return await self.record_payment(uow, connection, report, origin=origin, now=now, heard_at=heard_at)
+            if row["status"] != "pending":
+                uow.emit(transaction_recorded(row))
+            return await self._refresh_refunds(uow, row, now, adopt_only=True, account=connection["processor_account"])
+        if row is _FOREIGN:
+            return None
+        return await self._merge(uow, row, report, origin=origin, now=now, heard_at=heard_at,
+                                 account=connection["processor_account"])
+
+    async def _ours(self, session, connection: Row, report: PaymentResult) -> Row | None:
+        """Our row for this payment: by our reference, else by the processor's id. `_FOREIGN` when
+        the row is another processor account's (never moved by this connection's reports)."""
         row = None
         if (ours := _uuid(report.reference)) is not None:
             row = await store.load_transaction(session, ours, lock=True)
-            if row is not None and row["connection_id"] != connection["id"]:
-                row = None  # a reference that is not ours on this account
         if row is None:
-            row = await store.transaction_by_processor_id(session, processor, report.processor_payment_id, lock=True)
-        if row is not None and row["connection_id"] != connection["id"]:
-            # Signed with this connection's secret (which its barber may know) but about another
-            # connection's payment: never let one account's notices move another's money.
-            log.warning("report_about_another_connection", connection_id=connection["id"],
-                        processor_payment_id=report.processor_payment_id)
+            row = await store.transaction_by_processor_id(session, connection["processor_type"],
+                                                          report.processor_payment_id, lock=True)
+        if row is None or await self._same_account(session, connection, row):
             return row
-        if row is None:
-            row, inserted = await self._learn_payment(uow, connection, report, origin=origin, now=now)
-            if not inserted:  # a concurrent report recorded it first: merge into theirs
-                return await self.record_payment(uow, connection, report, origin=origin, now=now)
-            if row["status"] != "pending":
-                uow.emit(transaction_recorded(row))
-            return await self._refresh_refunds(uow, row, now, adopt_only=True)
+        return _FOREIGN
+
+    @staticmethod
+    async def _same_account(session, connection: Row, row: Row) -> bool:
+        """Whether `row` (a payment) is on this connection's processor account: its own, or one of
+        another connection to the same account (the processor's word about it is about that row too)."""
+        if row["connection_id"] == connection["id"]:
+            return True
+        theirs = await store.load_connection(session, row["connection_id"])
+        if theirs is not None and connection["processor_account"] is not None \
+                and theirs["processor_account"] == connection["processor_account"]:
+            return True
+        log.warning("report_about_another_account", connection_id=connection["id"], transaction_id=str(row["id"]))
+        return False
+
+    async def _owners(self, session, connection: Row) -> list[Row]:
+        if connection["processor_account"] is None:
+            return [connection]
+        return await store.account_connections(session, connection["processor_type"], connection["processor_account"])
+
+    async def _hold(self, session, connection: Row, owners: list[Row], report: PaymentResult, origin: str,
+                    now: datetime) -> None:
+        log.warning("payment_unattributed", processor=connection["processor_type"],
+                    processor_payment_id=report.processor_payment_id, connections=[c["id"] for c in owners])
+        await store.hold_unattributed(session, dict(
+            processor_type=connection["processor_type"], processor_account=connection["processor_account"],
+            external_transaction_id=report.processor_payment_id, amount=report.amount, currency=report.currency,
+            status=merged_status(None, report.status), connection_ids=[c["id"] for c in owners],
+            heard_from=origin), now)
+
+    async def _merge(self, uow: UnitOfWork, row: Row, report: PaymentResult, *, origin: str, now: datetime,
+                     heard_at: datetime | None, account: str | None) -> Row:
+        session = uow.session
         base = merged_status(row["status"], report.status)
         values: Row = {}
         if row["external_transaction_id"] is None:
             values["external_transaction_id"] = report.processor_payment_id
         if row["status"] == "pending" and base != "pending":
-            values["processed_at"] = report.created_at if origin != "api" else now
-            if base in ("failed", "canceled"):
-                values["failure_code"] = report.failure_code or row["failure_code"] or f"payment_{base}"
-                values["failure_reason"] = report.failure_message or row["failure_reason"]
+            values["processed_at"] = now if origin == "api" else processed_at_of(report.created_at, heard_at, now)
+        if base in ("failed", "canceled") and row["status"] != base:
+            values["failure_code"] = report.failure_code or row["failure_code"] or f"payment_{base}"
+            values["failure_reason"] = report.failure_message or row["failure_reason"]
+        if row["status"] in ("failed", "canceled") and base == "completed":
+            values.update(failure_code=None, failure_reason=None)
+            values["processed_at"] = row["processed_at"] or processed_at_of(report.created_at, heard_at, now)
+            if row["route_id"] is not None and await store.other_live_attempt(session, row["route_id"], row["id"]):
+                # Failed (wrongly), then paid beside the route's live attempt: two payments for one
+                # route. Both are money taken and both are recorded; this one is flagged to refund.
+                values["flagged"] = "double_charge"  # counted by `external_double_charges`
+                log.error("double_charge", transaction_id=str(row["id"]), route_id=str(row["route_id"]),
+                          processor_payment_id=report.processor_payment_id)
         status = status_with_refunds(base, row["amount"], row["refunded_amount"])
         if status != row["status"]:
             values.update(status=status, updated_at=now)
@@ -88,17 +148,18 @@ class Ledger:
         elif values:
             row = await store.update_transaction(session, row["id"], values, bump=False)
         if values.get("external_transaction_id"):
-            return await self._refresh_refunds(uow, row, now, adopt_only=True)
+            return await self._refresh_refunds(uow, row, now, adopt_only=True, account=account)
         return row
 
     async def _learn_payment(self, uow: UnitOfWork, connection: Row, report: PaymentResult, *, origin: str,
-                             now: datetime) -> tuple[Row, bool]:
+                             now: datetime, heard_at: datetime | None) -> tuple[Row, bool]:
         """A payment the barber took on its account that we did not start: recorded with the
         barber's commission rate (from `config.changed`, else the platform default)."""
         session = uow.session
         rate = await store.barber_rate(session, connection["barber_id"]) or self.settings.default_commission_rate
         currency, amount = report.currency, report.amount
         status = merged_status(None, report.status)
+        settled = status != "pending"
         values = dict(
             id=uuid.uuid4(), connection_id=connection["id"], processor_type=connection["processor_type"],
             external_transaction_id=report.processor_payment_id, amount=amount, refunded_amount=Decimal(0),
@@ -108,36 +169,48 @@ class Ledger:
             processor_fees=processor_fee(connection["processor_type"], fees_of(connection), amount, currency),
             origin=origin, failure_code=report.failure_code if status in ("failed", "canceled") else None,
             failure_reason=report.failure_message if status in ("failed", "canceled") else None,
-            processed_at=None if status == "pending" else report.created_at, created_at=now, updated_at=now,
-            version=1,
+            processed_at=processed_at_of(report.created_at, heard_at, now) if settled else None,
+            created_at=now, updated_at=now, version=1,
         )
         # A concurrent report of the same payment may insert it first (ON CONFLICT waits for it).
         inserted = await store.insert_learned_transaction(session, values)
         return (values, False) if inserted is None else (inserted, True)
 
+    async def attribute(self, uow: UnitOfWork, connection: Row, report: PaymentResult, *, now: datetime) -> Row:
+        """An operator's decision: this payment of a shared account is `connection`'s."""
+        row = await store.transaction_by_processor_id(uow.session, connection["processor_type"],
+                                                      report.processor_payment_id, lock=True)
+        if row is not None:
+            return row
+        row, inserted = await self._learn_payment(uow, connection, report, origin="reconciliation", now=now,
+                                                  heard_at=None)
+        if inserted and row["status"] != "pending":
+            uow.emit(transaction_recorded(row))
+        return await self._refresh_refunds(uow, row, now, adopt_only=True, account=connection["processor_account"])
+
     async def record_refund(self, uow: UnitOfWork, connection: Row, report: RefundResult, *,
                             now: datetime) -> Row | None:
-        """Merge a report on a refund: ours (by reference) or one we learn of; kept aside when its
-        payment is unknown yet. Returns the transaction when it moved."""
+        """Merge the processor's word on a refund: ours (by reference) or one we learn of; kept aside,
+        with the connection that heard it, when its payment is not on record. Returns the payment."""
         session = uow.session
         processor = connection["processor_type"]
         # The same lock as the payment's own reports: a refund that arrives while its payment is
         # being recorded for the first time is either adopted by it or finds it.
         await store.lock_processor_payment(session, processor, report.processor_payment_id)
         payment = await store.transaction_by_processor_id(session, processor, report.processor_payment_id, lock=True)
-        if payment is not None and payment["connection_id"] != connection["id"]:
-            log.warning("refund_report_about_another_connection", connection_id=connection["id"],
-                        processor_payment_id=report.processor_payment_id)
+        if payment is not None and not await self._same_account(session, connection, payment):
             return None
         existing = await store.refund_by_processor_id(session, processor, report.processor_refund_id)
         if existing is None and (ours := _uuid(report.reference)) is not None:
             existing = await store.load_refund(session, ours)
+            if existing is not None and payment is not None and existing["transaction_id"] != payment["id"]:
+                existing = None  # a reference that is not a refund of this payment
         if existing is None:
             await store.insert_refund(session, dict(
                 id=uuid.uuid4(), transaction_id=payment["id"] if payment else None, processor_type=processor,
-                processor_payment_id=report.processor_payment_id, processor_refund_id=report.processor_refund_id,
-                amount=report.amount, currency=report.currency, status=report.status,
-                failure_reason=report.failure_reason, created_at=now, updated_at=now))
+                connection_id=connection["id"], processor_payment_id=report.processor_payment_id,
+                processor_refund_id=report.processor_refund_id, amount=report.amount, currency=report.currency,
+                status=report.status, failure_reason=report.failure_reason, created_at=now, updated_at=now))
         elif self._moves(existing, report.status):
             await store.update_refund(session, existing["id"], dict(
                 status=report.status, processor_refund_id=report.processor_refund_id,
@@ -148,7 +221,7 @@ class Ledger:
                 processor_refund_id=report.processor_refund_id, processor_payment_id=report.processor_payment_id))
         if payment is None:
             return None
-        return await self._refresh_refunds(uow, payment, now)
+        return await self._refresh_refunds(uow, payment, now, account=connection["processor_account"])
 
     @staticmethod
     def _moves(existing: Row, reported: str) -> bool:
@@ -160,14 +233,16 @@ class Ledger:
         return ((current == "pending" and reported != "pending") or (current == "succeeded" and reported == "failed")
                 or (inferred and reported == "succeeded"))
 
-    async def _refresh_refunds(self, uow: UnitOfWork, row: Row, now: datetime, *, adopt_only: bool = False) -> Row:
-        """Adopt refunds that came before this payment, then recount what succeeded. (A payment
-        heard of for the first time has refunds only if some were waiting for it.)"""
+    async def _refresh_refunds(self, uow: UnitOfWork, row: Row, now: datetime, *, adopt_only: bool = False,
+                               account: str | None) -> Row:
+        """Adopt refunds of this payment heard before it (through its own processor account), then
+        recount what succeeded. (A payment heard of for the first time has refunds only if some were
+        waiting for it.)"""
         session = uow.session
         adopted = 0
         if row["external_transaction_id"] is not None:
             adopted = await store.adopt_orphan_refunds(session, row["processor_type"], row["external_transaction_id"],
-                                                       row["id"])
+                                                       row["id"], account)
         if adopt_only and not adopted:
             return row
         succeeded, _ = await store.refund_totals(session, row["id"])
@@ -181,3 +256,8 @@ class Ledger:
         # Negative when a refund that had succeeded failed later (the money came back).
         uow.emit(transaction_recorded(row, refund_amount=moved))
         return row
+
+
+# The row of a report about another processor account's payment (see `Ledger._ours`).
+_FOREIGN: Row = {"foreign": True}
+

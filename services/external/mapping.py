@@ -6,7 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from services.external.domain import published_status
-from services.external.wire import ConnectionOut, FeesOut
+from services.external.wire import ConnectionOut, FeesOut, UnattributedOut
 from shared.events import ConnectionChanged, ProcessingFees, TransactionRecorded
 from shared.internal_api import ExternalTransactionOut
 from shared.money import format_amount, format_rate
@@ -47,6 +47,7 @@ def connection_changed(row: Row, *, processor_enabled: bool) -> ConnectionChange
         default_currency=row["default_currency"], supports_payments=row["supports_payments"],
         supports_refunds=row["supports_refunds"],
         processing_fees=None if fees is None else ProcessingFees(percent=fees[0], fixed=fees[1]),
+        connection_version=row["version"],
     )
 
 
@@ -75,3 +76,13 @@ def transaction_recorded(row: Row, *, refund_amount: Decimal | None = None) -> T
         processor_fee=row["processor_fees"], processed_at=row["processed_at"] or row["created_at"],
         sequence=row["version"], failure_code=row["failure_code"], refund_amount=refund_amount,
     )
+
+
+def unattributed_out(row: Row) -> UnattributedOut:
+    return UnattributedOut(
+        id=row["id"], processor=row["processor_type"], processor_account=row["processor_account"],
+        external_transaction_id=row["external_transaction_id"], amount=format_amount(row["amount"], row["currency"]),
+        currency=row["currency"], status=row["status"], connection_ids=list(row["connection_ids"]),
+        heard_from=row["heard_from"], first_heard_at=row["first_heard_at"], last_heard_at=row["last_heard_at"],
+        attributed_to=row["attributed_to"], transaction_id=str(row["transaction_id"]) if row["transaction_id"] else None,
+        attributed_at=row["attributed_at"])

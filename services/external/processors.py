@@ -51,22 +51,21 @@ def credentials_hint(processor: str, credentials: msgspec.Struct) -> str:
 
 def build_adapter(processor: str, credentials: msgspec.Struct, settings: ExternalSettings) -> PaymentProcessor:
     base, timeout = settings.api_base(processor), settings.processor_timeout
-    if processor == "stripe":
+    if isinstance(credentials, StripeCredentialsIn):
         from shared.processors.stripe import StripeCredentials, StripeProcessor
 
-        assert isinstance(credentials, StripeCredentialsIn)
         return StripeProcessor(StripeCredentials(Secret(credentials.secret_key)), api_base=base, timeout=timeout)
-    if processor == "square":
+    if isinstance(credentials, SquareCredentialsIn):
         from shared.processors.square import SquareCredentials, SquareProcessor
 
-        assert isinstance(credentials, SquareCredentialsIn)
         return SquareProcessor(SquareCredentials(Secret(credentials.access_token), credentials.location_id),
                                api_base=base, timeout=timeout)
-    from shared.processors.paypal import PayPalCredentials, PayPalProcessor
+    if isinstance(credentials, PayPalCredentialsIn):
+        from shared.processors.paypal import PayPalCredentials, PayPalProcessor
 
-    assert isinstance(credentials, PayPalCredentialsIn)
-    return PayPalProcessor(PayPalCredentials(credentials.client_id, Secret(credentials.client_secret)),
-                           api_base=base, timeout=timeout)
+        return PayPalProcessor(PayPalCredentials(credentials.client_id, Secret(credentials.client_secret)),
+                               api_base=base, timeout=timeout)
+    raise TypeError(f"no {processor} adapter for {type(credentials).__name__}")  # parse_credentials made them
 
 
 class Adapters:

@@ -1,19 +1,23 @@
-"""Reconciliation: each active connection's payments at the processor in a window, compared with
-`external_transactions` (`POST /reconcile`, and on a schedule in one replica at a time).
+"""Reconciliation: each active connection's payments and refunds at the processor in a window,
+compared with ours (`POST /reconcile`, and on a schedule in one replica at a time).
 
-What the processor has and we lack is recorded through the ledger (with its `transaction.recorded`)
-and marked `missing_local`; a different amount or status is `mismatch` (our record is not changed:
-a person looks); the rest `matched`. Every compared row gets `reconciled_at`.
+What the processor says is its word (it was fetched, not claimed): a payment that took money and we
+lack is recorded through the ledger (`missing_local`, with its `transaction.recorded`), a status it
+moved on to is merged, a refund we lack or that moved is recorded, and the payment's refunded total
+is compared before and after (`mismatch` naming the difference). A different amount is a `mismatch`
+left for a person. Each finding is settled in its own transaction: one bad row (a bug, a guard that
+refuses it) is reported as failed and never stops the others.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 
 from services.external import store
-from services.external.domain import Recorded, Reported, reconcile
+from services.external.domain import Recorded, Reported, Verdict, VerdictStatus, reconcile, refunds_differ
 from services.external.ledger import Ledger
 from services.external.processors import Adapters
 from services.external.settings import ExternalSettings
@@ -24,6 +28,7 @@ from shared.processors import base as p
 from shared.service import ServiceRuntime
 
 log = structlog.get_logger("external.reconciliation")
+Row = dict[str, Any]
 
 
 class ReconcileService:
@@ -51,20 +56,20 @@ class ReconcileService:
             # One connection's trouble (its processor down, its secret unopenable, a bug) never
             # stops the others': it is reported as failed and the run goes on.
             try:
-                reported = await self.adapters.for_connection(connection).list_payments(since, until)
-                connection_findings = await self._connection(connection, reported, since, until, now)
+                adapter = self.adapters.for_connection(connection)
+                reported = await adapter.list_payments(since, until)
+                refunds = await adapter.list_refunds_between(since, until)
+                connection_findings, broken = await self._connection(connection, reported, refunds, since, until, now)
             except p.ProcessorError as exc:
                 failed[str(connection["id"])] = exc.message
                 log.warning("reconcile_list_failed", connection_id=connection["id"], error=exc.message)
                 continue
             except ProblemError as exc:
-                failed[str(connection["id"])] = exc.detail
+                failed[str(connection["id"])] = exc.detail or exc.code
                 log.warning("reconcile_connection_failed", connection_id=connection["id"], error=exc.detail)
                 continue
-            except Exception:
-                log.exception("reconcile_connection_failed", connection_id=connection["id"])
-                failed[str(connection["id"])] = "reconciling this connection failed; see the service log"
-                continue
+            if broken:
+                failed[str(connection["id"])] = f"{broken} finding(s) could not be settled; see the service log"
             for finding in connection_findings:
                 counts[finding.verdict] += 1
                 RECONCILIATION_FINDINGS.labels(connection["processor_type"], finding.verdict).inc()
@@ -75,37 +80,79 @@ class ReconcileService:
         log.info("reconciled", connections=len(connections), **counts, failed=len(failed))
         return report
 
-    async def _connection(self, connection: dict, reported: list[p.PaymentResult], since: datetime,
-                          until: datetime, now: datetime) -> list[ReconcileFinding]:
+    async def _connection(self, connection: Row, reported: list[p.PaymentResult], refunds: list[p.RefundResult],
+                          since: datetime, until: datetime, now: datetime) -> tuple[list[ReconcileFinding], int]:
+        processor = connection["processor_type"]
         by_id = {r.processor_payment_id: r for r in reported}
-        findings: list[ReconcileFinding] = []
         async with self.rt.uow() as uow:
             ours = await store.transactions_in_window(uow.session, connection["id"], since, until)
             # A payment the processor reports in the window may be ours from just outside it.
             known = {r["external_transaction_id"]: r for r in ours}
-            for pid in by_id.keys() - known.keys():
-                row = await store.transaction_by_processor_id(uow.session, connection["processor_type"], pid)
-                if row is not None:
+            for pid in (by_id.keys() | {r.processor_payment_id for r in refunds}) - known.keys():
+                row = await store.transaction_by_processor_id(uow.session, processor, pid)
+                if row is not None and row["connection_id"] == connection["id"]:
                     known[pid] = row
-            verdicts = reconcile(
-                [Recorded(pid, row["amount"], row["status"]) for pid, row in known.items()
-                 if pid in by_id or row in ours],
-                [Reported(r.processor_payment_id, r.amount, r.status) for r in reported],
-            )
-            for verdict in verdicts:
-                row = known.get(verdict.processor_payment_id)
-                if verdict.status == "missing_local":
-                    row = await self.ledger.record_payment(uow, connection, by_id[verdict.processor_payment_id],
-                                                           origin="reconciliation", now=now)
-                assert row is not None
-                await store.mark_reconciled(uow.session, row["id"], verdict.status, now)
-                findings.append(ReconcileFinding(
-                    connection_id=connection["id"], processor=connection["processor_type"],
-                    external_transaction_id=verdict.processor_payment_id, verdict=verdict.status,
-                    reason=verdict.reason, transaction_id=str(row["id"])))
+        in_window = {r["external_transaction_id"] for r in ours}
+        verdicts = reconcile(
+            [Recorded(pid, row["amount"], row["status"]) for pid, row in known.items()
+             if pid in by_id or pid in in_window],
+            [Reported(r.processor_payment_id, r.amount, r.status) for r in reported],
+        )
+        refunds_of: dict[str, list[p.RefundResult]] = {}
+        for refund in refunds:
+            refunds_of.setdefault(refund.processor_payment_id, []).append(refund)
+        findings: list[ReconcileFinding] = []
+        broken = 0
+        for verdict in verdicts:
+            try:
+                findings.append(await self._settle(connection, verdict, by_id.get(verdict.processor_payment_id),
+                                                   known.get(verdict.processor_payment_id),
+                                                   refunds_of.pop(verdict.processor_payment_id, []), now))
+            except Exception:
+                broken += 1
+                log.exception("reconcile_finding_failed", connection_id=connection["id"],
+                              processor_payment_id=verdict.processor_payment_id)
+        # Refunds in the window of payments outside it (or of payments the verdicts left out).
+        for pid, listed in refunds_of.items():
+            if pid not in known:
+                continue
+            try:
+                finding = await self._settle(connection, Verdict(pid, "matched"), None, known[pid], listed, now)
+                if finding.verdict != "matched":
+                    findings.append(finding)
+            except Exception:
+                broken += 1
+                log.exception("reconcile_finding_failed", connection_id=connection["id"], processor_payment_id=pid)
+        async with self.rt.uow() as uow:
             await store.update_connection(uow.session, connection["id"], {"last_sync_at": now})
             await uow.commit()
-        return findings
+        return findings, broken
+
+    async def _settle(self, connection: Row, verdict: Verdict, report: p.PaymentResult | None, row: Row | None,
+                      refunds: list[p.RefundResult], now: datetime) -> ReconcileFinding:
+        """One finding, in its own transaction: the processor's word merged where it is due, the
+        refunds it lists recorded, and the row marked."""
+        status: VerdictStatus = verdict.status
+        reason = verdict.reason
+        async with self.rt.uow() as uow:
+            if verdict.apply and report is not None:
+                recorded = await self.ledger.record_payment(uow, connection, report, origin="reconciliation", now=now)
+                if recorded is None and row is None:
+                    reason = "not recorded: several barbers connected this account; an operator attributes it"
+                row = recorded or row
+            if row is not None and refunds:
+                before = row["refunded_amount"]
+                for refund in refunds:
+                    row = await self.ledger.record_refund(uow, connection, refund, now=now) or row
+                if (difference := refunds_differ(before, row["refunded_amount"])) is not None:
+                    status = "mismatch" if status == "matched" else status
+                    reason = "; ".join(x for x in (reason, difference) if x)
+            if row is not None:
+                await store.mark_reconciled(uow.session, row["id"], status, now)
+            await uow.commit()
+        return ReconcileFinding(connection_id=connection["id"], processor=connection["processor_type"],
+                                external_transaction_id=verdict.processor_payment_id, verdict=status,
+                                reason=reason, transaction_id=str(row["id"]) if row else None)
 
     async def scheduled(self, now: datetime) -> None:
         await self.run(ReconcileIn(), now=now)

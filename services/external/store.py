@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.external import tables as t
+from shared import attempts
 from shared.pagination import after_cursor
 
 Row = dict[str, Any]
@@ -22,6 +23,7 @@ tx = t.transactions
 rf = t.refunds
 we = t.webhook_events
 br = t.barber_rates
+ua = t.unattributed_payments
 
 
 def _one(result) -> Row | None:
@@ -59,6 +61,13 @@ async def list_connections(session: AsyncSession, *, barber_id: int | None, curs
                                       .limit(limit + 1)))
 
 
+async def account_connections(session: AsyncSession, processor: str, processor_account: str) -> list[Row]:
+    """Every connection (not disconnected) to one processor account, oldest first."""
+    return _all(await session.execute(sa.select(c).where(
+        c.c.processor_type == processor, c.c.processor_account == processor_account,
+        c.c.status != "disconnected").order_by(c.c.id)))
+
+
 async def active_connections(session: AsyncSession) -> list[Row]:
     return _all(await session.execute(sa.select(c).where(c.c.status == "active").order_by(c.c.id)))
 
@@ -81,6 +90,20 @@ async def refresh_connection_totals(session: AsyncSession) -> int:
     return result.rowcount or 0
 
 
+async def integrity_counts(session: AsyncSession) -> list[Row]:
+    """Per processor: flagged double charges not refunded yet, and unattributed payments waiting."""
+    flagged = (sa.select(tx.c.processor_type.label("processor"), sa.func.count().label("double_charges"),
+                         sa.literal(0).label("unattributed"))
+               .where(tx.c.flagged == "double_charge", tx.c.status != "refunded").group_by(tx.c.processor_type))
+    waiting = (sa.select(ua.c.processor_type.label("processor"), sa.literal(0).label("double_charges"),
+                         sa.func.count().label("unattributed"))
+               .where(ua.c.attributed_to.is_(None)).group_by(ua.c.processor_type))
+    both = sa.union_all(flagged, waiting).subquery()
+    return _all(await session.execute(sa.select(
+        both.c.processor, sa.func.sum(both.c.double_charges).label("double_charges"),
+        sa.func.sum(both.c.unattributed).label("unattributed")).group_by(both.c.processor)))
+
+
 # ---- transactions ------------------------------------------------------------------------------------
 
 async def lock_processor_payment(session: AsyncSession, processor: str, processor_payment_id: str) -> None:
@@ -101,8 +124,15 @@ async def transaction_by_processor_id(session: AsyncSession, processor: str, pro
 
 
 async def live_attempt(session: AsyncSession, route_id: uuid.UUID) -> Row | None:
-    return _one(await session.execute(sa.select(tx).where(tx.c.route_id == route_id,
+    return _one(await session.execute(sa.select(tx).where(tx.c.route_id == route_id, tx.c.flagged.is_(None),
                                                           tx.c.status.not_in(("failed", "canceled")))))
+
+
+async def other_live_attempt(session: AsyncSession, route_id: uuid.UUID, transaction_id: uuid.UUID) -> Row | None:
+    """The route's live attempt other than this one (the one the unique index admits)."""
+    return _one(await session.execute(sa.select(tx).where(
+        tx.c.route_id == route_id, tx.c.id != transaction_id, tx.c.status.not_in(("failed", "canceled")),
+        tx.c.flagged.is_(None))))
 
 
 async def insert_live_attempt(session: AsyncSession, values: Row) -> Row | None:
@@ -111,7 +141,8 @@ async def insert_live_attempt(session: AsyncSession, values: Row) -> Row | None:
         index_elements=[tx.c.route_id],
         # Literal SQL, not bound values: Postgres matches ON CONFLICT to the partial index by its
         # predicate, which a generic plan with parameters cannot prove (it fails after 5 runs).
-        index_where=sa.text("route_id IS NOT NULL AND status NOT IN ('failed', 'canceled')")).returning(tx)))
+        index_where=sa.text("route_id IS NOT NULL AND status NOT IN ('failed', 'canceled') AND flagged IS NULL")
+    ).returning(tx)))
 
 
 async def settle_unsent(session: AsyncSession, transaction_id: uuid.UUID, code: str, reason: str,
@@ -138,10 +169,19 @@ async def update_transaction(session: AsyncSession, transaction_id: uuid.UUID, v
                                       .values(**values, **extra).returning(tx)))  # type: ignore[return-value]
 
 
-async def pending_attempts(session: AsyncSession, untouched_since: datetime, limit: int) -> list[Row]:
+async def pending_attempts(session: AsyncSession, untouched_since: datetime, now: datetime, limit: int) -> list[Row]:
+    """Our attempts nobody came back for, not backed off, oldest first."""
     return _all(await session.execute(
-        sa.select(tx).where(tx.c.status == "pending", tx.c.updated_at < untouched_since,
-                            tx.c.origin == "api").order_by(tx.c.updated_at).limit(limit)))
+        sa.select(tx).where(tx.c.status == "pending", tx.c.updated_at < untouched_since, tx.c.origin == "api",
+                            attempts.due(tx, now)).order_by(attempts.sweep_order(tx)).limit(limit)))
+
+
+async def back_off_attempt(session: AsyncSession, row: Row, now: datetime) -> None:
+    await attempts.back_off(session, tx, row, now)
+
+
+async def check_attempt_later(session: AsyncSession, transaction_id: uuid.UUID, when: datetime) -> None:
+    await attempts.check_later(session, tx, transaction_id, when)
 
 
 async def transactions_in_window(session: AsyncSession, connection_id: int, since: datetime,
@@ -203,19 +243,33 @@ async def refund_totals(session: AsyncSession, transaction_id: uuid.UUID) -> tup
 
 
 async def adopt_orphan_refunds(session: AsyncSession, processor: str, processor_payment_id: str,
-                               transaction_id: uuid.UUID) -> int:
-    """Refunds that arrived before their payment now belong to it."""
+                               transaction_id: uuid.UUID, processor_account: str | None) -> int:
+    """Refunds that arrived before their payment now belong to it: only those heard through a
+    connection to the payment's own processor account (never by processor and payment id alone)."""
+    if processor_account is None:
+        return 0
+    heard_by = sa.select(c.c.id).where(c.c.processor_type == processor, c.c.processor_account == processor_account)
     result = await session.execute(sa.update(rf).where(
         rf.c.transaction_id.is_(None), rf.c.processor_type == processor,
-        rf.c.processor_payment_id == processor_payment_id).values(transaction_id=transaction_id))
+        rf.c.processor_payment_id == processor_payment_id, rf.c.connection_id.in_(heard_by.scalar_subquery()),
+    ).values(transaction_id=transaction_id))
     return result.rowcount or 0
 
 
-async def pending_refunds(session: AsyncSession, untouched_since: datetime, limit: int) -> list[Row]:
+async def pending_refunds(session: AsyncSession, untouched_since: datetime, now: datetime, limit: int) -> list[Row]:
+    """Our refunds nobody came back for, not backed off, oldest first."""
     return _all(await session.execute(
         sa.select(rf).where(rf.c.status == "pending", rf.c.updated_at < untouched_since,
-                            rf.c.processor_idempotency_key.is_not(None), rf.c.transaction_id.is_not(None))
-        .order_by(rf.c.updated_at).limit(limit)))
+                            rf.c.processor_idempotency_key.is_not(None), rf.c.transaction_id.is_not(None),
+                            attempts.due(rf, now)).order_by(attempts.sweep_order(rf)).limit(limit)))
+
+
+async def back_off_refund(session: AsyncSession, row: Row, now: datetime) -> None:
+    await attempts.back_off(session, rf, row, now)
+
+
+async def check_refund_later(session: AsyncSession, refund_id: uuid.UUID, when: datetime) -> None:
+    await attempts.check_later(session, rf, refund_id, when)
 
 
 async def touch_pending_refund(session: AsyncSession, refund_id: uuid.UUID, now: datetime) -> Row | None:
@@ -227,7 +281,10 @@ async def touch_pending_refund(session: AsyncSession, refund_id: uuid.UUID, now:
 
 # Built once: webhooks come in bursts, and building a statement per call (and its cache key)
 # measured as a large part of a webhook's cost.
-_CLAIM_EVENT = pg_insert(we).on_conflict_do_nothing(constraint="webhook_events_once").returning(we.c.id)
+_CLAIM_EVENT = pg_insert(we).on_conflict_do_nothing(constraint="webhook_events_once_per_connection").returning(
+    we.c.id)
+_EVENT_SEEN = sa.select(we.c.id).where(we.c.connection_id == sa.bindparam("connection_id"),
+                                       we.c.event_id == sa.bindparam("event_id"))
 _BY_PROCESSOR_ID = sa.select(tx).where(tx.c.processor_type == sa.bindparam("processor"),
                                        tx.c.external_transaction_id == sa.bindparam("processor_payment_id"))
 _BY_PROCESSOR_ID_LOCKED = _BY_PROCESSOR_ID.with_for_update()
@@ -236,10 +293,48 @@ _LEARN = pg_insert(tx).on_conflict_do_nothing(
     index_where=tx.c.external_transaction_id.is_not(None)).returning(tx)
 
 
-async def claim_webhook_event(session: AsyncSession, values: Row) -> bool:
-    """Record a processor event id; False when it was applied before (a redelivery)."""
-    result = await session.execute(_CLAIM_EVENT, values)
-    return result.first() is not None
+async def claim_webhook_event(session: AsyncSession, values: Row) -> int | None:
+    """Record a processor event id for this connection; its row id, or None when it was taken
+    before (a redelivery)."""
+    return (await session.execute(_CLAIM_EVENT, values)).scalar()
+
+
+async def webhook_event_seen(session: AsyncSession, connection_id: int, event_id: str) -> bool:
+    return (await session.execute(_EVENT_SEEN, {"connection_id": connection_id, "event_id": event_id})).first() \
+        is not None
+
+
+async def set_webhook_outcome(session: AsyncSession, row_id: int, outcome: str) -> None:
+    await session.execute(sa.update(we).where(we.c.id == row_id).values(outcome=outcome))
+
+
+# ---- payments nobody can be sure whose they are ---------------------------------------------------------
+
+async def hold_unattributed(session: AsyncSession, values: Row, now: datetime) -> Row:
+    """Keep (or refresh) a payment of a shared account that nobody started, until an operator says."""
+    stmt = pg_insert(ua).values(**values, first_heard_at=now, last_heard_at=now)
+    return _one(await session.execute(stmt.on_conflict_do_update(
+        constraint="unattributed_once",
+        set_={"amount": stmt.excluded.amount, "status": stmt.excluded.status, "last_heard_at": now,
+              "connection_ids": stmt.excluded.connection_ids}).returning(ua)))  # type: ignore[return-value]
+
+
+async def load_unattributed(session: AsyncSession, unattributed_id: int, *, lock: bool = False) -> Row | None:
+    query = sa.select(ua).where(ua.c.id == unattributed_id)
+    return _one(await session.execute(query.with_for_update() if lock else query))
+
+
+async def resolve_unattributed(session: AsyncSession, unattributed_id: int, connection_id: int,
+                               transaction_id: uuid.UUID, now: datetime) -> None:
+    await session.execute(sa.update(ua).where(ua.c.id == unattributed_id).values(
+        attributed_to=connection_id, transaction_id=transaction_id, attributed_at=now))
+
+
+async def list_unattributed(session: AsyncSession, *, waiting_only: bool, cursor: str | None, limit: int) -> list[Row]:
+    where = [x for x in (ua.c.attributed_to.is_(None) if waiting_only else None,
+                         after_cursor(ua.c.first_heard_at, ua.c.id, cursor, int)) if x is not None]
+    return _all(await session.execute(sa.select(ua).where(*where)
+                                      .order_by(ua.c.first_heard_at.desc(), ua.c.id.desc()).limit(limit + 1)))
 
 
 async def insert_learned_transaction(session: AsyncSession, values: Row) -> Row | None:

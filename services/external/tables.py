@@ -51,6 +51,9 @@ connections = sa.Table(
     sa.Column("total_volume", Money, nullable=False),
     # What `connection.changed` last told the others (a disabled processor publishes as unusable).
     sa.Column("published_status", sa.Text),
+    # The account the processor said the credentials belong to (set by the first verified check):
+    # new credentials must belong to it; two connections with one account share its payments.
+    sa.Column("processor_account", sa.Text),
     sa.Column("connected_at", TZ, nullable=False),
     sa.Column("disconnected_at", TZ),
     sa.Column("created_at", TZ, nullable=False),
@@ -58,6 +61,7 @@ connections = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.UniqueConstraint("barber_id", "processor_type", "account_id", name="connections_one_per_account"),
     sa.Index("connections_barber", "barber_id"),
+    sa.Index("connections_processor_account", "processor_type", "processor_account"),
 )
 
 transactions = sa.Table(
@@ -92,13 +96,19 @@ transactions = sa.Table(
     sa.Column("reconciled_at", TZ),
     sa.Column("reconciliation_status", sa.Text),
     sa.Column("processed_at", TZ),
+    # `double_charge`: an attempt failed wrongly that proved completed beside its route's live one.
+    # Both are money taken; this one is to be refunded (and alerted on).
+    sa.Column("flagged", sa.Text),
     sa.Column("created_at", TZ, nullable=False),
     sa.Column("updated_at", TZ, nullable=False),  # also the lease of a pending attempt
     sa.Column("version", sa.Integer, nullable=False),  # `sequence` of transaction.recorded
+    # The sweeper's per-row back-off (see shared.attempts).
+    sa.Column("next_check_at", TZ),
+    sa.Column("check_failures", sa.Integer, nullable=False),
     sa.Index("external_transactions_processor_id", "processor_type", "external_transaction_id", unique=True,
              postgresql_where=sa.text("external_transaction_id IS NOT NULL")),
-    sa.Index("external_transactions_one_live_per_route", "route_id", unique=True,
-             postgresql_where=sa.text("route_id IS NOT NULL AND status NOT IN ('failed', 'canceled')")),
+    sa.Index("external_transactions_one_live_per_route", "route_id", unique=True, postgresql_where=sa.text(
+        "route_id IS NOT NULL AND status NOT IN ('failed', 'canceled') AND flagged IS NULL")),
     sa.Index("external_transactions_barber", "barber_id", "created_at"),
     sa.Index("external_transactions_created", "created_at", "id"),
     sa.Index("external_transactions_pending", "updated_at", postgresql_where=sa.text("status = 'pending'")),
@@ -111,6 +121,9 @@ refunds = sa.Table(
     # Null for a refund whose payment we have not heard of yet (a webhook that came first).
     sa.Column("transaction_id", UUID(as_uuid=True), sa.ForeignKey(f"{SCHEMA}.external_transactions.id")),
     sa.Column("processor_type", sa.Text, nullable=False),
+    # The connection whose credentials fetched it: an early refund is adopted only by a payment of
+    # the same processor account.
+    sa.Column("connection_id", sa.Integer, sa.ForeignKey(f"{SCHEMA}.payment_processor_connections.id")),
     sa.Column("processor_payment_id", sa.Text),
     sa.Column("processor_refund_id", sa.Text),
     sa.Column("amount", Money, nullable=False),
@@ -120,6 +133,8 @@ refunds = sa.Table(
     sa.Column("failure_reason", sa.Text),
     sa.Column("created_at", TZ, nullable=False),
     sa.Column("updated_at", TZ, nullable=False),
+    sa.Column("next_check_at", TZ),
+    sa.Column("check_failures", sa.Integer, nullable=False),
     sa.Index("external_refunds_processor_id", "processor_type", "processor_refund_id", unique=True,
              postgresql_where=sa.text("processor_refund_id IS NOT NULL")),
     sa.Index("external_refunds_transaction", "transaction_id"),
@@ -136,8 +151,35 @@ webhook_events = sa.Table(
     sa.Column("connection_id", sa.Integer, nullable=False),
     sa.Column("event_type", sa.Text, nullable=False),
     sa.Column("understood", sa.Boolean, nullable=False),
+    # applied | ignored (not a type we act on) | not_found (the processor has no such object: not its
+    # notice) | unattributed (a payment on a shared account nobody started)
+    sa.Column("outcome", sa.Text),
     sa.Column("received_at", TZ, nullable=False),
-    sa.UniqueConstraint("processor_type", "event_id", name="webhook_events_once"),
+    # Per connection: two barbers may connect one processor account, and each endpoint must hear it.
+    sa.UniqueConstraint("connection_id", "event_id", name="webhook_events_once_per_connection"),
+    sa.Index("webhook_events_received", "received_at"),
+)
+
+# A payment nobody started, on a processor account more than one barber connected: whichever
+# endpoint heard it first must not get it; it waits for an operator to attribute it.
+unattributed_payments = sa.Table(
+    "unattributed_payments",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("processor_type", sa.Text, nullable=False),
+    sa.Column("processor_account", sa.Text, nullable=False),
+    sa.Column("external_transaction_id", sa.Text, nullable=False),
+    sa.Column("amount", Money, nullable=False),
+    sa.Column("currency", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("connection_ids", JSONB, nullable=False),
+    sa.Column("heard_from", sa.Text, nullable=False),
+    sa.Column("first_heard_at", TZ, nullable=False),
+    sa.Column("last_heard_at", TZ, nullable=False),
+    sa.Column("attributed_to", sa.Integer, sa.ForeignKey(f"{SCHEMA}.payment_processor_connections.id")),
+    sa.Column("transaction_id", UUID(as_uuid=True)),
+    sa.Column("attributed_at", TZ),
+    sa.UniqueConstraint("processor_type", "external_transaction_id", name="unattributed_once"),
 )
 
 # The commission rate of each barber, from the router's `config.changed` (payments we learn of by

@@ -1,15 +1,19 @@
 """Processor webhooks: `POST /api/v1/webhooks/{processor}/{connection_id}`.
 
 Each is verified with that connection's own secret and the processor's own scheme before anything
-is stored (a bad, missing or stale signature is 400 and writes nothing). Each processor event id is
-applied once, in the same transaction as its effect; the effect is the ledger's merge, so a
-redelivered, late or out-of-order event converges and emits `transaction.recorded` only on change.
+is stored (a bad, missing or stale signature is 400 and writes nothing). A verified webhook is still
+only a notice: the barber holds its own signing secret and could sign any body, so the object it
+names is fetched from the processor with the connection's credentials, and what the processor says
+is merged by the ledger. An object the processor does not have on that account is not its notice
+(recorded as `not_found`, moves nothing). Each event id is applied once per connection (two barbers
+may connect one processor account: both endpoints hear it), in the same transaction as its effect.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
@@ -18,7 +22,7 @@ from services.external import store
 from services.external.ledger import Ledger
 from services.external.processors import Adapters
 from services.external.settings import ExternalSettings
-from services.external.wire import WebhookAck
+from services.external.wire import WebhookAck, WebhookOutcome
 from shared.errors import ProblemError, not_found
 from shared.observability import WEBHOOKS_RECEIVED
 from shared.processors import base as p
@@ -31,6 +35,26 @@ log = structlog.get_logger("external.webhooks")
 # Staleness is harmless here: a rotated secret fails verification for at most this long (the
 # processor redelivers), and a disconnected connection's notices are still verified and recorded.
 CONNECTION_CACHE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class News:
+    """What the processor says about the object a notice named."""
+
+    payment: p.PaymentResult | None = None
+    refunds: list[p.RefundResult] = field(default_factory=list)
+
+
+async def fetch_news(adapter: p.PaymentProcessor, event: p.WebhookEvent) -> News:
+    """Fetch what the notice is about. A refund comes with its payment, so a refund heard before
+    its payment records the payment first (through the same attribution rules)."""
+    if event.refund_id is not None:
+        refund = await adapter.retrieve_refund(event.refund_id)
+        return News(await adapter.retrieve_payment(refund.processor_payment_id), [refund])
+    if event.payment_id is None:  # not a notice we act on
+        return News()
+    payment = await adapter.retrieve_payment(event.payment_id)
+    return News(payment, await adapter.list_refunds(event.payment_id) if event.refunds_of_payment else [])
 
 
 class WebhookService:
@@ -83,16 +107,52 @@ class WebhookService:
             WEBHOOKS_RECEIVED.labels(processor, "verify_unavailable").inc()
             raise ProblemError(503, "verification_unavailable", f"could not verify with {processor}: {exc.message}",
                                headers={"Retry-After": "30"}) from None
+        news = None
+        outcome: WebhookOutcome = "ignored"
+        if event.understood:
+            async with self.rt.uow() as uow:  # a redelivery is answered without asking the processor again
+                seen = await store.webhook_event_seen(uow.session, connection_id, event.event_id)
+            if seen:
+                return self._ack(processor, event, "duplicate")
+            try:
+                news = await fetch_news(adapter, event)
+                outcome = "applied"
+            except p.NotFound:
+                outcome = "not_found"  # not on this account: not the processor's notice
+                log.warning("webhook_object_not_found", connection_id=connection_id, event_id=event.event_id,
+                            payment_id=event.payment_id, refund_id=event.refund_id)
+            except p.ProcessorError as exc:
+                # The processor cannot be asked now: answer so that it delivers again later.
+                WEBHOOKS_RECEIVED.labels(processor, "fetch_unavailable").inc()
+                raise ProblemError(503, "processor_unavailable", f"could not fetch what the event is about from "
+                                   f"{processor}: {exc.message}", headers={"Retry-After": "30"}) from None
         now = datetime.now(UTC)
         async with self.rt.uow() as uow:
-            first = await store.claim_webhook_event(uow.session, dict(
+            claimed = await store.claim_webhook_event(uow.session, dict(
                 processor_type=processor, event_id=event.event_id, connection_id=connection_id,
-                event_type=event.event_type, understood=event.understood, received_at=now))
-            if first and event.payment is not None:
-                await self.ledger.record_payment(uow, connection, event.payment, origin="webhook", now=now)
-            if first and event.refund is not None:
-                await self.ledger.record_refund(uow, connection, event.refund, now=now)
+                event_type=event.event_type, understood=event.understood, outcome=outcome, received_at=now))
+            if claimed is None:
+                outcome = "duplicate"
+            elif news is not None:
+                outcome = await self._apply(uow, connection, news, event, now)
+                if outcome != "applied":
+                    await store.set_webhook_outcome(uow.session, claimed, outcome)
             await uow.commit()
-        outcome = "duplicate" if not first else "applied" if event.understood else "ignored"
+        return self._ack(processor, event, outcome)
+
+    async def _apply(self, uow, connection: dict, news: News, event: p.WebhookEvent,
+                     now: datetime) -> WebhookOutcome:
+        if news.payment is not None:
+            row = await self.ledger.record_payment(uow, connection, news.payment, origin="webhook", now=now,
+                                                   heard_at=event.occurred_at)
+            if row is None:
+                return "unattributed"
+        for refund in news.refunds:
+            await self.ledger.record_refund(uow, connection, refund, now=now)
+        return "applied"
+
+    @staticmethod
+    def _ack(processor: str, event: p.WebhookEvent, outcome: WebhookOutcome) -> WebhookAck:
         WEBHOOKS_RECEIVED.labels(processor, outcome).inc()
-        return WebhookAck(event_id=event.event_id, duplicate=not first, ignored=not event.understood)
+        return WebhookAck(event_id=event.event_id, duplicate=outcome == "duplicate",
+                          ignored=outcome in ("ignored", "not_found"), outcome=outcome)

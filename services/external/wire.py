@@ -162,8 +162,42 @@ class ReconcileReport(msgspec.Struct, kw_only=True):
     findings: list[ReconcileFinding]  # everything but "matched"
 
 
+WebhookOutcome = Literal["applied", "ignored", "not_found", "unattributed", "duplicate"]
+
+
 class WebhookAck(msgspec.Struct, kw_only=True):
     received: bool = True
     event_id: str
     duplicate: bool = False
-    ignored: bool = False  # an event type we do not act on
+    # Nothing was applied: an event type we do not act on, or about an object the processor does not
+    # have on this account (not the processor's notice).
+    ignored: bool = False
+    outcome: WebhookOutcome = "applied"
+
+
+class UnattributedOut(msgspec.Struct, kw_only=True):
+    """A payment nobody started, on a processor account several barbers connected."""
+
+    id: int
+    processor: Processor
+    processor_account: str
+    external_transaction_id: str
+    amount: str
+    currency: str
+    status: str
+    connection_ids: list[int]
+    heard_from: str
+    first_heard_at: datetime
+    last_heard_at: datetime
+    attributed_to: int | None = None
+    transaction_id: str | None = None
+    attributed_at: datetime | None = None
+
+
+class UnattributedPage(msgspec.Struct, kw_only=True):
+    items: list[UnattributedOut]
+    next_cursor: str | None
+
+
+class AttributeIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    connection_id: Annotated[int, msgspec.Meta(ge=1, le=2_147_483_647)]

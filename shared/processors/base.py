@@ -8,7 +8,12 @@ alike through `PaymentProcessor` and the errors below.
 Two failure kinds must never be confused, because money depends on it:
 - `ProcessorUnavailable`: the processor surely did nothing (connection refused, rate limited).
 - `OutcomeUnknown` (and its `ProcessorTimeout`): the request may have been processed; settle it by
-  retrying with the same idempotency key or by looking the payment up, never by assuming.
+  looking the payment up (by its id, or by our reference), never by assuming.
+
+A webhook is a notice, not a fact: `parse_webhook` says which object changed, never what it now
+is. Whoever holds the signing secret can sign any body (a barber holds its own), so the object is
+fetched from the processor and what the processor says is applied (`shared.attempts` and the
+external service's webhooks do so).
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ class PaymentResult:
     status: PaymentStatus
     amount: Decimal
     currency: str
-    created_at: datetime
+    created_at: datetime | None  # the processor's own time for it; None when it gave none (never 1970)
     reference: str | None = None
     charge_id: str | None = None
     failure_code: str | None = None
@@ -123,18 +128,20 @@ class WebhookRegistration:
 
 @dataclass(frozen=True)
 class WebhookEvent:
-    """A verified processor notification, reduced to what changed in our terms."""
+    """A verified processor notification: which object it is about, never what that object now is
+    (the body is only a claim; fetch the object and apply what the processor says)."""
 
     event_id: str
     event_type: str
-    occurred_at: datetime
-    payment: PaymentResult | None = None
-    refund: RefundResult | None = None
+    occurred_at: datetime | None  # when the processor says the event happened (None: it did not say)
+    payment_id: str | None = None  # a payment changed: `retrieve_payment` it
+    refund_id: str | None = None  # a refund changed: `retrieve_refund` it
+    refunds_of_payment: bool = False  # the payment's refunds changed (Stripe `charge.refunded`): list them
 
     @property
     def understood(self) -> bool:
         """False for event types we do not act on (answered 200 and ignored)."""
-        return self.payment is not None or self.refund is not None
+        return self.payment_id is not None or self.refund_id is not None
 
 
 # ---- errors ------------------------------------------------------------------------------------
@@ -180,6 +187,10 @@ class ProcessorRequestError(ProcessorError):
     """The processor refused the request itself (a 4xx other than a decline): our bug or bad input."""
 
 
+class NotFound(ProcessorRequestError):
+    """The processor has no such object (a 404 on a lookup): a notice naming it was not the processor's."""
+
+
 class InvalidSignature(ProcessorError):
     """A webhook's signature is missing, forged or too old."""
 
@@ -189,7 +200,8 @@ class InvalidSignature(ProcessorError):
 # How a call ended, for `processor_request_duration_seconds{outcome}`; the first match wins.
 _OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
     (PaymentDeclined, "declined"), (ProcessorTimeout, "timeout"), (OutcomeUnknown, "unknown"),
-    (ProcessorUnavailable, "unavailable"), (InvalidCredentials, "credentials"), (ProcessorError, "rejected"),
+    (ProcessorUnavailable, "unavailable"), (InvalidCredentials, "credentials"), (NotFound, "not_found"),
+    (ProcessorError, "rejected"),
 )
 
 
@@ -225,16 +237,24 @@ class PaymentProcessor(Protocol):
         """Charge; raises `PaymentDeclined` on a decline."""
         ...
 
-    async def retrieve_payment(self, processor_payment_id: str) -> PaymentResult: ...
+    async def retrieve_payment(self, processor_payment_id: str) -> PaymentResult:
+        """Raises `NotFound` when the processor has no such payment on this account."""
+        ...
 
     async def refund(self, request: RefundRequest) -> RefundResult: ...
 
-    async def retrieve_refund(self, processor_refund_id: str) -> RefundResult: ...
+    async def retrieve_refund(self, processor_refund_id: str) -> RefundResult:
+        """Raises `NotFound` when the processor has no such refund on this account."""
+        ...
 
     async def list_refunds(self, processor_payment_id: str) -> list[RefundResult]: ...
 
     async def list_payments(self, since: datetime, until: datetime) -> list[PaymentResult]:
         """Payments created in [since, until) (reconciliation, and finding a lost attempt)."""
+        ...
+
+    async def list_refunds_between(self, since: datetime, until: datetime) -> list[RefundResult]:
+        """Refunds created in [since, until), of any payment (reconciliation of refunded amounts)."""
         ...
 
     async def register_webhook(self, url: str) -> WebhookRegistration:
@@ -251,25 +271,49 @@ class PaymentProcessor(Protocol):
     async def close(self) -> None: ...
 
 
-def listing_lag(processor: PaymentProcessor) -> timedelta:
+@runtime_checkable
+class PlatformProcessor(PaymentProcessor, Protocol):
+    """The platform's own Stripe account, which can also debit a connected account's balance (how
+    collections takes commission from a barber with no card on file)."""
+
+    async def debit_connected_account(self, request: PaymentRequest) -> PaymentResult:
+        """`request.payment_method` is the connected account (`acct_...`) to debit."""
+        ...
+
+    async def retrieve_debit(self, processor_debit_id: str) -> PaymentResult: ...
+
+    async def list_debits(self, since: datetime, until: datetime) -> list[PaymentResult]:
+        """Debits of connected accounts created in [since, until)."""
+        ...
+
+
+def listing_lag(processor: object) -> timedelta:
     """How long after a payment the processor's listing may still miss it (PayPal's Transaction
     Search lags by hours; Stripe's and Square's lists are current). A sweeper that does not find an
     attempt must not call it failed before this has passed: the processor may have charged it."""
     return getattr(processor, "LISTING_LAG", timedelta(0))
 
 
+def key_lifetime(processor: object) -> timedelta:
+    """How long the processor is sure to keep an idempotency key (Stripe: at least 24 hours). A
+    request re-sent with its key inside this time is answered with the first outcome; after it,
+    the same key may make a second payment, so an attempt that old is looked up, never re-sent."""
+    return getattr(processor, "IDEMPOTENCY_KEY_LIFETIME", timedelta(hours=24))
+
+
 async def find_payment(processor: PaymentProcessor, reference: str, *, since: datetime,
                        until: datetime) -> PaymentResult | None:
-    """The payment we created under `reference`, if the processor has it (a lost answer)."""
-    for payment in await processor.list_payments(since, until):
-        if payment.reference == reference:
-            return payment
-    return None
+    """The payment we created under `reference` in [since, until), if the processor has it."""
+    return next((p for p in await processor.list_payments(since, until) if p.reference == reference), None)
+
+
+async def find_debit(processor: PlatformProcessor, reference: str, *, since: datetime,
+                     until: datetime) -> PaymentResult | None:
+    """The connected-account debit we created under `reference` in [since, until), if any."""
+    return next((d for d in await processor.list_debits(since, until) if d.reference == reference), None)
 
 
 async def find_refund(processor: PaymentProcessor, processor_payment_id: str,
                       reference: str) -> RefundResult | None:
-    for refund in await processor.list_refunds(processor_payment_id):
-        if refund.reference == reference:
-            return refund
-    return None
+    """The refund of that payment we created under `reference`, if the processor has it."""
+    return next((r for r in await processor.list_refunds(processor_payment_id) if r.reference == reference), None)

@@ -7,7 +7,6 @@ order), reconciliation, key rotation, and credentials never leaking into logs.
 from __future__ import annotations
 
 import itertools
-import os
 import time
 import uuid
 from decimal import Decimal
@@ -20,106 +19,34 @@ import stripe
 from cryptography.fernet import Fernet
 
 from services.external import tables as et
-from shared.auth import issue_token
-from shared.db import PlatformTables
 from tests.conftest import ENCRYPTION_KEY, JWT_SECRET
+from tests.integration.external_support import (  # noqa: F401 (fixtures)
+    BASE,
+    PROCESSORS,
+    SERVICE,
+    call,
+    charge_body,
+    connect,
+    connect_stripe,
+    events,
+    external_log,
+    external_url,
+    http,
+    router_url,
+    rows,
+    sdk,
+    stripe_key,
+    wait_applied,
+    webhook_events_of,
+)
 from tests.integration.router_support import admin, barber, sim_call
-from tests.support import eventually, free_port, running_process
+from tests.support import eventually
 
-BASE = "/api/v1/external-payments"
 _ids = itertools.count(1)
-outbox = PlatformTables(et.metadata).outbox
-SERVICE = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 1, 'service')}"}
 
 
 def next_barber() -> int:
     return 900_000 + next(_ids)
-
-
-@pytest.fixture(scope="module")
-def external_log(tmp_path_factory):
-    return tmp_path_factory.mktemp("external") / "external.log"
-
-
-@pytest.fixture(scope="module")
-def external_url(service_env, stripe_sim, square_sim, paypal_sim, external_log):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, **service_env, "PORT": str(port), "WEBHOOK_BASE_URL": url, "STRIPE_API_BASE": stripe_sim,
-           "SQUARE_API_BASE": square_sim, "PAYPAL_API_BASE": paypal_sim,
-           "PROCESSOR_TIMEOUT": "2", "PENDING_SWEEP_AFTER": "9", "SWEEP_INTERVAL": "1", "STATS_INTERVAL": "1",
-           "LOG_LEVEL": "info",
-           "RATE_LIMIT_PER_MINUTE": "100000"}
-    with running_process(["services.external"], env, ready_url=url + "/health/ready", log=external_log):
-        yield url
-
-
-@pytest.fixture
-async def http(external_url):
-    async with aiohttp.ClientSession(base_url=external_url) as session:
-        yield session
-
-
-async def call(http, method: str, path: str, headers: dict, json=None) -> tuple[int, dict]:
-    async with http.request(method, path, headers=headers, json=json) as resp:
-        return resp.status, await resp.json(content_type=None)
-
-
-async def rows(db, query) -> list[dict]:
-    async with db.connect() as conn:
-        return [dict(r) for r in (await conn.execute(query)).mappings()]
-
-
-async def events(db, event_type: str, key: str, value) -> list[dict]:
-    found = await rows(db, sa.select(outbox.c.body).where(outbox.c.event_type == event_type).order_by(outbox.c.id))
-    payloads = [msgspec.json.decode(r["body"])["payload"] for r in found]
-    return [p for p in payloads if p.get(key) == value]
-
-
-def stripe_key(b: int) -> str:
-    return f"sk_test_barber_{b}_own_account"
-
-
-async def connect_stripe(http, b: int, **extra) -> dict:
-    status, body = await call(http, "POST", f"{BASE}/connections", barber(b), {
-        "processor": "stripe", "account_id": f"acct_own_{b}", "account_name": "Own Stripe",
-        "credentials": {"secret_key": stripe_key(b)}, "default_currency": "USD", **extra})
-    assert status == 201, body
-    return body
-
-
-def charge_body(b: int, connection_id: int, amount: str = "50.00", method: str = "pm_card_visa", **extra) -> dict:
-    return {"route_id": str(uuid.uuid4()), "barber_id": b, "connection_id": connection_id, "appointment_id": 7,
-            "amount": amount, "currency": "USD", "commission_rate": "0.10",
-            "commission_amount": str((Decimal(amount) * Decimal("0.10")).quantize(Decimal("0.01"))),
-            "estimated_processor_fee": "1.75", "payment_method": method, **extra}
-
-
-def sdk(stripe_sim: str, key: str) -> stripe.StripeClient:
-    return stripe.StripeClient(key, base_addresses={"api": stripe_sim}, http_client=stripe.AIOHTTPClient())
-
-
-# What each processor takes: credentials, and the sandbox's good and declined payment methods.
-PROCESSORS = {
-    "stripe": (lambda b: {"secret_key": stripe_key(b)}, "pm_card_visa", "pm_card_chargeDeclined"),
-    "square": (lambda b: {"access_token": f"EAAAsq-barber-{b}-token", "location_id": f"LBARBER{b}"},
-               "cnon:card-nonce-ok", "cnon:card-nonce-declined"),
-    "paypal": (lambda b: {"client_id": f"AbarberClient{b}", "client_secret": f"EPaypalSecret-{b}-xyz"},
-               "paypal-approved", "paypal-declined"),
-}
-
-
-async def connect(http, b: int, processor: str, **extra) -> dict:
-    credentials = PROCESSORS[processor][0](b)
-    status, body = await call(http, "POST", f"{BASE}/connections", barber(b), {
-        "processor": processor, "account_id": f"{processor}-own-{b}", "credentials": credentials,
-        "default_currency": "USD", **extra})
-    assert status == 201, body
-    return body
-
-
-async def webhook_events_of(db, connection_id: int) -> list[dict]:
-    return await rows(db, sa.select(et.webhook_events).where(et.webhook_events.c.connection_id == connection_id))
 
 
 @pytest.mark.parametrize("processor", sorted(PROCESSORS))
@@ -146,7 +73,8 @@ async def test_each_processor_connects_charges_once_refunds_and_declines(http, d
     status, rest = await call(http, "POST", "/internal/v1/refunds", SERVICE,
                               {"transaction_id": tx["id"], "refund_id": str(uuid.uuid4())})
     assert status == 200 and (rest["transaction"]["status"], rest["refund_amount"]) == ("refunded", "50.00"), rest
-    await _quiet()
+    for event_type, count in REFUND_NOTICES[processor]:  # the refunds' own notices arrive too
+        await wait_applied(db, connection["id"], event_type, count)
     statuses = [e["status"] for e in await events(db, "transaction.recorded", "transaction_id", tx["id"])]
     assert statuses == ["completed", "partially_refunded", "refunded"]
     status, failed = await call(http, "POST", "/internal/v1/charges", SERVICE,
@@ -307,7 +235,8 @@ async def test_partial_and_full_refunds_move_the_status_and_emit(http, db, strip
         return [(e["status"], e["refunded_amount"]) for e in found]
 
     await eventually(lambda: _at_least(settled(), 3), timeout=10)
-    await _quiet()  # the refund webhooks arrive too; they change nothing more
+    for event_type, count in REFUND_NOTICES["stripe"]:  # the refunds' own notices arrive too: they change nothing
+        await wait_applied(db, connection["id"], event_type, count)
     assert await settled() == [("completed", "0.00"), ("partially_refunded", "30.00"), ("refunded", "100.00")]
 
 
@@ -315,10 +244,10 @@ async def _at_least(awaitable, n: int) -> bool:
     return len(await awaitable) >= n
 
 
-async def _quiet(seconds: float = 1.5) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
+# The notices each simulator sends for two refunds of one payment (what a test waits to be taken
+# before it says nothing more happened).
+REFUND_NOTICES = {"stripe": [("refund.created", 2), ("charge.refunded", 2)], "square": [("refund.created", 2)],
+                  "paypal": [("PAYMENT.CAPTURE.REFUNDED", 2)]}
 
 
 # ---- webhooks -----------------------------------------------------------------------------------------
@@ -514,18 +443,6 @@ async def test_rotated_keys_still_open_every_connection(http, db, make_settings,
 
 # ---- through the router -----------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def router_url(service_env, stripe_sim, external_url, tmp_path_factory):
-    port = free_port()
-    env = {**os.environ, **service_env, "PORT": str(port), "STRIPE_SECRET_KEY": "sk_test_platform_ext",
-           "STRIPE_API_BASE": stripe_sim, "EXTERNAL_SERVICE_URL": external_url, "LOG_LEVEL": "warning",
-           "RATE_LIMIT_PER_MINUTE": "100000"}
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("router-ext") / "router.log"
-    with running_process(["services.router"], env, ready_url=url + "/health/ready", log=log):
-        yield url
-
-
 async def test_an_external_route_is_paid_and_refunded_through_the_router(http, db, router_url, stripe_sim):
     b = next_barber()
     hp = "/api/v1/hybrid-payments"
@@ -672,7 +589,8 @@ async def test_a_declined_payment_the_client_completes_later_is_recorded_complet
 
     row = await eventually(completed, timeout=15)
     assert (row["amount"], row["commission_amount"]) == (Decimal("45.0000"), Decimal("4.5000"))
-    await _quiet()
+    await wait_applied(db, connection["id"], "payment_intent.payment_failed")  # both notices taken: nothing more
+    await wait_applied(db, connection["id"], "payment_intent.succeeded")
     assert [e["status"] for e in await events(db, "transaction.recorded", "transaction_id",
                                               declined["transaction_id"])] == ["failed", "completed"]
 
@@ -736,9 +654,10 @@ async def test_the_sweeper_settles_attempts_nobody_came_back_for(http, db, strip
 
     found = {str(r["id"]): r for r in await eventually(settled, timeout=30)}
     assert found[lost["transaction_id"]]["failure_code"] == "not_found_at_processor"
-    for transaction_id, status in by_id.items():
-        assert [e["status"] for e in await events(db, "transaction.recorded", "transaction_id", transaction_id)] == [
-            status]
+    assert [e["status"] for e in await events(db, "transaction.recorded", "transaction_id",
+                                              late["transaction_id"])] == ["completed"]
+    # The lost one never reached the processor: it is no payment, so nobody is told of one.
+    assert await events(db, "transaction.recorded", "transaction_id", lost["transaction_id"]) == []
 
 
 async def test_a_webhook_body_over_the_limit_is_413(http):

@@ -28,6 +28,7 @@ from sandbox.paypal_sim import raw_member, start_paypal_sim
 from shared.processors.base import (
     InvalidCredentials,
     InvalidSignature,
+    NotFound,
     OutcomeUnknown,
     PaymentDeclined,
     PaymentProcessor,
@@ -542,9 +543,10 @@ async def test_a_signed_delivery_verifies_and_parses(sim, processor, receiver):
     await processor.verify_webhook(body, headers, secret=registration.secret, url=receiver.url)
     event = processor.parse_webhook(body)
     assert event.event_type == "PAYMENT.CAPTURE.COMPLETED" and event.event_id.startswith("WH-")
-    assert event.understood and event.refund is None
-    assert event.payment.processor_payment_id == paid.processor_payment_id
-    assert (event.payment.status, event.payment.reference) == ("completed", "hooked-1")
+    assert event.understood and event.refund_id is None
+    assert event.payment_id == paid.processor_payment_id  # a notice: what it is now comes from the API
+    fetched = await processor.retrieve_payment(event.payment_id)
+    assert (fetched.status, fetched.reference) == ("completed", "hooked-1")
 
     # The certificate the headers name is served by the simulator.
     async with aiohttp.ClientSession() as session, session.get(headers["PAYPAL-CERT-URL"]) as resp:
@@ -555,11 +557,11 @@ async def test_a_signed_delivery_verifies_and_parses(sim, processor, receiver):
     body, headers = receiver.received[1]
     await processor.verify_webhook(body, headers, secret=registration.secret, url=receiver.url)
     event = processor.parse_webhook(body)
-    assert event.event_type == "PAYMENT.CAPTURE.REFUNDED" and event.payment is None
-    assert event.refund.processor_refund_id == refund.processor_refund_id
-    assert event.refund.processor_payment_id == paid.processor_payment_id
-    assert (event.refund.status, event.refund.amount, event.refund.reference) == (
-        "succeeded", Decimal("4.00"), "hooked-r")
+    assert event.event_type == "PAYMENT.CAPTURE.REFUNDED" and event.payment_id is None
+    assert event.refund_id == refund.processor_refund_id
+    fetched = await processor.retrieve_refund(event.refund_id)
+    assert fetched.processor_payment_id == paid.processor_payment_id
+    assert (fetched.status, fetched.amount, fetched.reference) == ("succeeded", Decimal("4.00"), "hooked-r")
 
 
 async def test_declined_and_pending_captures_are_delivered_too(sim, processor, receiver, control):
@@ -573,9 +575,11 @@ async def test_declined_and_pending_captures_are_delivered_too(sim, processor, r
     for body, headers in receiver.received:
         await processor.verify_webhook(body, headers, secret=registration.secret, url=receiver.url)
         events.append(processor.parse_webhook(body))
-    assert [(e.event_type, e.payment.status) for e in events] == [
-        ("PAYMENT.CAPTURE.DENIED", "failed"), ("PAYMENT.CAPTURE.PENDING", "pending"),
-        ("PAYMENT.CAPTURE.COMPLETED", "completed")]
+    assert [e.event_type for e in events] == [
+        "PAYMENT.CAPTURE.DENIED", "PAYMENT.CAPTURE.PENDING", "PAYMENT.CAPTURE.COMPLETED"]
+    # Each names its capture; the capture as it is now is what the API says.
+    assert [(await processor.retrieve_payment(e.payment_id)).status for e in events] == [
+        "failed", "completed", "completed"]
 
 
 def _mutations(body: bytes, headers: dict[str, str], webhook_id: str):
@@ -653,16 +657,18 @@ _CAPTURE = {"id": "CAP1", "status": "COMPLETED", "amount": {"currency_code": "US
 
 def test_parse_webhook_maps_capture_and_refund_events_and_ignores_others(processor):
     reversed_ = processor.parse_webhook(_event("PAYMENT.CAPTURE.REVERSED", "refund", _REFUND))
-    assert reversed_.refund.processor_payment_id == "CAP1" and reversed_.refund.reference == "r-1"
+    assert (reversed_.refund_id, reversed_.payment_id) == (_REFUND["id"], None)
     assert reversed_.occurred_at == datetime(2026, 1, 10, 10, tzinfo=UTC)
+    on_capture = processor.parse_webhook(_event("PAYMENT.CAPTURE.REVERSED", "capture", _CAPTURE))
+    assert (on_capture.payment_id, on_capture.refunds_of_payment) == ("CAP1", True)
     completed = processor.parse_webhook(_event("PAYMENT.CAPTURE.COMPLETED", "capture", _CAPTURE))
-    assert completed.payment.reference == "p-1" and completed.payment.status == "completed"
+    assert (completed.payment_id, completed.refunds_of_payment) == ("CAP1", False)
     other = processor.parse_webhook(_event("CHECKOUT.ORDER.APPROVED", "checkout-order", {"id": "O1"}))
     assert other.understood is False and other.event_type == "CHECKOUT.ORDER.APPROVED"
     odd = processor.parse_webhook(_event("PAYMENT.CAPTURE.COMPLETED", "dispute", {"id": "D1"}))
     assert odd.understood is False
-    with pytest.raises(ProcessorRequestError):
-        processor.parse_webhook(_event("PAYMENT.CAPTURE.COMPLETED", "capture", {**_CAPTURE, "status": "NEW"}))
+    with pytest.raises(ProcessorRequestError):  # a capture it does not name
+        processor.parse_webhook(_event("PAYMENT.CAPTURE.COMPLETED", "capture", {"status": "COMPLETED"}))
     for broken in (b"{", b"[]", b'{"id": "WH-1"}'):
         with pytest.raises(ProcessorRequestError):
             processor.parse_webhook(broken)
@@ -774,7 +780,7 @@ def _error(name: str, issue: str | None = None) -> bytes:
      InvalidCredentials, "invalid_client"),
     (400, _error("INVALID_REQUEST", "MISSING_REQUIRED_PARAMETER"), ProcessorRequestError,
      "MISSING_REQUIRED_PARAMETER"),
-    (404, _error("RESOURCE_NOT_FOUND", "INVALID_RESOURCE_ID"), ProcessorRequestError, "INVALID_RESOURCE_ID"),
+    (404, _error("RESOURCE_NOT_FOUND", "INVALID_RESOURCE_ID"), NotFound, "INVALID_RESOURCE_ID"),
     (422, _error("UNPROCESSABLE_ENTITY", "INSTRUMENT_DECLINED"), ProcessorRequestError,
      "INSTRUMENT_DECLINED"),
     (422, _error("UNPROCESSABLE_ENTITY", "PREVIOUS_REQUEST_IN_PROGRESS"), OutcomeUnknown,

@@ -70,11 +70,8 @@ async def test_stripe_event_passes_the_services_adapter_as_an_understood_payment
     parsed = adapter.parse_webhook(event.body)
     assert parsed.understood and parsed.event_id == event.event_id
     assert parsed.event_type == "payment_intent.succeeded"
-    payment = parsed.payment
-    assert payment is not None and payment.processor_payment_id == event.payment_id
-    assert payment.status == "completed" and payment.currency == "USD"
-    assert payment.amount == Decimal(wh.amount_text(event.amount_cents))
-    assert payment.reference is None  # a payment the barber took itself: the ledger learns it
+    # A notice: it names the payment; the service fetches what the payment is from the processor.
+    assert (parsed.payment_id, parsed.refund_id) == (event.payment_id, None)
 
 
 def test_stripe_event_has_the_shape_stripe_sends():
@@ -111,10 +108,7 @@ async def test_square_event_passes_the_services_adapter_as_an_understood_payment
         await adapter.verify_webhook(event.body + b" ", headers, secret=Secret(SQUARE_EP.secret), url=SQUARE_EP.url)
     parsed = adapter.parse_webhook(event.body)
     assert parsed.understood and parsed.event_id == event.event_id and parsed.event_type == "payment.updated"
-    payment = parsed.payment
-    assert payment is not None and payment.processor_payment_id == event.payment_id
-    assert payment.status == "completed" and payment.currency == "USD"
-    assert payment.amount == Decimal(wh.amount_text(event.amount_cents))
+    assert (parsed.payment_id, parsed.refund_id) == (event.payment_id, None)  # a notice naming the payment
     body = json.loads(event.body)
     assert body["data"] == {"type": "payment", "id": event.payment_id, "object": {"payment": body["data"]["object"]
                                                                                     ["payment"]}}

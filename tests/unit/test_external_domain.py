@@ -5,7 +5,9 @@ from decimal import Decimal as D
 import pytest
 from cryptography.fernet import Fernet
 
-from services.external.domain import Recorded, Reported, published_status, reconcile
+from datetime import UTC, datetime
+
+from services.external.domain import Recorded, Reported, processed_at_of, published_status, reconcile
 from services.external.processors import credentials_hint, parse_credentials
 from services.external.vault import CredentialVault, VaultError
 
@@ -33,6 +35,26 @@ def test_reconciliation_verdicts():
     assert verdicts["pi_new"] == ("missing_local", None)
     assert verdicts["pi_gone"][0] == "mismatch"
     assert "pi_waiting" not in verdicts  # ours, still pending: nothing to compare yet
+    applied = {v.processor_payment_id for v in reconcile(ours, theirs) if v.apply}
+    assert applied == {"pi_new", "pi_status"}  # the processor's word is merged; an amount is a person's call
+
+
+def test_reconciliation_records_money_and_ignores_what_never_took_any():
+    """An abandoned or declined intent we never heard of is no payment of ours; a declined payment
+    of ours the processor does not list (a PayPal order) is no mismatch."""
+    theirs = [Reported("pi_abandoned", D("5.00"), "pending"), Reported("pi_declined", D("6.00"), "failed"),
+              Reported("pi_canceled", D("7.00"), "canceled")]
+    ours = [Recorded("ORDER-DECLINED", D("8.00"), "failed"), Recorded("pi_void", D("9.00"), "canceled"),
+            Recorded("pi_refunded_gone", D("10.00"), "refunded")]
+    verdicts = {v.processor_payment_id: v.status for v in reconcile(ours, theirs)}
+    assert verdicts == {"pi_refunded_gone": "mismatch"}
+
+
+def test_a_payment_heard_without_a_time_is_never_dated_1970():
+    event, now = datetime(2026, 12, 1, tzinfo=UTC), datetime(2026, 12, 4, tzinfo=UTC)
+    assert processed_at_of(None, event, now) == event
+    assert processed_at_of(None, None, now) == now
+    assert processed_at_of(datetime(2026, 11, 30, tzinfo=UTC), event, now) == datetime(2026, 11, 30, tzinfo=UTC)
 
 
 def test_the_vault_rotates_and_refuses_unknown_keys():

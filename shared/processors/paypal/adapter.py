@@ -58,6 +58,7 @@ from shared.processors.base import (
     AccountInfo,
     InvalidCredentials,
     InvalidSignature,
+    NotFound,
     OutcomeUnknown,
     PaymentDeclined,
     PaymentRequest,
@@ -245,23 +246,38 @@ class PayPalProcessor:
         """Payments created in [since, until) through Transaction Search (whole seconds, windows of
         at most 31 days, every page). Naive datetimes are taken as UTC."""
         since, until = _utc(since), _utc(until)
+        found: dict[str, PaymentResult] = {}
+        for payment in tf.transaction_payments(await self._search(since, until, "list_payments")):
+            if payment.created_at is not None and since <= payment.created_at < until:
+                found.setdefault(payment.processor_payment_id, payment)  # windows share an edge
+        return sorted(found.values(), key=lambda p: p.created_at or since)
+
+    async def list_refunds_between(self, since: datetime, until: datetime) -> list[RefundResult]:
+        """Refunds (T11xx rows) created in [since, until), through Transaction Search (which lags)."""
+        since, until = _utc(since), _utc(until)
+        found: dict[str, RefundResult] = {}
+        for refund, created in tf.transaction_refunds(await self._search(since, until, "list_refunds")):
+            if created is not None and since <= created < until:
+                found.setdefault(refund.processor_refund_id, refund)
+        return list(found.values())
+
+    async def _search(self, since: datetime, until: datetime, operation: str) -> list[dict[str, Any]]:
+        """Every Transaction Search row in [since, until): windows of at most 31 days, every page."""
         start = since.replace(microsecond=0)
         end_limit = until if until.microsecond == 0 else until.replace(microsecond=0) + timedelta(seconds=1)
-        found: dict[str, PaymentResult] = {}
+        rows: list[dict[str, Any]] = []
         while start < end_limit:
             end = min(start + SEARCH_WINDOW, end_limit)
             page, pages = 1, 1
             while page <= pages:
-                listing = await self._call("GET", "/v1/reporting/transactions", operation="list_payments", params={
+                listing = await self._call("GET", "/v1/reporting/transactions", operation=operation, params={
                     "start_date": _rfc3339(start), "end_date": _rfc3339(end), "fields": "all",
                     "page_size": str(SEARCH_PAGE_SIZE), "page": str(page)})
-                for payment in tf.transaction_payments(listing.get("transaction_details") or ()):
-                    if since <= payment.created_at < until:
-                        found.setdefault(payment.processor_payment_id, payment)  # windows share an edge
+                rows.extend(listing.get("transaction_details") or ())
                 pages = int(listing.get("total_pages") or 1)
                 page += 1
             start = end
-        return sorted(found.values(), key=lambda p: p.created_at)
+        return rows
 
     async def register_webhook(self, url: str) -> WebhookRegistration:
         """For PayPal the webhook id is what verification needs, so it is the 'secret' kept. A URL
@@ -431,6 +447,8 @@ class PayPalProcessor:
                                    processor_payment_id=order_id, raw=body)
         if 300 <= status < 400 or status < 200:
             return OutcomeUnknown(f"PayPal answered an unexpected HTTP {status}", code=issue, raw=body)
+        if status == 404:
+            return NotFound(f"PayPal has no such resource: {text}", code=issue, raw=body)
         return ProcessorRequestError(f"PayPal refused the request ({status}): {text}", code=issue, raw=body)
 
 

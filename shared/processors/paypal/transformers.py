@@ -65,8 +65,11 @@ TRANSACTION_STATUS: dict[str, PaymentStatus] = {
     "D": "failed",
 }
 # Transaction event codes T00xx are payments received or sent (T0006: PayPal Checkout APIs);
-# refunds (T11xx), fees, holds and transfers are other groups.
+# refunds and reversals are T11xx; fees, holds and transfers are other groups.
 PAYMENT_EVENT_GROUP = "T00"
+REFUND_EVENT_GROUP = "T11"
+# Transaction Search's codes for a refund's own row.
+REFUND_TRANSACTION_STATUS: dict[str, RefundStatus] = {"S": "succeeded", "P": "pending", "D": "failed", "V": "failed"}
 
 # The webhook events the adapter subscribes to, and which resource each carries.
 CAPTURE_EVENTS = frozenset({"PAYMENT.CAPTURE.COMPLETED", "PAYMENT.CAPTURE.DENIED",
@@ -146,10 +149,11 @@ def from_money(money: dict[str, Any]) -> tuple[Decimal, str]:
 # ---- objects -------------------------------------------------------------------------------
 
 
-def parse_time(text: str | None) -> datetime:
-    """PayPal's RFC 3339 times ("2024-10-12T23:55:07Z", "...07.436Z", "...07+0000") as aware UTC."""
+def parse_time(text: str | None) -> datetime | None:
+    """PayPal's RFC 3339 times ("2024-10-12T23:55:07Z", "...07.436Z", "...07+0000") as aware UTC;
+    None when PayPal gave none (never a made-up 1970)."""
     if not text:
-        return datetime.fromtimestamp(0, UTC)
+        return None
     try:
         moment = datetime.fromisoformat(text)
     except (TypeError, ValueError):
@@ -251,21 +255,48 @@ def transaction_payments(details: Iterable[dict[str, Any]]) -> list[PaymentResul
     return results
 
 
+def transaction_refunds(details: Iterable[dict[str, Any]]) -> list[tuple[RefundResult, datetime | None]]:
+    """Transaction Search rows that are refunds of a capture, with when each was made."""
+    results = []
+    for detail in details:
+        info = detail.get("transaction_info") or {}
+        code = info.get("transaction_event_code") or ""
+        if not code.startswith(REFUND_EVENT_GROUP) or "transaction_amount" not in info:
+            continue
+        amount, currency = from_money(info["transaction_amount"])
+        status = _status(REFUND_TRANSACTION_STATUS, "refund transaction", info.get("transaction_status"))
+        results.append((RefundResult(
+            processor_refund_id=info["transaction_id"], processor_payment_id=info.get("paypal_reference_id") or "",
+            status=status, amount=abs(amount), currency=currency, reference=info.get("custom_field"),
+            failure_reason=info.get("transaction_status") if status == "failed" else None, raw=detail,
+        ), parse_time(info.get("transaction_initiation_date"))))
+    return results
+
+
 def webhook_event(event: dict[str, Any]) -> WebhookEvent:
-    """A PayPal webhook event: capture and refund changes become updates; other types (and
-    subscribed types carrying a resource we do not know) are not understood."""
+    """A PayPal webhook event as a notice: which capture or refund changed (other types, and
+    subscribed types carrying a resource we do not know, are not understood)."""
     type_ = event["event_type"]
+    if not isinstance(event["id"], str) or not isinstance(type_, str):
+        raise ProcessorRequestError("a PayPal event's id and event_type are strings", code="invalid_event")
     resource = event.get("resource") or {}
     kind = event.get("resource_type")
-    payment = refund = None
+    notice: dict[str, Any] = {}
     if type_ in CAPTURE_EVENTS and kind in (None, "capture"):
-        payment = payment_result(resource)
+        notice = {"payment_id": _resource_id(resource)}
     elif type_ in REFUND_EVENTS and kind in (None, "refund"):
-        refund = refund_result(resource)
-    elif type_ in REFUND_EVENTS and kind == "capture":  # a reversal reported on the capture
-        payment = payment_result(resource)
+        notice = {"refund_id": _resource_id(resource)}
+    elif type_ in REFUND_EVENTS and kind == "capture":  # a reversal reported on the capture: its refunds moved
+        notice = {"payment_id": _resource_id(resource), "refunds_of_payment": True}
     return WebhookEvent(event_id=event["id"], event_type=type_,
-                        occurred_at=parse_time(event.get("create_time")), payment=payment, refund=refund)
+                        occurred_at=parse_time(event.get("create_time")), **notice)
+
+
+def _resource_id(resource: Any) -> str:
+    value = resource.get("id") if isinstance(resource, dict) else None
+    if not isinstance(value, str) or not value:
+        raise ProcessorRequestError("a PayPal event names its resource by a string id", code="invalid_event")
+    return value
 
 
 # ---- errors --------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from shared.processors.base import (
     AccountInfo,
     InvalidCredentials,
     InvalidSignature,
+    NotFound,
     OutcomeUnknown,
     PaymentDeclined,
     PaymentRequest,
@@ -214,24 +215,37 @@ class SquareProcessor:
         return [await self.retrieve_refund(refund_id) for refund_id in payment.get("refund_ids") or []]
 
     async def list_payments(self, since: datetime, until: datetime) -> list[PaymentResult]:
-        query = {"begin_time": tf.rfc3339(since), "end_time": tf.rfc3339(until), "sort_order": "ASC",
-                 "location_id": self._credentials.location_id, "limit": _PAGE}
-        rows: list[dict[str, Any]] = []
-        cursor: str | None = None
-        while True:
-            # Pages are followed by hand: the SDK's pager stops at the first empty page even when
-            # Square hands back a cursor, which Square allows ("fewer results than the limit").
-            pager = await self._call("list_payments", lambda c, cursor=cursor: c.payments.list(
-                **query, cursor=cursor, request_options=_NO_RETRIES))
-            page = _wire(pager.response)
-            rows.extend(page.get("payments") or [])
-            cursor = page.get("cursor") or None
-            if cursor is None:
-                break
+        rows = await self._pages("list_payments", "payments", lambda c, cursor: c.payments.list(
+            **self._window(since, until), cursor=cursor, request_options=_NO_RETRIES))
         results = [tf.payment_result(row) for row in rows]
         # [since, until): Square's end_time bound is not documented as exclusive, ours is.
         low, high = tf.parse_time(tf.rfc3339(since)), tf.parse_time(tf.rfc3339(until))
-        return [r for r in results if low <= r.created_at < high]
+        return [r for r in results if r.created_at is not None and low <= r.created_at < high]
+
+    async def list_refunds_between(self, since: datetime, until: datetime) -> list[RefundResult]:
+        rows = await self._pages("list_refunds", "refunds", lambda c, cursor: c.refunds.list(
+            **self._window(since, until), cursor=cursor, request_options=_NO_RETRIES))
+        low, high = tf.parse_time(tf.rfc3339(since)), tf.parse_time(tf.rfc3339(until))
+        return [tf.refund_result(row) for row in rows
+                if low <= tf.parse_time(row.get("created_at"), "refund created_at") < high]
+
+    def _window(self, since: datetime, until: datetime) -> dict[str, Any]:
+        return {"begin_time": tf.rfc3339(since), "end_time": tf.rfc3339(until), "sort_order": "ASC",
+                "location_id": self._credentials.location_id, "limit": _PAGE}
+
+    async def _pages(self, operation: str, member: str, fetch) -> list[dict[str, Any]]:
+        """Every page of a Square list. Pages are followed by hand: the SDK's pager stops at the first
+        empty page even when Square hands back a cursor, which Square allows ("fewer results than the
+        limit")."""
+        rows: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            pager = await self._call(operation, lambda c, cursor=cursor: fetch(c, cursor))
+            page = _wire(pager.response)
+            rows.extend(page.get(member) or [])
+            cursor = page.get("cursor") or None
+            if cursor is None:
+                return rows
 
     async def register_webhook(self, url: str) -> WebhookRegistration:
         subscription = {"name": WEBHOOK_SUBSCRIPTION_NAME, "enabled": True,
@@ -331,8 +345,8 @@ class SquareProcessor:
         if status >= 500 or status < 400:
             # A 5xx may have done part of the work; a 2xx we could not read was done. Unknown both.
             return OutcomeUnknown(f"Square failed (HTTP {status}): {detail}", code=code, raw=body)
-        return ProcessorRequestError(f"Square refused the request (HTTP {status}): {detail}", code=code,
-                                     raw=body)
+        kind = NotFound if status == 404 else ProcessorRequestError
+        return kind(f"Square refused the request (HTTP {status}): {detail}", code=code, raw=body)
 
     def _redact(self, text: str) -> str:
         token = self._credentials.access_token.reveal()

@@ -94,6 +94,11 @@ def money(obj: Any, what: str) -> tuple[Decimal, str]:
         raise ProcessorRequestError(f"Square {what} is not a usable amount: {exc}") from None
 
 
+def optional_time(value: Any, what: str = "timestamp") -> datetime | None:
+    """`parse_time`, or None when Square gave no time at all (never a made-up one)."""
+    return None if value is None else parse_time(value, what)
+
+
 def parse_time(value: Any, what: str = "timestamp") -> datetime:
     """An RFC 3339 timestamp as Square writes it ("2026-11-24T10:00:00.123Z") -> aware datetime."""
     if not isinstance(value, str):
@@ -123,7 +128,7 @@ def payment_result(payment: dict[str, Any]) -> PaymentResult:
         status=payment_status(payment.get("status")),
         amount=amount,
         currency=currency,
-        created_at=parse_time(payment.get("created_at"), "payment created_at"),
+        created_at=optional_time(payment.get("created_at"), "payment created_at"),
         reference=payment.get("reference_id"),
         charge_id=None,  # Square has no separate charge object: the payment is the charge
         failure_code=first.get("code"),
@@ -151,14 +156,21 @@ def refund_result(refund: dict[str, Any]) -> RefundResult:
 
 
 def webhook_event(event: dict[str, Any]) -> WebhookEvent:
-    """A Square event: payment and refund changes become updates; other types are not understood."""
+    """A Square event as a notice: which payment or refund changed (other types are not understood)."""
     type_ = event["type"]
+    if not isinstance(event["event_id"], str) or not isinstance(type_, str):
+        raise ProcessorRequestError("a Square event's event_id and type are strings")
     obj = ((event.get("data") or {}).get("object")) or {}
-    payment = refund = None
+    notice: dict[str, str] = {}
     if type_ in PAYMENT_EVENTS and isinstance(obj.get("payment"), dict):
-        payment = payment_result(obj["payment"])
+        notice = {"payment_id": _object_id(obj["payment"].get("id"))}
     elif type_ in REFUND_EVENTS and isinstance(obj.get("refund"), dict):
-        refund = refund_result(obj["refund"])
+        notice = {"refund_id": _object_id(obj["refund"].get("id"))}
     return WebhookEvent(event_id=event["event_id"], event_type=type_,
-                        occurred_at=parse_time(event.get("created_at"), "event created_at"),
-                        payment=payment, refund=refund)
+                        occurred_at=optional_time(event.get("created_at"), "event created_at"), **notice)
+
+
+def _object_id(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ProcessorRequestError("a Square event names its object by a string id")
+    return value

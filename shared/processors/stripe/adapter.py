@@ -22,6 +22,7 @@ from shared.processors.base import (
     AccountInfo,
     InvalidCredentials,
     InvalidSignature,
+    NotFound,
     OutcomeUnknown,
     PaymentDeclined,
     PaymentRequest,
@@ -41,7 +42,7 @@ from shared.processors.stripe import transformers as tf
 
 DEFAULT_API_BASE = "https://api.stripe.com"
 SIGNATURE_TOLERANCE_SECONDS = 300
-WEBHOOK_EVENTS = sorted(tf.PAYMENT_EVENTS | tf.REFUND_EVENTS | {"charge.refunded"})
+WEBHOOK_EVENTS = list(tf.WEBHOOK_EVENT_TYPES)
 _PAGE = 100
 
 
@@ -141,6 +142,18 @@ class StripeProcessor:
                                  lambda c: c.v1.payment_intents.retrieve_async(processor_payment_id))
         return tf.payment_result(intent.to_dict())
 
+    async def retrieve_debit(self, processor_debit_id: str) -> PaymentResult:
+        charge = await self._call("retrieve_debit", lambda c: c.v1.charges.retrieve_async(processor_debit_id))
+        return tf.charge_result(charge.to_dict())
+
+    async def list_debits(self, since: datetime, until: datetime) -> list[PaymentResult]:
+        """Connected-account debits (charges whose source is an account) created in [since, until)."""
+        window = {"created": {"gte": int(since.timestamp()), "lt": int(until.timestamp()) + 1}}
+        rows = await self._all("list_debits", lambda c, page: c.v1.charges.list_async(params={**window, **page}))
+        return [tf.charge_result(r) for r in rows
+                if (r.get("source") or {}).get("object") == "account"
+                and since.timestamp() <= r["created"] < until.timestamp() + 1]
+
     async def refund(self, request: RefundRequest) -> RefundResult:
         params: dict[str, Any] = {
             "payment_intent": request.processor_payment_id,
@@ -162,6 +175,11 @@ class StripeProcessor:
         rows = await self._all("list_refunds", lambda c, page: c.v1.refunds.list_async(
             params={"payment_intent": processor_payment_id, **page}))
         return [tf.refund_result(r) for r in rows]
+
+    async def list_refunds_between(self, since: datetime, until: datetime) -> list[RefundResult]:
+        window = {"created": {"gte": int(since.timestamp()), "lt": int(until.timestamp()) + 1}}
+        rows = await self._all("list_refunds", lambda c, page: c.v1.refunds.list_async(params={**window, **page}))
+        return [tf.refund_result(r) for r in rows if since.timestamp() <= r["created"] < until.timestamp() + 1]
 
     async def list_payments(self, since: datetime, until: datetime) -> list[PaymentResult]:
         window = {"created": {"gte": int(since.timestamp()), "lt": int(until.timestamp()) + 1}}
@@ -232,7 +250,12 @@ class StripeProcessor:
             if exc.http_status == 409:  # the same key is still being processed
                 raise OutcomeUnknown("Stripe is still processing this request", raw=exc.json_body or {}) from None
             raise ProcessorRequestError(exc.user_message or str(exc), code="idempotency_error") from None
-        except stripe.StripeError as exc:  # invalid request, resource missing
+        except stripe.InvalidRequestError as exc:
+            error = exc.error
+            kind = NotFound if exc.http_status == 404 else ProcessorRequestError
+            raise kind(exc.user_message or str(exc), code=error.code if error else None,
+                       raw=exc.json_body or {}) from None
+        except stripe.StripeError as exc:  # any other refusal
             error = exc.error
             raise ProcessorRequestError(
                 exc.user_message or str(exc), code=error.code if error else None, raw=exc.json_body or {}

@@ -19,11 +19,13 @@ from shared.processors.base import (
 # Where our own id for a payment or refund travels in Stripe's `metadata`.
 REFERENCE_KEY = "hp_reference"
 
-# Every PaymentIntent status Stripe documents.
+# Every PaymentIntent status Stripe documents. `requires_payment_method` is both where a new
+# intent starts and where a failed attempt returns it: only an intent with `last_payment_error`
+# failed (`payment_status`); one never attempted (abandoned) is still pending, never a failure.
 PAYMENT_INTENT_STATUS: dict[str, PaymentStatus] = {
     "succeeded": "completed",
     "processing": "pending",
-    "requires_payment_method": "failed",  # after a confirmation attempt: the payment failed
+    "requires_payment_method": "pending",
     "requires_confirmation": "pending",
     "requires_action": "pending",
     "requires_capture": "pending",
@@ -42,9 +44,17 @@ PAYMENT_EVENTS = frozenset({
     "payment_intent.processing", "payment_intent.requires_action",
 })
 REFUND_EVENTS = frozenset({"refund.created", "refund.updated", "refund.failed", "charge.refund.updated"})
+# A charge's refunds changed (a refund made in the barber's own Stripe dashboard announces itself so).
+CHARGE_REFUND_EVENTS = frozenset({"charge.refunded"})
+# Every event type the suite registers with a barber's Stripe account: each one is handled.
+WEBHOOK_EVENT_TYPES: tuple[str, ...] = tuple(sorted(PAYMENT_EVENTS | REFUND_EVENTS | CHARGE_REFUND_EVENTS))
 
 
-def payment_status(stripe_status: str) -> PaymentStatus:
+def payment_status(stripe_status: str, *, attempted: bool = True) -> PaymentStatus:
+    """`attempted`: the intent carries a `last_payment_error` (only then is
+    `requires_payment_method` a failure)."""
+    if stripe_status == "requires_payment_method" and attempted:
+        return "failed"
     try:
         return PAYMENT_INTENT_STATUS[stripe_status]
     except KeyError:
@@ -64,7 +74,7 @@ def payment_result(intent: dict[str, Any]) -> PaymentResult:
     error = intent.get("last_payment_error") or {}
     return PaymentResult(
         processor_payment_id=intent["id"],
-        status=payment_status(intent["status"]),
+        status=payment_status(intent["status"], attempted=bool(intent.get("last_payment_error"))),
         amount=from_minor_units(intent["amount"], currency),
         currency=currency,
         created_at=_time(intent.get("created")),
@@ -109,17 +119,33 @@ def refund_result(refund: dict[str, Any]) -> RefundResult:
 
 
 def webhook_event(event: dict[str, Any]) -> WebhookEvent:
-    """A Stripe Event: payment and refund changes become updates; other types are not understood."""
+    """A Stripe Event as a notice: which PaymentIntent or Refund changed (other types, and
+    subscribed types about other objects, are not understood)."""
     type_ = event["type"]
+    if not isinstance(event["id"], str) or not isinstance(type_, str):
+        raise ProcessorRequestError("a Stripe event's id and type are strings")
     obj = (event.get("data") or {}).get("object") or {}
-    payment = refund = None
+    notice: dict[str, Any] = {}
     if type_ in PAYMENT_EVENTS and obj.get("object") == "payment_intent":
-        payment = payment_result(obj)
+        notice = {"payment_id": _object_id(obj.get("id"))}
     elif type_ in REFUND_EVENTS and obj.get("object") == "refund":
-        refund = refund_result(obj)
-    return WebhookEvent(event_id=event["id"], event_type=type_, occurred_at=_time(event.get("created")),
-                        payment=payment, refund=refund)
+        notice = {"refund_id": _object_id(obj.get("id"))}
+    elif type_ in CHARGE_REFUND_EVENTS and obj.get("object") == "charge" and obj.get("payment_intent"):
+        notice = {"payment_id": _object_id(obj["payment_intent"]), "refunds_of_payment": True}
+    return WebhookEvent(event_id=event["id"], event_type=type_, occurred_at=_time(event.get("created")), **notice)
 
 
-def _time(epoch: int | None) -> datetime:
-    return datetime.fromtimestamp(epoch or 0, UTC)
+def _object_id(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ProcessorRequestError("a Stripe event names its object by a string id")
+    return value
+
+
+def _time(epoch: Any) -> datetime | None:
+    """Stripe's epoch seconds; None when absent or not a plausible time (never 1970)."""
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch <= 0:
+        return None
+    try:
+        return datetime.fromtimestamp(epoch, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
