@@ -16,10 +16,12 @@ from services.router import settings as settings_module
 from services.router.configs import ConfigService
 from services.router.controllers import HybridPaymentsController
 from services.router.external import ExternalPayments
+from services.router.lookups import TransactionLookups
 from services.router.payments import PaymentService
 from services.router.read_model import ConnectionReadModel
 from services.router.refunds import RefundService
 from services.router.routing import BarberContexts, RoutingService
+from services.router.sweeper import Sweeper
 from services.router.tables import metadata
 from services.router.usecases import RouterUseCases
 from shared.circuit import CircuitBoard
@@ -41,11 +43,15 @@ def create_app(settings: settings_module.RouterSettings | None = None, *,
     routing = RoutingService(runtime, settings, contexts, circuits)
     external = ExternalPayments(settings)
     payments = PaymentService(runtime, settings, contexts, routing, circuits, processor, external)
+    lookups = TransactionLookups(runtime, external)
+    refunds = RefundService(runtime, circuits, processor, external, lookups)
     router = RouterUseCases(
         configs=ConfigService(runtime, settings, contexts, circuits),
         routing=routing,
         payments=payments,
-        refunds=RefundService(runtime, settings, circuits, processor, payments),
+        refunds=refunds,
+        transactions=lookups,
+        sweeper=Sweeper(runtime, settings, processor, payments, refunds),
         connections=ConnectionReadModel(runtime, settings, contexts),
         contexts=contexts,
     )
@@ -53,11 +59,7 @@ def create_app(settings: settings_module.RouterSettings | None = None, *,
         ConsumerSpec("connections", ["connection.changed"], router.connections.apply_connection_changed),
     ]
 
-    async def sweep(now) -> None:
-        await router.payments.sweep_pending(now)
-        await router.refunds.sweep_pending(now)
-
-    runtime.job_specs = [JobSpec("pending-sweeper", settings.sweep_interval, sweep)]
+    runtime.job_specs = [JobSpec("pending-sweeper", settings.sweep_interval, router.sweeper.sweep_pending)]
 
     @contextlib.asynccontextmanager
     async def cache_invalidation(_: Litestar) -> AsyncIterator[None]:

@@ -62,6 +62,7 @@ class ConfigService:
         async with self.rt.uow() as uow:
             row = await store.load_config(uow.session, barber_id, lock=True)
             current = row or self.contexts.defaults_row(barber_id)
+            _refuse_payout_change(principal, changes, current)
             expected = update.expected_version
             if expected is not UNSET and expected != current["version"]:
                 raise ProblemError(409, "version_conflict", f"config is at version {current['version']}, not {expected}",
@@ -78,7 +79,8 @@ class ConfigService:
                     # A concurrent first write won the insert; it has committed (ON CONFLICT waited for
                     # it), so lock its row and apply this change on top, as if this writer came second.
                     raced = await store.load_config(uow.session, barber_id, lock=True)
-                    assert raced is not None
+                    if raced is None:  # it could not be inserted, yet is not there: nothing sane to apply on
+                        raise ProblemError(409, "version_conflict", "the config changed meanwhile; try again")
                     if expected is not UNSET:
                         raise ProblemError(409, "version_conflict",
                                            f"config is at version {raced['version']}, not {expected}",
@@ -102,7 +104,7 @@ class ConfigService:
         config = config_out(context.config_row or self.contexts.defaults_row(barber_id),
                             is_default=context.config_row is None)
         enabled = self.settings.hybrid_payments_enabled
-        open_now = self.circuits.open_names(time.monotonic())
+        failing = self.circuits.open_connections(time.monotonic())
         return MyOptions(
             config=config,
             hybrid_payments_enabled=enabled,
@@ -112,7 +114,7 @@ class ConfigService:
                     connection_id=conn.id, processor=conn.processor, account_id=row["account_id"],
                     status=conn.status, default_currency=conn.default_currency,
                     supports_payments=conn.supports_payments, supports_refunds=row["supports_refunds"],
-                    usable=enabled and conn.can_take(conn.default_currency) and conn.processor not in open_now,
+                    usable=enabled and conn.can_take(conn.default_currency) and conn.id not in failing,
                 )
                 for conn, row in zip(context.connections, context.connection_rows, strict=True)
             ],
@@ -125,3 +127,14 @@ class ConfigService:
                 "centralized_processor": "stripe",
             },
         )
+
+
+def _refuse_payout_change(principal: Principal, changes: dict, current: dict) -> None:
+    """Where centralized payouts go and whence commission is debited is the platform's to say: a
+    barber could otherwise point them at any Connect account. Only an admin changes it (sending the
+    value it already has is no change)."""
+    if principal.role == "admin" or "connect_account_id" not in changes:
+        return
+    if changes["connect_account_id"] != current["connect_account_id"]:
+        raise ProblemError(403, "forbidden", "connect_account_id: only an admin may change it (payouts go to it and "
+                           "commission is debited from it)", field="connect_account_id")

@@ -81,7 +81,7 @@ class HybridPaymentsController(Controller):
     @get("/transactions/{transaction_id:uuid}", guards=any_caller)
     async def get_transaction(self, request: Caller, transaction_id: FromPath[uuid.UUID],
                               router: Router) -> TransactionOut:
-        return await router.payments.get_transaction(request.user, transaction_id)
+        return await router.transactions.get_transaction(request.user, transaction_id)
 
     @get("/transactions", guards=admin_only)
     async def list_transactions(
@@ -97,7 +97,7 @@ class HybridPaymentsController(Controller):
     ) -> TransactionPage:
         """Platform (centralized) payments, newest first; `from`/`to` (ISO 8601 with a zone, or a
         date) bound `created_at`, `to` exclusive."""
-        return await router.payments.list_transactions(
+        return await router.transactions.list_transactions(
             barber_id=barber_id, status=status, payment_type=payment_type, since=time_filter("from", since),
             until=time_filter("to", until), cursor=cursor, limit=limit,
         )

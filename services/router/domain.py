@@ -93,7 +93,9 @@ class RoutingInput:
     amount: Decimal
     currency: str
     hybrid_enabled: bool = True
-    unavailable_processors: frozenset[str] = field(default_factory=frozenset)
+    # Connections whose circuits are open (calls to that account keep failing): one barber's failing
+    # account never makes the same processor unavailable to the others.
+    unavailable_connections: frozenset[int] = field(default_factory=frozenset)
 
 
 def estimate_fee(processor: str, connection: Connection | None, amount: Decimal, currency: str) -> Decimal:
@@ -106,15 +108,15 @@ def external_net(connection: Connection, amount: Decimal, currency: str, rate: D
                                                                           amount, currency)
 
 
-def choose_connection(given: RoutingInput, *, unavailable: frozenset[str], check_fees: bool = True
+def choose_connection(given: RoutingInput, *, unavailable: frozenset[int], check_fees: bool = True
                       ) -> Connection | None:
     """The preferred processor's usable connection, else the oldest other usable one. Usable: it
-    can take the currency, its processor is not failing, and its fees plus the commission do not
+    can take the currency, its account is not failing, and its fees plus the commission do not
     exceed the amount (the route must never promise the barber a negative net)."""
     config = given.config
     usable = [
         c for c in given.connections
-        if c.can_take(given.currency) and c.processor not in unavailable
+        if c.can_take(given.currency) and c.id not in unavailable
         and (not check_fees or external_net(c, given.amount, given.currency, config.commission_rate) >= 0)
     ]
     preferred = [c for c in usable if c.processor == config.preferred_processor]
@@ -130,12 +132,12 @@ def decide_route(given: RoutingInput) -> Route:
     if config.payment_mode == "centralized":
         return _with(centralized, "mode_centralized")
 
-    candidate = choose_connection(given, unavailable=given.unavailable_processors)
+    candidate = choose_connection(given, unavailable=given.unavailable_connections)
 
     def missing_reason() -> tuple[str, str]:
         if choose_connection(given, unavailable=frozenset()) is not None:
-            return "processor_unavailable", "its processor is failing"
-        if choose_connection(given, unavailable=given.unavailable_processors, check_fees=False) is not None:
+            return "processor_unavailable", "its account is failing"
+        if choose_connection(given, unavailable=given.unavailable_connections, check_fees=False) is not None:
             return "external_fees_exceed_amount", "its fees and the commission exceed the amount"
         return "no_external_connection", "none active"
 

@@ -8,6 +8,7 @@ from typing import Any
 from services.router.domain import Connection, PaymentConfig
 from services.router.wire import (
     ConfigOut,
+    FallbackOut,
     ProcessOut,
     RefundOut,
     RefundSummary,
@@ -94,13 +95,21 @@ def route_out(row: Row) -> RouteOut:
     )
 
 
-def process_out(row: Row) -> ProcessOut:
+def process_out(row: Row, decision: Row) -> ProcessOut:
+    """A platform payment of `decision`'s route. An external route paid on the platform fell back,
+    and every answer about it says so (the first, a replay, paying the route again)."""
     currency = row["currency"]
+    fell_back = decision["payment_type"] == "external" and decision["channel"] == "platform"
     return ProcessOut(
         transaction_id=row["id"], route_id=row["route_id"], status=row["status"], payment_type="centralized",
         processor="stripe", external_transaction_id=row["stripe_payment_intent_id"],
         amount=format_amount(row["amount"], currency), currency=currency,
         commission_amount=format_amount(row["commission_amount"], currency),
+        fallback_used=fell_back or decision["fallback_used"],
+        fallback_from=FallbackOut(
+            processor=decision["processor"], reason=decision["fallback_reason"] or "processor_unavailable",
+            transaction_id=str(decision["fallback_transaction_id"]) if decision["fallback_transaction_id"] else None,
+        ) if fell_back else None,
     )
 
 

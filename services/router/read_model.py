@@ -43,6 +43,7 @@ class ConnectionReadModel:
             "fee_fixed": fees.fixed if fees else None,
             "connected_at": event.occurred_at,
             "event_occurred_at": event.occurred_at,
+            "version": data.connection_version,
             "updated_at": datetime.now(UTC),
         })
         uow.after_commit(lambda: self.connections_changed(data.barber_id))

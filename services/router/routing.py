@@ -100,7 +100,7 @@ class RoutingService:
             route = decide_route(RoutingInput(
                 config=context.config, connections=context.connections, amount=body.amount,
                 currency=body.currency, hybrid_enabled=self.settings.hybrid_payments_enabled,
-                unavailable_processors=self.circuits.open_names(time.monotonic()),
+                unavailable_connections=self.circuits.open_connections(time.monotonic()),
             ))
         except NoPaymentRoute as refused:
             raise ProblemError(422, "no_payment_route", refused.detail, reason=refused.reason) from None

@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.router import tables as t
+from shared import attempts
 from shared.pagination import after_cursor
 
 Row = dict[str, Any]
@@ -57,18 +58,20 @@ async def update_config(session: AsyncSession, barber_id: int, version: int, val
 # ---- connections read model --------------------------------------------------------------------------
 
 async def load_connections(session: AsyncSession, barber_id: int) -> list[Row]:
-    rows = await session.execute(sa.select(pc).where(pc.c.barber_id == barber_id).order_by(pc.c.connected_at))
+    rows = await session.execute(sa.select(pc).where(pc.c.barber_id == barber_id)
+                                 .order_by(pc.c.connected_at, pc.c.connection_id))
     return [dict(row) for row in rows.mappings()]
 
 
 async def upsert_connection(session: AsyncSession, values: Row) -> None:
-    """Insert or update; an event older than the stored one never overwrites it."""
+    """Insert or update; an older state never overwrites a newer one: by the connection's version
+    where both have one (replicas' clocks may disagree), else by the event's time."""
     stmt = pg_insert(pc).values(**values)
     update = {k: v for k, v in values.items() if k not in ("connection_id", "connected_at")}
-    await session.execute(stmt.on_conflict_do_update(
-        index_elements=[pc.c.connection_id], set_=update,
-        where=pc.c.event_occurred_at <= stmt.excluded.event_occurred_at,
-    ))
+    newer = sa.case(
+        (sa.and_(pc.c.version.is_not(None), stmt.excluded.version.is_not(None)), pc.c.version <= stmt.excluded.version),
+        else_=pc.c.event_occurred_at <= stmt.excluded.event_occurred_at)
+    await session.execute(stmt.on_conflict_do_update(index_elements=[pc.c.connection_id], set_=update, where=newer))
 
 
 # ---- routing decisions -------------------------------------------------------------------------------
@@ -128,11 +131,20 @@ async def record_refunded(session: AsyncSession, payment_id: uuid.UUID, refunded
         .returning(p)))  # type: ignore[return-value]
 
 
-async def pending_attempts(session: AsyncSession, untouched_since: datetime, limit: int) -> list[Row]:
+async def pending_attempts(session: AsyncSession, untouched_since: datetime, now: datetime, limit: int) -> list[Row]:
+    """Attempts nobody came back for, not backed off, oldest first."""
     rows = await session.execute(
-        sa.select(p).where(p.c.status == "pending", p.c.updated_at < untouched_since)
-        .order_by(p.c.updated_at).limit(limit))
+        sa.select(p).where(p.c.status == "pending", p.c.updated_at < untouched_since, attempts.due(p, now))
+        .order_by(attempts.sweep_order(p)).limit(limit))
     return [dict(row) for row in rows.mappings()]
+
+
+async def back_off_payment(session: AsyncSession, row: Row, now: datetime) -> None:
+    await attempts.back_off(session, p, row, now)
+
+
+async def check_payment_later(session: AsyncSession, payment_id: uuid.UUID, when: datetime) -> None:
+    await attempts.check_later(session, p, payment_id, when)
 
 
 async def list_payments(session: AsyncSession, *, barber_id: int | None, status: str | None,
@@ -187,8 +199,17 @@ async def settle_refund(session: AsyncSession, refund_id: uuid.UUID, values: Row
     return _one(await session.execute(sa.update(r).where(*where).values(**values).returning(r)))
 
 
-async def pending_refunds(session: AsyncSession, untouched_since: datetime, limit: int) -> list[Row]:
+async def pending_refunds(session: AsyncSession, untouched_since: datetime, now: datetime, limit: int) -> list[Row]:
+    """Refunds nobody came back for, not backed off, oldest first."""
     rows = await session.execute(
-        sa.select(r).where(r.c.status == "pending", r.c.updated_at < untouched_since)
-        .order_by(r.c.updated_at).limit(limit))
+        sa.select(r).where(r.c.status == "pending", r.c.updated_at < untouched_since, attempts.due(r, now))
+        .order_by(attempts.sweep_order(r)).limit(limit))
     return [dict(row) for row in rows.mappings()]
+
+
+async def back_off_refund(session: AsyncSession, row: Row, now: datetime) -> None:
+    await attempts.back_off(session, r, row, now)
+
+
+async def check_refund_later(session: AsyncSession, refund_id: uuid.UUID, when: datetime) -> None:
+    await attempts.check_later(session, r, refund_id, when)

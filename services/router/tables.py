@@ -60,6 +60,9 @@ processor_connections = sa.Table(
     sa.Column("connected_at", TZ, nullable=False),
     sa.Column("event_occurred_at", TZ, nullable=False),
     sa.Column("updated_at", TZ, nullable=False),
+    # The external service's version of the connection: the highest one wins (null: an event from
+    # before versions, ordered by its time).
+    sa.Column("version", sa.Integer),
     sa.Index("processor_connections_barber", "barber_id"),
 )
 
@@ -85,6 +88,10 @@ routing_decisions = sa.Table(
     # External routes only: the channel being paid through (external | platform) and its lease.
     sa.Column("channel", sa.Text),
     sa.Column("channel_lease_until", TZ),
+    # Set when the route fell back to the platform: what the barber's processor answered, and the
+    # external attempt that did not take the payment (every later answer about the route says so).
+    sa.Column("fallback_reason", sa.Text),
+    sa.Column("fallback_transaction_id", UUID(as_uuid=True)),
     sa.Index("routing_decisions_barber", "barber_id", "decided_at"),
 )
 
@@ -118,6 +125,9 @@ platform_payments = sa.Table(
     # sweeper only settles attempts nobody touched for a while.
     sa.Column("updated_at", TZ, nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
+    # The sweeper's per-row back-off (see shared.attempts).
+    sa.Column("next_check_at", TZ),
+    sa.Column("check_failures", sa.Integer, nullable=False),
     sa.Index("platform_payments_one_live_per_route", "route_id", unique=True,
              postgresql_where=sa.text("status NOT IN ('failed', 'canceled')")),
     sa.Index("platform_payments_barber", "barber_id", "created_at"),
@@ -137,6 +147,8 @@ platform_refunds = sa.Table(
     sa.Column("failure_reason", sa.Text),
     sa.Column("created_at", TZ, nullable=False),
     sa.Column("updated_at", TZ, nullable=False),  # the lease of a pending refund, as for payments
+    sa.Column("next_check_at", TZ),
+    sa.Column("check_failures", sa.Integer, nullable=False),
     sa.Index("platform_refunds_payment", "payment_id"),
     sa.Index("platform_refunds_pending", "updated_at", postgresql_where=sa.text("status = 'pending'")),
 )

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.router.configs import ConfigService
+from services.router.lookups import TransactionLookups
 from services.router.payments import PaymentService
 from services.router.read_model import ConnectionReadModel
 from services.router.refunds import RefundService
 from services.router.routing import BarberContexts, RoutingService
+from services.router.sweeper import Sweeper
 from shared.idempotency import IdempotencyStore
 
 
@@ -18,11 +20,14 @@ class RouterUseCases:
     routing: RoutingService
     payments: PaymentService
     refunds: RefundService
+    transactions: TransactionLookups
+    sweeper: Sweeper
     connections: ConnectionReadModel
     contexts: BarberContexts
 
     @property
     def idempotency(self) -> IdempotencyStore:
         store = self.routing.rt.idempotency
-        assert store is not None, "the runtime is not started"
+        if store is None:
+            raise RuntimeError("the runtime is not started")
         return store

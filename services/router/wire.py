@@ -163,7 +163,8 @@ class ProcessIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             self.currency, self.amount = _payment_amount(self.currency, self.amount)
 
     def as_route(self) -> RouteIn:
-        assert self.appointment_id is not None and self.amount is not None
+        if self.appointment_id is None or self.amount is None:  # __post_init__ refused such a body
+            raise ValueError("route_id: give a route_id, or appointment_id and amount to route and pay at once")
         return RouteIn(appointment_id=self.appointment_id, amount=self.amount, currency=self.currency,
                        barber_id=self.barber_id, client_id=self.client_id)
 

@@ -65,7 +65,7 @@ async def test_barber_changes_own_config_and_emits_config_changed(client, db):
     b = next_barber()
     response = await client.put(f"{BASE}/config", headers=barber(b), json={
         "payment_mode": "hybrid", "min_external_amount": 20, "split_threshold": "100.00",
-        "preferred_processor": "square", "connect_account_id": "acct_1abc"})
+        "preferred_processor": "square"})
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["payment_mode"], body["min_external_amount"], body["split_threshold"], body["version"]) == (

@@ -137,15 +137,17 @@ def test_hybrid_with_only_a_minimum_sends_larger_amounts_external():
     assert decide(cfg, [conn()], amount="19.99").payment_type == "centralized"
 
 
-# Rule 5: a failing processor is unavailable.
-def test_open_circuit_makes_the_processor_unavailable():
+# Rule 5: a failing account (its connection's circuit open) is unavailable; others of the same processor are not.
+def test_open_circuit_makes_that_connection_unavailable():
     cfg = config("decentralized", preferred_processor="stripe")
-    route = decide(cfg, [conn(1, "stripe"), conn(2, "square", age_days=3)], unavailable={"stripe"})
+    route = decide(cfg, [conn(1, "stripe"), conn(2, "square", age_days=3)], unavailable={1})
     assert route.processor == "square"
-    route = decide(cfg, [conn(1, "stripe")], unavailable={"stripe"})
+    route = decide(cfg, [conn(1, "stripe"), conn(3, "stripe", age_days=3)], unavailable={1})
+    assert (route.processor, route.connection.id) == ("stripe", 3)  # the same processor, another account
+    route = decide(cfg, [conn(1, "stripe")], unavailable={1})
     assert (route.payment_type, route.reason, route.fallback_used) == ("centralized", "processor_unavailable", True)
     with pytest.raises(NoPaymentRoute) as info:
-        decide(config("decentralized", fallback_enabled=False), [conn(1, "stripe")], unavailable={"stripe"})
+        decide(config("decentralized", fallback_enabled=False), [conn(1, "stripe")], unavailable={1})
     assert info.value.reason == "processor_unavailable"
 
 
@@ -262,7 +264,7 @@ def oracle_fee(connection, processor: str, units: int, currency: str) -> int:
 
 
 @given(configs, connections, amounts, st.sampled_from(["USD", "EUR", "JPY", "KWD"]), st.booleans(),
-       st.frozensets(processors), rates)
+       st.frozensets(st.integers(1, 1000)), rates)
 def test_decisions_name_only_usable_connections_and_price_exactly(
     cfg, conns, units, currency, enabled, unavailable, rate_units
 ):
@@ -278,7 +280,7 @@ def test_decisions_name_only_usable_connections_and_price_exactly(
     if route.payment_type == "external":
         assert route.connection is not None and route.connection.status == "active"
         assert route.connection.supports_payments and route.connection.default_currency == currency
-        assert route.processor == route.connection.processor and route.processor not in unavailable
+        assert route.processor == route.connection.processor and route.connection.id not in unavailable
     else:
         assert route.connection is None and route.processor == "stripe"
     priced = price_route(route, amount, currency, rate)
