@@ -20,6 +20,8 @@ ones, the 3-D Secure ones, and `pm_card_pendingRefund` (refunds start `pending`)
 Simulator-only controls (besides the common ones in `sandbox.common`: faults, webhook duplicate /
 delay / reorder / flush, deliveries, state dump, reset):
   GET  /_sim/payment_intents[?account=acct_...]   every PaymentIntent, across accounts
+  POST /_sim/payment_intents/{id}/settle  {"status": "succeeded"|"failed"}
+       settles a PaymentIntent left `processing` by the bank-debit method `pm_usBankAccount`
   POST /_sim/refunds/{id}/status  {"status": "succeeded"|"failed"|"canceled",
                                    "failure_reason": "..." (failed only; default
                                    expired_or_canceled_card)}
@@ -99,6 +101,9 @@ _AUTH_DECLINE = ("authentication_required", "authentication_required",
                  "Your card was declined. This transaction requires authentication.", None)
 # Cards whose charges succeed but whose refunds do not simply succeed (Stripe's testing docs).
 PENDING_REFUND_CARD, REFUND_FAIL_CARD = "pendingRefund", "refundFail"
+# A bank debit (ACH): the PaymentIntent waits in `processing` for days at Stripe, here until the
+# `/_sim/payment_intents/{id}/settle` control moves it (as Stripe's bank would).
+PROCESSING_METHOD = "pm_usBankAccount"
 # Refund moves the /_sim control allows, as Stripe makes them after the fact.
 REFUND_MOVES = {("pending", "succeeded"), ("pending", "failed"), ("pending", "canceled"),
                 ("succeeded", "failed")}
@@ -583,6 +588,10 @@ def create_payment_intent(call: Call) -> dict:
 def attempt_payment(call: Call, pi: dict, off_session: bool) -> None:
     """Charge the PaymentIntent's test card; a decline raises the 402 Stripe answers with."""
     pm = pi["payment_method"]
+    if pm == PROCESSING_METHOD:
+        pi.update(status="processing", next_action=None)
+        call.emit("payment_intent.processing", pi)
+        return
     name = card_name(pm)
     decline = DECLINES.get(name)
     if name in AUTH_REQUIRED:
@@ -916,6 +925,30 @@ async def sim_payment_intents(request: web.Request) -> web.Response:
         if wanted in (None, account.id) for pi in account.payment_intents.values()]})
 
 
+async def sim_settle_payment_intent(request: web.Request) -> web.Response:
+    """A `processing` PaymentIntent (a bank debit) succeeds or fails, as the bank decides later."""
+    state, pi_id = stripe_state(request), request.match_info["id"]
+    found = [(a, a.payment_intents[pi_id]) for a in state.accounts.values() if pi_id in a.payment_intents]
+    if not found:
+        return json_response({"error": f"no such payment_intent: {pi_id}"}, 404)
+    [(account, pi)] = found
+    body = await common.read_json_object(request)
+    status = body.get("status")
+    if pi["status"] != "processing" or status not in ("succeeded", "failed"):
+        return json_response({"error": 'a processing PaymentIntent, and {"status": "succeeded"|"failed"}'}, 409)
+    if status == "succeeded":
+        charge = new_charge(account, pi, None)
+        pi.update(status="succeeded", latest_charge=charge["id"], amount_received=pi["amount"])
+        state.emit(account, "charge.succeeded", charge)
+        state.emit(account, "payment_intent.succeeded", pi)
+    else:
+        error = {"code": "payment_method_provider_decline", "message": "The bank declined the debit.",
+                 "type": "card_error"}
+        pi.update(status="requires_payment_method", payment_method=None, last_payment_error=error)
+        state.emit(account, "payment_intent.payment_failed", pi)
+    return json_response(pi)
+
+
 async def sim_refund_status(request: web.Request) -> web.Response:
     state, refund_id = stripe_state(request), request.match_info["id"]
     found = [(a, a.refunds[refund_id]) for a in state.accounts.values() if refund_id in a.refunds]
@@ -952,6 +985,7 @@ def create_app() -> web.Application:
     for method, path, fn in API_ROUTES:
         app.router.add_route(method, path, _endpoint(fn))
     app.router.add_get("/_sim/payment_intents", sim_payment_intents)
+    app.router.add_post("/_sim/payment_intents/{id}/settle", sim_settle_payment_intent)
     app.router.add_post("/_sim/refunds/{id}/status", sim_refund_status)
     return app
 

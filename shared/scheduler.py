@@ -15,36 +15,16 @@ import hashlib
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.observability import JOB_RUNS
-from shared.processors.base import ProcessorError
 
 log = structlog.get_logger("scheduler")
 
 Job = Callable[[datetime], Awaitable[object]]
-
-
-async def settle_each(rows: list[dict[str, Any]], settle: Callable[[dict[str, Any]], Awaitable[str]]) -> dict[str, int]:
-    """Settle each row of a sweep, counting outcomes. One row never stops the others: a processor
-    that does not answer leaves its row for the next run (`lookup_failed`), and anything else that
-    goes wrong with a row is logged with its traceback and counted as `error`."""
-    outcomes: dict[str, int] = {}
-    for row in rows:
-        try:
-            outcome = await settle(row)
-        except ProcessorError as exc:
-            log.warning("sweep_lookup_failed", id=str(row["id"]), error=exc.message)
-            outcome = "lookup_failed"
-        except Exception:
-            log.exception("sweep_row_failed", id=str(row["id"]))
-            outcome = "error"
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-    return outcomes
 
 
 def lock_key(name: str) -> int:

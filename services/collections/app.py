@@ -12,35 +12,42 @@ from litestar import Litestar
 import services.collections as package
 from services.collections import settings as settings_module
 from services.collections.accruals import AccrualService
-from services.collections.collecting import CollectionService
+from services.collections.aggregation import AggregationService
+from services.collections.collecting import CollectingService
 from services.collections.controllers import PlatformCollectionsController
+from services.collections.lookups import LookupService
 from services.collections.tables import metadata
-from shared.processors.base import PaymentProcessor
+from services.collections.usecases import CollectionsUseCases
+from shared.processors.base import PlatformProcessor
 from shared.processors.stripe import platform_stripe
 from shared.service import ConsumerSpec, JobSpec, ServiceRuntime, build_app
 
 
 def create_app(settings: settings_module.CollectionsSettings | None = None, *,
-               processor: PaymentProcessor | None = None,
+               processor: PlatformProcessor | None = None,
                clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Litestar:
     """`processor` replaces the platform's Stripe account and `clock` the time (tests walk a
     collection through its whole dunning schedule with it)."""
     settings = settings or settings_module.load()
     processor = processor or platform_stripe(settings)
     runtime = ServiceRuntime(settings=settings, metadata=metadata)
-    accruals = AccrualService()
-    collections = CollectionService(runtime, settings, processor, clock=clock)
+    collections = CollectionsUseCases(
+        accruals=AccrualService(),
+        aggregation=AggregationService(runtime, settings, clock),
+        collecting=CollectingService(runtime, settings, processor, clock=clock),
+        lookups=LookupService(runtime, clock),
+    )
     runtime.consumer_specs = [
-        ConsumerSpec("accruals", ["transaction.recorded"], accruals.apply_transaction_recorded,
-                     batch_handler=accruals.apply_transactions_recorded, batch=500),
-        ConsumerSpec("settings", ["config.changed"], accruals.apply_config_changed),
-        ConsumerSpec("collecting", ["collection.due"], collections.apply_collection_due),
+        ConsumerSpec("accruals", ["transaction.recorded"], collections.accruals.apply_transaction_recorded,
+                     batch_handler=collections.accruals.apply_transactions_recorded, batch=500),
+        ConsumerSpec("settings", ["config.changed"], collections.accruals.apply_config_changed),
+        ConsumerSpec("collecting", ["collection.due"], collections.collecting.apply_collection_due),
     ]
     runtime.job_specs = [
-        JobSpec("aggregation", settings.collection_run_interval, collections.scheduled_run),
-        JobSpec("dunning", settings.dunning_interval, collections.dunning),
-        JobSpec("pending-sweeper", settings.sweep_interval, collections.sweep_pending),
-        JobSpec("metrics", 15.0, collections.refresh_metrics),
+        JobSpec("aggregation", settings.collection_run_interval, collections.aggregation.scheduled_run),
+        JobSpec("dunning", settings.dunning_interval, collections.collecting.dunning),
+        JobSpec("pending-sweeper", settings.sweep_interval, collections.collecting.sweep_pending),
+        JobSpec("metrics", 15.0, collections.lookups.refresh_metrics),
     ]
 
     @contextlib.asynccontextmanager
@@ -48,7 +55,7 @@ def create_app(settings: settings_module.CollectionsSettings | None = None, *,
         try:
             yield
         finally:
-            await collections.close()
+            await collections.collecting.close()
             if processor is not None:
                 await processor.close()
 

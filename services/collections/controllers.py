@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from litestar import Controller, Request, get, post, put
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter, SkipValidation
 
-from services.collections.collecting import CollectionService
+from services.collections.usecases import CollectionsUseCases
 from services.collections.wire import (
     BalanceOut,
     CollectionOut,
@@ -19,10 +19,11 @@ from services.collections.wire import (
     RunOut,
 )
 from shared.auth import MAX_USER_ID, Principal, require_roles
+from shared.idempotency import run_idempotent
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, time_filter
 from shared.requests import optional_body
 
-Collections = SkipValidation[CollectionService]
+Collections = SkipValidation[CollectionsUseCases]
 Caller = Request[Principal, str, object]
 barber_only = [require_roles("barber")]
 admin_only = [require_roles("admin")]
@@ -39,28 +40,28 @@ class PlatformCollectionsController(Controller):
     @get("/my-collections", guards=barber_only)
     async def my_collections(self, request: Caller, collections: Collections, status: FromQuery[Status | None] = None,
                              limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> CollectionPage:
-        return await collections.list(barber_id=request.user.user_id, status=status, currency=None, since=None,
+        return await collections.lookups.list(barber_id=request.user.user_id, status=status, currency=None, since=None,
                                       until=None, cursor=cursor, limit=limit)
 
     @get("/my-balance", guards=barber_only)
     async def my_balance(self, request: Caller, collections: Collections, currency: Currency = "USD") -> BalanceOut:
         """The barber's commission in one currency (`?currency=`, default USD)."""
-        return await collections.balance(request.user.user_id, currency)
+        return await collections.lookups.balance(request.user.user_id, currency)
 
     @get("/payment-method", guards=barber_only)
     async def my_payment_method(self, request: Caller, collections: Collections) -> PaymentMethodOut:
-        return await collections.payment_method(request.user.user_id)
+        return await collections.lookups.payment_method(request.user.user_id)
 
     @put("/payment-method", guards=barber_only)
     async def set_my_payment_method(self, request: Caller, data: JSONBody[PaymentMethodIn],
                                     collections: Collections) -> PaymentMethodOut:
         """The saved Stripe payment method the platform charges commission to (off-session)."""
-        return await collections.set_payment_method(request.user, request.user.user_id, data)
+        return await collections.lookups.set_payment_method(request.user.user_id, data)
 
     @put("/payment-method/{barber_id:int}", guards=admin_only)
     async def set_payment_method(self, request: Caller, barber_id: FromPath[int], data: JSONBody[PaymentMethodIn],
                                  collections: Collections) -> PaymentMethodOut:
-        return await collections.set_payment_method(request.user, barber_id, data)
+        return await collections.lookups.set_payment_method(barber_id, data)
 
     @get("/", guards=admin_only)
     async def list_collections(
@@ -71,21 +72,27 @@ class PlatformCollectionsController(Controller):
         until: Annotated[str | None, QueryParameter(name="to", max_length=40)] = None,
         limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
     ) -> CollectionPage:
-        return await collections.list(barber_id=barber_id, status=status, currency=currency and currency.upper(),
+        return await collections.lookups.list(barber_id=barber_id, status=status,
+                                              currency=currency and currency.upper(),
                                       since=time_filter("from", since), until=time_filter("to", until),
                                       cursor=cursor, limit=limit)
 
     @get("/balance/{barber_id:int}", guards=admin_only)
     async def barber_balance(self, barber_id: FromPath[int], collections: Collections,
                              currency: Currency = "USD") -> BalanceOut:
-        return await collections.balance(barber_id, currency)
+        return await collections.lookups.balance(barber_id, currency)
 
     @post("/run", guards=admin_only, status_code=200)
     async def run(self, request: Caller, collections: Collections) -> RunOut:
-        """Aggregate now: `{"barber_id"?: int, "force"?: bool}` (see the service README)."""
+        """Aggregate now: `{"barber_id"?: int, "force"?: bool}` (see the service README). Takes an
+        `Idempotency-Key`: a retry is answered what the first run made."""
         body = await optional_body(request, RunIn)
-        return await collections.run(barber_id=body.barber_id, force=body.force)
+        return await run_idempotent(collections.idempotency, request, body, lambda claim: collections.aggregation.run(
+            barber_id=body.barber_id, force=body.force, claim=claim))
 
     @post("/{collection_id:uuid}/retry", guards=admin_only, status_code=200)
-    async def retry(self, collection_id: FromPath[uuid.UUID], collections: Collections) -> CollectionOut:
-        return await collections.retry(collection_id)
+    async def retry(self, request: Caller, collection_id: FromPath[uuid.UUID],
+                    collections: Collections) -> CollectionOut:
+        """Try a failed or overdue collection again now (takes an `Idempotency-Key`)."""
+        return await run_idempotent(collections.idempotency, request, None,
+                                    lambda claim: collections.collecting.retry(collection_id, claim))

@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.collections import tables as t
+from shared import attempts
 from shared.pagination import after_cursor
 from shared.scheduler import lock_key
 
@@ -161,9 +162,25 @@ async def settle_attempt(session: AsyncSession, attempt_id: uuid.UUID, values: R
     return _one(await session.execute(sa.update(at).where(*where).values(**values).returning(at)))
 
 
-async def pending_attempts(session: AsyncSession, untouched_since: datetime, limit: int) -> list[Row]:
-    return _all(await session.execute(sa.select(at).where(at.c.status == "pending", at.c.updated_at < untouched_since)
-                                      .order_by(at.c.updated_at).limit(limit)))
+async def note_attempt(session: AsyncSession, attempt_id: uuid.UUID, values: Row) -> Row | None:
+    """What is known of a pending attempt before its outcome (how it charges, Stripe's id for it)."""
+    return _one(await session.execute(sa.update(at).where(at.c.id == attempt_id, at.c.status == "pending")
+                                      .values(**values).returning(at)))
+
+
+async def pending_attempts(session: AsyncSession, untouched_since: datetime, now: datetime, limit: int) -> list[Row]:
+    """Attempts nobody is driving, not backed off, oldest first."""
+    return _all(await session.execute(sa.select(at).where(
+        at.c.status == "pending", at.c.updated_at < untouched_since, attempts.due(at, now))
+        .order_by(attempts.sweep_order(at)).limit(limit)))
+
+
+async def back_off_attempt(session: AsyncSession, row: Row, now: datetime) -> None:
+    await attempts.back_off(session, at, row, now)
+
+
+async def check_attempt_later(session: AsyncSession, attempt_id: uuid.UUID, when: datetime) -> None:
+    await attempts.check_later(session, at, attempt_id, when)
 
 
 async def retries_due(session: AsyncSession, now: datetime, limit: int) -> list[Row]:

@@ -117,12 +117,18 @@ attempts = sa.Table(
               nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("status", sa.Text, nullable=False),  # pending | succeeded | failed
+    # payment_method (an off-session PaymentIntent) | connect_debit (a charge on the Connect account):
+    # set when the attempt is first driven, so a later look-up asks Stripe for the right object.
     sa.Column("method", sa.Text),
     sa.Column("processor_idempotency_key", sa.Text, nullable=False, unique=True),
+    # Stripe's id for what this attempt made, kept as soon as Stripe names it (even while pending).
     sa.Column("payment_intent_id", sa.Text),
     sa.Column("failure_reason", sa.Text),
     sa.Column("created_at", TZ, nullable=False),
     sa.Column("updated_at", TZ, nullable=False),  # also the lease of a pending attempt
+    # The sweeper's per-row back-off (see shared.attempts).
+    sa.Column("next_check_at", TZ),
+    sa.Column("check_failures", sa.Integer, nullable=False),
     sa.UniqueConstraint("collection_id", "attempt", name="attempts_once"),
     sa.Index("attempts_pending", "updated_at", postgresql_where=sa.text("status = 'pending'")),
 )

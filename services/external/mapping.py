@@ -84,5 +84,6 @@ def unattributed_out(row: Row) -> UnattributedOut:
         external_transaction_id=row["external_transaction_id"], amount=format_amount(row["amount"], row["currency"]),
         currency=row["currency"], status=row["status"], connection_ids=list(row["connection_ids"]),
         heard_from=row["heard_from"], first_heard_at=row["first_heard_at"], last_heard_at=row["last_heard_at"],
-        attributed_to=row["attributed_to"], transaction_id=str(row["transaction_id"]) if row["transaction_id"] else None,
+        attributed_to=row["attributed_to"],
+        transaction_id=str(row["transaction_id"]) if row["transaction_id"] else None,
         attributed_at=row["attributed_at"])

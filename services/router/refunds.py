@@ -77,8 +77,9 @@ class RefundService:
         processor = processor_required(self.processor)
         payment, refund, fresh = await self._open_refund(principal, transaction_id, refund_id, body)
         if refund["status"] == "pending":
-            outcome = await attempts.call(refund_operation(processor, payment, refund), refund_state(refund, fresh=fresh),
-                                          now=datetime.now(UTC), circuit=self.circuits.circuit(PLATFORM))
+            outcome = await attempts.call(refund_operation(processor, payment, refund),
+                                          refund_state(refund, fresh=fresh), now=datetime.now(UTC),
+                                          circuit=self.circuits.circuit(PLATFORM))
             if outcome.kind == "answered" and outcome.result is not None:
                 payment, refund = await self.settle_result(refund["id"], outcome.result)
             elif outcome.kind in ("declined", "rejected", "absent"):  # refused outright or never seen: nothing moved
@@ -155,8 +156,8 @@ class RefundService:
                 await uow.commit()
                 return payment, refund
             if status == "succeeded":
-                refunded, new_status = apply_refund(amount=payment["amount"], refunded_amount=payment["refunded_amount"],
-                                                    refund=settled["amount"])
+                refunded, new_status = apply_refund(amount=payment["amount"],
+                                                    refunded_amount=payment["refunded_amount"], refund=settled["amount"])
                 payment = await store.record_refunded(uow.session, payment["id"], refunded, new_status, now)
                 uow.emit(transaction_recorded(payment, refund_amount=settled["amount"]))
             await uow.commit()

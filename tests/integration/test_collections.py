@@ -23,7 +23,7 @@ from services.collections import tables as ct
 from services.collections.app import create_app
 from services.collections.settings import CollectionsSettings
 from shared.db import PlatformTables
-from shared.events import ConfigChanged, TransactionRecorded, encode_event, new_event
+from shared.events import ConfigChanged, TransactionRecorded, decode_event, encode_event, new_event
 from tests.integration.router_support import admin, barber, sim_call
 from tests.support import eventually
 
@@ -120,6 +120,22 @@ async def feed(js, event_names, db, *events) -> None:
         await applied(db, event)
 
 
+async def dues_of(db, collection_id: str) -> list[dict]:
+    found = await rows(db, sa.select(platform.outbox.c.body).where(platform.outbox.c.event_type == "collection.due")
+                       .order_by(platform.outbox.c.id))
+    return [p for p in (msgspec.json.decode(r["body"])["payload"] for r in found) if p["collection_id"] == collection_id]
+
+
+async def consumer_idle(js, event_names, durable: str) -> None:
+    """Every message the durable consumer was handed is acknowledged and none waits: whatever it
+    was going to do, it has done (the way to say "nothing more happened" without a sleep)."""
+    async def idle():
+        info = await js.consumer_info(event_names["EVENT_STREAM"], durable)
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await eventually(idle, timeout=15, interval=0.05)
+
+
 async def rows(db, query) -> list[dict]:
     async with db.connect() as conn:
         return [dict(r) for r in (await conn.execute(query)).mappings()]
@@ -157,7 +173,7 @@ async def test_the_same_event_twice_accrues_once_and_centralized_accrues_nothing
     central = recorded(b, f"tx-{b}-2", payment_type="centralized")
     await feed(js, event_names, db, central)
     await applied(db, event)
-    await asyncio.sleep(0.3)
+    await consumer_idle(js, event_names, "collections-accruals")  # the second copy was delivered and skipped
     assert await accrual_sum(db, b) == Decimal("20.00")
     balance = (await client.get(f"{BASE}/my-balance", headers=barber(b))).json()
     assert (balance["unbilled_commission"], balance["accrued_total"]) == ("20.00", "20.00")
@@ -184,18 +200,18 @@ async def test_a_reversal_after_billing_is_a_credit_on_the_next_collection(clien
     b = next_barber()
     await set_method(client, b, "pm_card_visa")
     await feed(js, event_names, db, recorded(b, f"tx-{b}-1", commission="40.00"))
-    first = await in_app(client, service.run, barber_id=b)
+    first = await in_app(client, service.aggregation.run, barber_id=b)
     assert [c.amount for c in first.created] == ["40.00"]
     await feed(js, event_names, db, recorded(b, f"tx-{b}-1", commission="40.00", refunded="100.00",
                                              status="refunded", sequence=2))
     assert await accrual_sum(db, b, unbilled_only=True) == Decimal("-40.00")  # a credit, carried forward
-    assert (await in_app(client, service.run, barber_id=b, force=True)).created == []  # never negative
+    assert (await in_app(client, service.aggregation.run, barber_id=b, force=True)).created == []  # never negative
     await feed(js, event_names, db, recorded(b, f"tx-{b}-2", commission="70.00"))
     # The reversal falls in the window it was heard of (this week): this week's bill waits for it...
-    assert [c.amount for c in (await in_app(client, service.run, barber_id=b)).created] == ["70.00"]
+    assert [c.amount for c in (await in_app(client, service.aggregation.run, barber_id=b)).created] == ["70.00"]
     await feed(js, event_names, db, recorded(b, f"tx-{b}-3", commission="70.00"))
     # ...and the next collection takes the credit: 70 owed - 40 credit.
-    second = await in_app(client, service.run, barber_id=b, force=True)
+    second = await in_app(client, service.aggregation.run, barber_id=b, force=True)
     assert [c.amount for c in second.created] == ["30.00"]
     await books_balance(db, b)
 
@@ -219,14 +235,14 @@ async def test_windows_and_the_minimum_hold(client, db, js, event_names, service
                    recorded(b, f"tx-{b}-t", commission="30.00", processed_at=START - timedelta(hours=1)))
     small = next_barber()
     await feed(js, event_names, db, recorded(small, f"tx-{small}", commission="24.99"))
-    made = (await in_app(client, service.run, now=START)).created
+    made = (await in_app(client, service.aggregation.run, now=START)).created
     mine = {c.barber_id: c.amount for c in made if c.barber_id in (daily, weekly, monthly, small)}
     # daily: before today's midnight (yesterday + the 2nd); weekly: before Monday 23rd (the 2nd);
     # monthly: before the 1st (nothing); below the minimum: nothing.
     assert mine == {daily: "60.00", weekly: "30.00"}
-    forced = (await in_app(client, service.run, barber_id=small, force=True, now=START)).created
+    forced = (await in_app(client, service.aggregation.run, barber_id=small, force=True, now=START)).created
     assert forced == []  # force ignores the window, never the minimum
-    forced = (await in_app(client, service.run, barber_id=monthly, force=True, now=START)).created
+    forced = (await in_app(client, service.aggregation.run, barber_id=monthly, force=True, now=START)).created
     assert [c.amount for c in forced] == ["90.00"]
     for b in (daily, weekly, monthly, small):
         await books_balance(db, b)
@@ -241,7 +257,7 @@ async def test_two_concurrent_runs_bill_each_accrual_once(client, db, js, event_
     await feed(js, event_names, db, *events)
 
     async def race():
-        return await asyncio.gather(*(service.run(force=True) for _ in range(4)))
+        return await asyncio.gather(*(service.aggregation.run(force=True) for _ in range(4)))
 
     results = await asyncio.to_thread(client.blocking_portal.call, race)
     made = [c for result in results for c in result.created if c.barber_id in barbers]
@@ -325,7 +341,7 @@ async def test_a_collection_is_collected_once_on_the_platform_account(client, db
     b = next_barber()
     await set_method(client, b, "pm_card_visa")
     await feed(js, event_names, db, recorded(b, f"tx-{b}", commission="50.00"))
-    created = (await in_app(client, service.run, barber_id=b)).created
+    created = (await in_app(client, service.aggregation.run, barber_id=b)).created
     collected = await wait_status(client, b, "collected")
     assert (collected["amount"], collected["attempts"], collected["collection_method"]) == ("50.00", 1, "payment_method")
     intents = [pi for pi in (await sim_call(stripe_sim, "GET", "/_sim/payment_intents"))["data"]
@@ -335,9 +351,9 @@ async def test_a_collection_is_collected_once_on_the_platform_account(client, db
     due = [msgspec.json.decode(r["body"]) for r in await rows(db, sa.select(platform.outbox.c.body).where(
         platform.outbox.c.event_type == "collection.due"))]
     again = next(d for d in due if d["payload"]["collection_id"] == str(created[0].id))
-    await js.publish(event_names["EVENT_SUBJECT_PREFIX"] + "collection.due", msgspec.json.encode(
-        {**again, "event_id": str(uuid.uuid4())}))
-    await asyncio.sleep(1.0)
+    replayed = {**again, "event_id": str(uuid.uuid4())}
+    await js.publish(event_names["EVENT_SUBJECT_PREFIX"] + "collection.due", msgspec.json.encode(replayed))
+    await applied(db, decode_event(msgspec.json.encode(replayed)), consumer="collections-collecting")
     assert len([pi for pi in (await sim_call(stripe_sim, "GET", "/_sim/payment_intents"))["data"]
                 if pi["metadata"].get("collection_id") == str(created[0].id)]) == 1
     retry = await client.post(f"{BASE}/{created[0].id}/retry", headers=admin())
@@ -358,7 +374,7 @@ async def test_a_connect_account_is_debited_when_there_is_no_card(client, db, js
     await publish(js, event_names, config)
     await applied(db, config, consumer="collections-settings")
     await feed(js, event_names, db, recorded(b, f"tx-{b}", commission="26.00"))
-    await in_app(client, service.run, barber_id=b)
+    await in_app(client, service.aggregation.run, barber_id=b)
     collected = await wait_status(client, b, "collected")
     assert collected["collection_method"] == "connect_debit" and collected["payment_intent_id"].startswith("py_")
 
@@ -367,7 +383,7 @@ async def test_a_failing_collection_is_retried_on_schedule_then_overdue(client, 
     b = next_barber()
     await set_method(client, b, "pm_card_chargeDeclined")
     await feed(js, event_names, db, recorded(b, f"tx-{b}", commission="35.00"))
-    await in_app(client, service.run, barber_id=b)
+    await in_app(client, service.aggregation.run, barber_id=b)
     first = await wait_status(client, b, "failed", attempts=1)
     assert first["failed_reason"] == "generic_decline"
     first_failed = datetime.fromisoformat(first["next_attempt_at"]) - timedelta(days=1)
@@ -375,12 +391,13 @@ async def test_a_failing_collection_is_retried_on_schedule_then_overdue(client, 
         for attempt, days in ((2, 1), (3, 3), (4, 7)):
             clock.now = first_failed + timedelta(days=days) - timedelta(minutes=1)
             before = (await client.get(f"{BASE}/my-collections", headers=barber(b))).json()["items"][0]
-            await in_app(client, service.dunning, clock.now)  # a minute early: not due yet
-            await asyncio.sleep(0.3)
+            # A minute early: not due yet, so the run (committed before it returns) asks for no attempt.
+            await in_app(client, service.collecting.dunning, clock.now)
+            assert [d["attempt"] for d in await dues_of(db, before["id"])] == list(range(1, attempt))
             early = (await client.get(f"{BASE}/my-collections", headers=barber(b))).json()["items"][0]
             assert (early["attempts"], early["next_attempt_at"]) == (before["attempts"], before["next_attempt_at"])
             clock.now = first_failed + timedelta(days=days, minutes=1)
-            await in_app(client, service.dunning, clock.now)
+            await in_app(client, service.collecting.dunning, clock.now)
             expected = "overdue" if attempt == 4 else "failed"
             await wait_status(client, b, expected, attempts=attempt)
     finally:
@@ -402,7 +419,7 @@ async def test_a_failing_collection_is_retried_on_schedule_then_overdue(client, 
 async def test_no_payment_method_fails_into_dunning(client, db, js, event_names, service):
     b = next_barber()
     await feed(js, event_names, db, recorded(b, f"tx-{b}", commission="25.00"))
-    await in_app(client, service.run, barber_id=b)
+    await in_app(client, service.aggregation.run, barber_id=b)
     failed = await wait_status(client, b, "failed", attempts=1)
     assert failed["failed_reason"] == "no_payment_method" and failed["next_attempt_at"]
 
@@ -424,3 +441,54 @@ async def test_barbers_see_only_their_own_and_admins_run_and_read(client):
     page = (await client.get(f"{BASE}/?limit=1", headers=admin())).json()
     assert len(page["items"]) <= 1 and "next_cursor" in page
     assert (await client.post(f"{BASE}/run", headers=admin(), json={"force": "yes"})).status_code == 422
+
+
+# ---- issue 14: attempts settle by what Stripe says; operator actions take an Idempotency-Key ------------
+
+async def collection_intents(stripe_sim, collection_id) -> list[dict]:
+    found = (await sim_call(stripe_sim, "GET", "/_sim/payment_intents"))["data"]
+    return [pi for pi in found if pi["metadata"].get("collection_id") == str(collection_id)]
+
+
+async def test_a_processing_collection_is_settled_by_retrieving_it_not_by_sending_it_again(
+        client, db, js, event_names, service, stripe_sim):
+    """A bank debit sits `processing` at Stripe. Re-sending its create request with the same key
+    only replays "processing" (and after Stripe's 24 h it would charge again): the attempt keeps
+    Stripe's id as soon as Stripe names it, and the sweeper retrieves it, so it settles when the
+    bank does, with one charge."""
+    b = next_barber()
+    await set_method(client, b, "pm_usBankAccount")
+    await feed(js, event_names, db, recorded(b, f"tx-{b}", commission="40.00"))
+    [collection] = (await in_app(client, service.aggregation.run, barber_id=b)).created
+
+    async def processing():
+        found = await collection_intents(stripe_sim, collection.id)
+        return found[0] if found and found[0]["status"] == "processing" else None
+
+    intent = await eventually(processing, timeout=15)
+    await sim_call(stripe_sim, "POST", f"/_sim/payment_intents/{intent['id']}/settle", {"status": "succeeded"})
+    await in_app(client, service.collecting.sweep_pending, START + timedelta(hours=1))
+    collected = await wait_status(client, b, "collected")
+    assert collected["payment_intent_id"] == intent["id"]
+    assert [pi["status"] for pi in await collection_intents(stripe_sim, collection.id)] == ["succeeded"]
+    [attempt] = await rows(db, sa.select(ct.attempts).where(ct.attempts.c.collection_id == collection.id))
+    assert (attempt["status"], attempt["payment_intent_id"]) == ("succeeded", intent["id"])
+    await books_balance(db, b)
+
+
+async def test_run_and_retry_honour_an_idempotency_key(client, db, js, event_names, service):
+    b = next_barber()
+    await feed(js, event_names, db, recorded(b, f"tx-{b}", commission="30.00"))
+    headers = {**admin(), "Idempotency-Key": f"run-{b}"}
+    first = await client.post(f"{BASE}/run", headers=headers, json={"barber_id": b, "force": True})
+    assert first.status_code == 200 and len(first.json()["created"]) == 1, first.text
+    again = await client.post(f"{BASE}/run", headers=headers, json={"barber_id": b, "force": True})
+    assert again.headers.get("idempotent-replayed") == "true" and again.json() == first.json()
+    reused = await client.post(f"{BASE}/run", headers=headers, json={"barber_id": b, "force": False})
+    assert (reused.status_code, reused.json()["code"]) == (422, "idempotency_key_reused")
+    failed = await wait_status(client, b, "failed", attempts=1)  # no payment method yet
+    retry_headers = {**admin(), "Idempotency-Key": f"retry-{b}"}
+    retried = await client.post(f"{BASE}/{failed['id']}/retry", headers=retry_headers)
+    assert retried.status_code == 200, retried.text
+    replayed = await client.post(f"{BASE}/{failed['id']}/retry", headers=retry_headers)
+    assert replayed.headers.get("idempotent-replayed") == "true" and replayed.json() == retried.json()

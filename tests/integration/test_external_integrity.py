@@ -20,7 +20,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import pytest
 import sqlalchemy as sa
 
 from services.external import tables as et
@@ -42,8 +41,7 @@ from tests.integration.external_support import (  # noqa: F401 (fixtures)
     transaction,
     wait_applied,
 )
-from tests.integration.router_support import admin, barber, sim_call
-from tests.support import eventually
+from tests.integration.router_support import admin, barber
 
 _ids = itertools.count(1)
 
@@ -219,10 +217,12 @@ async def test_a_failed_attempt_that_completes_beside_its_retry_is_flagged_and_w
     async with db.begin() as conn:  # wrongly failed, its processor id lost
         await conn.execute(sa.update(et.transactions).where(et.transactions.c.id == uuid.UUID(a["id"])).values(
             status="failed", external_transaction_id=None, failure_code="not_found_at_processor"))
-    status, retried = await call(http, "POST", "/internal/v1/charges", SERVICE, {**body, "payment_method": "pm_card_visa"})
+    status, retried = await call(http, "POST", "/internal/v1/charges", SERVICE,
+                                 {**body, "payment_method": "pm_card_visa"})
     assert status == 200 and retried["status"] == "completed" and retried["id"] != a["id"], retried
     client = sdk(stripe_sim, stripe_key(b))
-    await client.v1.payment_intents.confirm_async(a["external_transaction_id"], params={"payment_method": "pm_card_visa"})
+    await client.v1.payment_intents.confirm_async(a["external_transaction_id"],
+                                                  params={"payment_method": "pm_card_visa"})
     other = await client.v1.payment_intents.create_async(params={
         "amount": 1200, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True})
     status, report = await call(http, "POST", f"{BASE}/reconcile", admin(), {"connection_id": connection["id"]})

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from datetime import UTC, datetime
 from decimal import Decimal
+from operator import attrgetter
 from pathlib import Path
 
 import pytest
@@ -323,7 +324,7 @@ async def test_overdue_collections_read_zero_once_none_is_left(make_settings, mo
     for create, cls, state, store, query, name in (
             (analytics_app, AnalyticsSettings, "reports", analytics_store, "collections_by_status",
              "pending_collections"),
-            (collections_app, CollectionsSettings, "collections", collections_store, "totals_by_status",
+            (collections_app, CollectionsSettings, "collections.lookups", collections_store, "totals_by_status",
              "platform_collections")):
         app = create(make_settings(cls, log_level="error"))
         runtime = app.state.runtime
@@ -331,7 +332,7 @@ async def test_overdue_collections_read_zero_once_none_is_left(make_settings, mo
         async with AsyncTestClient(app) as service:
             async def refresh(*statuses: str) -> None:
                 monkeypatch.setattr(store, query, status_rows(*statuses))
-                await asyncio.to_thread(service.blocking_portal.call, getattr(app.state, state).refresh_metrics, now)
+                await asyncio.to_thread(service.blocking_portal.call, attrgetter(state)(app.state).refresh_metrics, now)
 
             await refresh("overdue", "collected")
             assert (gauge(name, "overdue"), gauge(name, "pending"), gauge(name, "failed")) == (2, 0, 0), name

@@ -158,8 +158,9 @@ async def test_the_read_model_keeps_the_newest_version_whatever_the_clocks_say(c
     state = {"connection_id": b, "barber_id": b, "processor": "square", "account_id": "sq",
              "default_currency": "USD", "supports_payments": True, "supports_refunds": True}
     newer = new_event("connection.changed", {**state, "status": "active", "connection_version": 2})
-    older = msgspec.structs.replace(new_event("connection.changed", {**state, "status": "error", "connection_version": 1}),
-                                    occurred_at=newer.occurred_at + timedelta(seconds=30))
+    older = msgspec.structs.replace(
+        new_event("connection.changed", {**state, "status": "error", "connection_version": 1}),
+        occurred_at=newer.occurred_at + timedelta(seconds=30))
     await announce(infra, event_names, newer)
     await announce(infra, event_names, older)
 

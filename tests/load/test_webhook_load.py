@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import replace
-from decimal import Decimal
 from itertools import count
 
 import msgspec

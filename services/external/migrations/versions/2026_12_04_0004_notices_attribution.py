@@ -44,7 +44,8 @@ def upgrade() -> None:
     op.create_index("webhook_events_received", "webhook_events", ["received_at"], schema=S)
 
     op.add_column("payment_processor_connections", sa.Column("processor_account", sa.Text), schema=S)
-    op.execute(f"UPDATE {S}.payment_processor_connections SET processor_account = connection_data->>'processor_account'")
+    op.execute(f"UPDATE {S}.payment_processor_connections "
+               "SET processor_account = connection_data->>'processor_account'")
     op.create_index("connections_processor_account", "payment_processor_connections",
                     ["processor_type", "processor_account"], schema=S)
 
