@@ -57,23 +57,33 @@ def random_books(rnd: random.Random) -> tuple[list[dict], dict[int, BarberSettin
     # Half of them a few minutes either side of a window boundary (or of now), where mistakes show.
     boundaries = [*window_ends(NOW).values(), NOW]
     accruals = []
+    # Accruals as transactions make them: a commission, and reversals that never take back more than
+    # the commission of their own transaction (the database refuses that), each at its own time.
+    left: dict[str, Decimal] = {}  # what a transaction's reversals may still take back
     for i in range(rnd.randint(0, 120)):
         if rnd.random() < 0.5:
             at = rnd.choice(boundaries) + timedelta(minutes=rnd.randint(-90, 90))
         else:  # from 45 days before now to a few hours after
             at = NOW - timedelta(minutes=rnd.randint(-600, 45 * 24 * 60))
-        cents = rnd.randint(1, 4000) if rnd.random() < 0.8 else -rnd.randint(1, 1500)
+        barber, currency = rnd.choice(barbers), rnd.choice(["USD", "USD", "EUR", "JPY"])
+        owing = [tx for tx, amount in left.items() if amount > 0 and tx.startswith(f"tx-{barber}-{currency}-")]
+        if owing and rnd.random() < 0.3:
+            tx = rnd.choice(owing)
+            amount = -min(left[tx], Decimal(rnd.randint(1, 1500)).scaleb(-2))
+        else:
+            tx, amount = f"tx-{barber}-{currency}-{i}", Decimal(rnd.randint(1, 4000)).scaleb(-2)
+        left[tx] = left.get(tx, Decimal(0)) + amount
         accruals.append(dict(
-            barber_id=rnd.choice(barbers), transaction_id=f"tx-{rnd.randint(0, 40)}",
-            currency=rnd.choice(["USD", "USD", "EUR", "JPY"]), kind="commission" if cents > 0 else "reversal",
-            amount=Decimal(cents).scaleb(-2), event_id=uuid.uuid4(), created_at=NOW, accrued_at=at))
+            barber_id=barber, transaction_id=tx, currency=currency, kind="commission" if amount > 0 else "reversal",
+            amount=amount, event_id=uuid.uuid4(), created_at=NOW, accrued_at=at))
     if accruals and rnd.random() < 0.3:  # one barber's credit cancelling its commission exactly: a zero total
         pick = rnd.choice(accruals)
-        total = sum((a["amount"] for a in accruals if (a["barber_id"], a["currency"]) == (
-            pick["barber_id"], pick["currency"]) and a["accrued_at"] < NOW), Decimal(0))
-        if total > 0:
-            accruals.append({**pick, "kind": "reversal", "amount": -total, "event_id": uuid.uuid4(),
-                             "accrued_at": NOW - timedelta(days=40)})
+        prefix = f"tx-{pick['barber_id']}-{pick['currency']}-"
+        for tx, amount in list(left.items()):  # every transaction of it refunded in full, long ago
+            if tx.startswith(prefix) and amount > 0:
+                accruals.append({**pick, "transaction_id": tx, "kind": "reversal", "amount": -amount,
+                                 "event_id": uuid.uuid4(), "accrued_at": NOW - timedelta(days=40)})
+                left[tx] = Decimal(0)
     return accruals, settings
 
 
