@@ -238,7 +238,8 @@ class EventConsumer:
 
     async def handle_batch(self, messages: list) -> str:
         """Apply a fetched batch in one transaction; on any failure, each message on its own."""
-        assert self._batch_handler is not None
+        if self._batch_handler is None:
+            raise RuntimeError(f"{self.name} has no batch handler")
         try:
             events = [decode_event(msg.data) for msg in messages]
             async with self._uow() as uow:

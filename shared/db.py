@@ -61,7 +61,8 @@ class HotPath:
         if compiled is None:
             compiled = self._compiled[id(statement)] = _compile_for_asyncpg(statement, list(params))
         sql, order = compiled
-        assert self._pool is not None, "HotPath.start() was not awaited"
+        if self._pool is None:
+            raise RuntimeError("HotPath.start() was not awaited")
         return await self._pool.fetchrow(sql, *(params[name] for name in order))
 
 

@@ -43,7 +43,8 @@ class NatsLink:
 
     async def wait_ready(self) -> JetStreamContext:
         await self._ready.wait()
-        assert self.js is not None
+        if self.js is None:
+            raise RuntimeError("the NATS link is closed")
         return self.js
 
     async def _connect_forever(self) -> None:

@@ -76,7 +76,8 @@ def head_revision(service: str) -> str:
     from alembic.script import ScriptDirectory
 
     head = ScriptDirectory.from_config(alembic_config(service)).get_current_head()
-    assert head is not None
+    if head is None:
+        raise RuntimeError(f"the {service} migrations have no head revision")
     return head
 
 

@@ -139,7 +139,8 @@ class ServiceRuntime:
         events neither replayed nor discarded yet (dead letters)."""
         name = self.settings.service_name
         outbox, parked = self.tables.outbox, self.tables.dead_letters
-        assert self.engine is not None
+        if self.engine is None:
+            raise RuntimeError("the runtime is not started")
         async with self.engine.connect() as conn:
             OUTBOX_BACKLOG.labels(name).set(await conn.scalar(
                 sa.select(sa.func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))))

@@ -39,7 +39,8 @@ class AccrualService:
                 status="pending", amount=tx.amount, refunded_amount=Decimal(0), commission_amount=Decimal(0),
                 commission_accrued=Decimal(0), commission_reversed=Decimal(0), updated_at=now))
             state = await store.lock_transaction_state(session, tx.transaction_id)
-            assert state is not None
+            if state is None:  # inserted (or raced in) just now in this very transaction
+                raise RuntimeError(f"transaction state {tx.transaction_id} vanished after its insert")
         if tx.sequence <= state["sequence"]:
             return  # an older state than the one already applied
         before = Owed(state["commission_accrued"], state["commission_reversed"])
