@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import sqlalchemy as sa
 import structlog
@@ -180,10 +180,11 @@ def next_check(failures: int, now: datetime) -> datetime:
     return now + min(BACK_OFF_CAP, BACK_OFF_FIRST * 2 ** min(failures, 16))
 
 
-async def back_off(session: AsyncSession, table: sa.Table, row: dict[str, Any], now: datetime) -> None:
-    """Look at this row again later (doubling per failed look-up, capped), without touching its lease."""
-    await session.execute(sa.update(table).where(table.c.id == row["id"]).values(
-        next_check_at=next_check(row["check_failures"], now), check_failures=table.c.check_failures + 1))
+async def back_off(session: AsyncSession, table: sa.Table, row_id: Any, failures: int, now: datetime) -> None:
+    """Look at this row again later (doubling per failed look-up, capped), without touching its lease.
+    `failures`: the row's `check_failures` as read."""
+    await session.execute(sa.update(table).where(table.c.id == row_id).values(
+        next_check_at=next_check(failures, now), check_failures=table.c.check_failures + 1))
 
 
 async def check_later(session: AsyncSession, table: sa.Table, row_id: Any, when: datetime) -> None:
@@ -191,8 +192,18 @@ async def check_later(session: AsyncSession, table: sa.Table, row_id: Any, when:
     await session.execute(sa.update(table).where(table.c.id == row_id).values(next_check_at=when))
 
 
-async def sweep(rows: Sequence[dict[str, Any]], settle: Callable[[dict[str, Any]], Awaitable[str]],
-                back_off_row: Callable[[dict[str, Any]], Awaitable[None]]) -> dict[str, int]:
+class SweptRow(Protocol):
+    """What a sweep needs of a row: its id (for the log)."""
+
+    @property
+    def id(self) -> Any: ...
+
+
+S = TypeVar("S", bound=SweptRow)
+
+
+async def sweep(rows: Sequence[S], settle: Callable[[S], Awaitable[str]],
+                back_off_row: Callable[[S], Awaitable[None]]) -> dict[str, int]:
     """Settle each row of a sweep, counting outcomes. A row that cannot be settled now (its processor
     unreachable, its credentials refused or unopenable, a bug) backs off on its own and never stops
     the others: the next sweep takes other rows first."""
@@ -201,18 +212,18 @@ async def sweep(rows: Sequence[dict[str, Any]], settle: Callable[[dict[str, Any]
         try:
             outcome = await settle(row)
         except ProcessorError as exc:
-            log.warning("sweep_lookup_failed", id=str(row["id"]), error=exc.message)
+            log.warning("sweep_lookup_failed", id=str(row.id), error=exc.message)
             outcome = "lookup_failed"
         except ProblemError as exc:  # e.g. a connection whose secret no configured key opens
-            log.warning("sweep_row_refused", id=str(row["id"]), error=exc.detail)
+            log.warning("sweep_row_refused", id=str(row.id), error=exc.detail)
             outcome = "lookup_failed"
         except Exception:
-            log.exception("sweep_row_failed", id=str(row["id"]))
+            log.exception("sweep_row_failed", id=str(row.id))
             outcome = "error"
         if outcome in ("lookup_failed", "error"):
             try:
                 await back_off_row(row)
             except Exception:
-                log.exception("sweep_back_off_failed", id=str(row["id"]))
+                log.exception("sweep_back_off_failed", id=str(row.id))
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     return outcomes

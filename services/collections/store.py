@@ -176,7 +176,7 @@ async def pending_attempts(session: AsyncSession, untouched_since: datetime, now
 
 
 async def back_off_attempt(session: AsyncSession, row: Row, now: datetime) -> None:
-    await attempts.back_off(session, at, row, now)
+    await attempts.back_off(session, at, row["id"], row["check_failures"], now)
 
 
 async def check_attempt_later(session: AsyncSession, attempt_id: uuid.UUID, when: datetime) -> None:

@@ -177,7 +177,7 @@ async def pending_attempts(session: AsyncSession, untouched_since: datetime, now
 
 
 async def back_off_attempt(session: AsyncSession, row: Row, now: datetime) -> None:
-    await attempts.back_off(session, tx, row, now)
+    await attempts.back_off(session, tx, row["id"], row["check_failures"], now)
 
 
 async def check_attempt_later(session: AsyncSession, transaction_id: uuid.UUID, when: datetime) -> None:
@@ -265,7 +265,7 @@ async def pending_refunds(session: AsyncSession, untouched_since: datetime, now:
 
 
 async def back_off_refund(session: AsyncSession, row: Row, now: datetime) -> None:
-    await attempts.back_off(session, rf, row, now)
+    await attempts.back_off(session, rf, row["id"], row["check_failures"], now)
 
 
 async def check_refund_later(session: AsyncSession, refund_id: uuid.UUID, when: datetime) -> None:

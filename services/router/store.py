@@ -140,7 +140,7 @@ async def pending_attempts(session: AsyncSession, untouched_since: datetime, now
 
 
 async def back_off_payment(session: AsyncSession, row: Row, now: datetime) -> None:
-    await attempts.back_off(session, p, row, now)
+    await attempts.back_off(session, p, row["id"], row["check_failures"], now)
 
 
 async def check_payment_later(session: AsyncSession, payment_id: uuid.UUID, when: datetime) -> None:
@@ -208,7 +208,7 @@ async def pending_refunds(session: AsyncSession, untouched_since: datetime, now:
 
 
 async def back_off_refund(session: AsyncSession, row: Row, now: datetime) -> None:
-    await attempts.back_off(session, r, row, now)
+    await attempts.back_off(session, r, row["id"], row["check_failures"], now)
 
 
 async def check_refund_later(session: AsyncSession, refund_id: uuid.UUID, when: datetime) -> None:

@@ -110,19 +110,22 @@ async def test_a_look_up_waits_out_the_listing_lag_before_calling_an_attempt_abs
 
 
 async def test_a_sweep_backs_off_the_rows_it_cannot_settle_and_goes_on():
+    from types import SimpleNamespace
+
     backed_off: list[str] = []
 
     async def settle(row):
-        if row["id"] == "broken":
+        if row.id == "broken":
             raise ProcessorUnavailable("its account is down")
-        if row["id"] == "bug":
+        if row.id == "bug":
             raise RuntimeError("a bug")
         return "completed"
 
     async def back_off(row):
-        backed_off.append(row["id"])
+        backed_off.append(row.id)
 
-    outcomes = await attempts.sweep([{"id": "broken"}, {"id": "bug"}, {"id": "fine"}], settle, back_off)
+    rows = [SimpleNamespace(id=name) for name in ("broken", "bug", "fine")]
+    outcomes = await attempts.sweep(rows, settle, back_off)
     assert outcomes == {"lookup_failed": 1, "error": 1, "completed": 1}
     assert backed_off == ["broken", "bug"]
 
