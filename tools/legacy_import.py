@@ -46,6 +46,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -56,6 +57,8 @@ from services.router.legacy import (
     LegacyPayment,
     Skip,
     Totals,
+    V2PaymentRow,
+    V2UserRow,
     barber_of,
     differences,
     payment_of,
@@ -64,6 +67,7 @@ from services.router.legacy import (
 from services.router.mapping import config_changed, config_out
 from services.router.routing import default_config_row
 from services.router.settings import RouterSettings
+from services.router.store import ConfigRow
 from shared.config import SettingsError, libpq_url, load_settings
 from shared.events import EventPayload, encode_event, new_event
 from shared.money import minor_unit_exponent, normalise_currency
@@ -164,16 +168,22 @@ class LegacyImport:
         barbers: list[LegacyBarber] = []
         skips: list[Skip] = []
         for row in rows:
-            (barbers if isinstance(b := barber_of(row, self.settings.default_commission_rate), LegacyBarber)
-             else skips).append(b)
+            outcome = barber_of(V2UserRow(**row), self.settings.default_commission_rate)
+            if isinstance(outcome, LegacyBarber):
+                barbers.append(outcome)
+            else:
+                skips.append(outcome)
         now = datetime.now(UTC)
         created = 0
         async with self.suite.transaction():
             for barber in barbers:
-                values = {**default_config_row(self.settings, barber.barber_id), "payment_mode": "centralized",
-                          "fallback_enabled": True, "commission_rate": barber.commission_rate,
-                          "connect_account_id": barber.connect_account_id, "effective_from": now,
-                          "created_at": now, "updated_at": now, "version": 1}
+                config = msgspec.structs.replace(
+                    default_config_row(self.settings, barber.barber_id), payment_mode="centralized",
+                    fallback_enabled=True, commission_rate=barber.commission_rate,
+                    connect_account_id=barber.connect_account_id, effective_from=now, created_at=now,
+                    updated_at=now, version=1)
+                # Every column but the id, which the table's identity gives.
+                values = {k: v for k, v in msgspec.structs.asdict(config).items() if k != "id"}
                 columns = list(values)
                 saved = await self.suite.fetchrow(
                     f"INSERT INTO router.hybrid_payment_configs ({', '.join(columns)}) "
@@ -181,8 +191,8 @@ class LegacyImport:
                     "ON CONFLICT (barber_id) DO NOTHING RETURNING *", *values.values())
                 if saved is not None:
                     created += 1
-                    await self._write_outbox([outbox_record(config_changed(config_out(dict(saved), is_default=False)),
-                                                            self.prefix)])
+                    out = config_out(ConfigRow(**saved), is_default=False)
+                    await self._write_outbox([outbox_record(config_changed(out), self.prefix)])
             await self._write_skips(run_id, skips)
         return {b.barber_id: b.commission_rate for b in barbers}, len(rows), created, skips
 
@@ -206,7 +216,7 @@ class LegacyImport:
         payments: dict[int, LegacyPayment] = {}
         skips: list[Skip] = []
         for row in rows:
-            outcome = payment_of(row, rates, self.currency)
+            outcome = payment_of(V2PaymentRow(**row), rates, self.currency)
             if isinstance(outcome, Skip):
                 skips.append(outcome)
             else:

@@ -14,6 +14,7 @@ from services.analytics.controllers import AnalyticsController
 from services.analytics.projections import Projections
 from services.analytics.reports import Reports
 from services.analytics.tables import metadata
+from services.analytics.usecases import AnalyticsUseCases
 from shared.service import ConsumerSpec, JobSpec, ServiceRuntime, build_app
 
 
@@ -22,8 +23,8 @@ def create_app(settings: settings_module.AnalyticsSettings | None = None, *,
     """`clock` replaces the time the reports measure from (tests pin it)."""
     settings = settings or settings_module.load()
     runtime = ServiceRuntime(settings=settings, metadata=metadata)
-    projections = Projections()
-    reports = Reports(runtime, settings, clock=clock)
+    analytics = AnalyticsUseCases(projections=Projections(), reports=Reports(runtime, settings, clock=clock))
+    projections, reports = analytics.projections, analytics.reports
     runtime.consumer_specs = [
         ConsumerSpec("transactions", ["transaction.recorded"], projections.apply_transaction_recorded,
                      batch_handler=projections.apply_transactions, batch=500),
@@ -37,7 +38,8 @@ def create_app(settings: settings_module.AnalyticsSettings | None = None, *,
         route_handlers=[AnalyticsController],
         title="Hybrid Payments — analytics",
         description=(package.__doc__ or "").strip(),
-        dependencies={"reports": reports},
+        dependencies={"analytics": analytics},
     )
+    app.state.analytics = analytics
     app.state.reports = reports
     return app

@@ -1,4 +1,4 @@
-"""HTTP edge of the analytics service: parse, authorise, hand to the reports, return their struct."""
+"""HTTP edge of the analytics service: parse, authorise, hand to the use case, return its struct."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Annotated, Literal
 from litestar import Controller, Request, get
 from litestar.params import QueryParameter, SkipValidation
 
-from services.analytics.reports import Reports
+from services.analytics.usecases import AnalyticsUseCases
 from services.analytics.wire import DashboardOut, InsightsOut
 from shared.auth import MAX_USER_ID, Principal, require_roles
 
-ReportsDep = SkipValidation[Reports]
+Analytics = SkipValidation[AnalyticsUseCases]
 Caller = Request[Principal, str, object]
 barbers_and_admins = [require_roles("barber", "admin")]
 BarberId = Annotated[int | None, QueryParameter(ge=1, le=MAX_USER_ID)]
@@ -25,7 +25,7 @@ class AnalyticsController(Controller):
 
     @get("/dashboard", guards=barbers_and_admins)
     async def dashboard(
-        self, request: Caller, reports: ReportsDep, barber_id: BarberId = None,
+        self, request: Caller, analytics: Analytics, barber_id: BarberId = None,
         start: Annotated[str | None, QueryParameter(
             name="from", max_length=10, description="first UTC day, YYYY-MM-DD (default: to - 29 days)")] = None,
         end: Annotated[str | None, QueryParameter(name="to", max_length=10,
@@ -36,12 +36,12 @@ class AnalyticsController(Controller):
     ) -> DashboardOut:
         """Every payment's figures for a date range: a barber its own, an admin one barber
         (`barber_id`) or all. Amounts are in `currency` (default USD) and count only its payments."""
-        return await reports.dashboard(request.user, barber_id=barber_id, start=start, end=end, currency=currency,
-                                       source=source)
+        return await analytics.reports.dashboard(request.user, barber_id=barber_id, start=start, end=end,
+                                                 currency=currency, source=source)
 
     @get("/six-figure-insights", guards=barbers_and_admins)
-    async def six_figure_insights(self, request: Caller, reports: ReportsDep, barber_id: BarberId = None,
+    async def six_figure_insights(self, request: Caller, analytics: Analytics, barber_id: BarberId = None,
                                   currency: Currency = "USD") -> InsightsOut:
         """How far the barber's last 90 days put it from SIX_FIGURE_TARGET a year, and what alone
         would close the gap (an admin names the barber)."""
-        return await reports.insights(request.user, barber_id=barber_id, currency=currency)
+        return await analytics.reports.insights(request.user, barber_id=barber_id, currency=currency)

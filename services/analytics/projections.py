@@ -15,22 +15,23 @@ import uuid
 from datetime import UTC, datetime
 
 from services.analytics import store
+from services.analytics.store import FactRow
 from services.analytics.domain import NONE, Fact, Measures, RollupKey, rollup_deltas
 from shared.events import CollectionDue, CollectionSettled, Event, TransactionRecorded
 from shared.observability import EVENT_LAG
 from shared.outbox import UnitOfWork
 
 
-def fact_of_row(row: dict) -> Fact:
-    return Fact(barber_id=row["barber_id"], payment_type=row["payment_type"], processor=row["processor"],
-                currency=row["currency"], source=row["source"], status=row["status"], amount=row["amount"],
-                refunded_amount=row["refunded_amount"], commission_amount=row["commission_amount"],
-                processor_fee=row["processor_fee"], day=row["day"])
+def fact_of_row(row: FactRow) -> Fact:
+    return Fact(barber_id=row.barber_id, payment_type=row.payment_type, processor=row.processor,
+                currency=row.currency, source=row.source, status=row.status, amount=row.amount,
+                refunded_amount=row.refunded_amount, commission_amount=row.commission_amount,
+                processor_fee=row.processor_fee, day=row.day)
 
 
-def fact_values(tx: TransactionRecorded, event: Event, now: datetime) -> dict:
+def fact_values(tx: TransactionRecorded, event: Event, now: datetime) -> FactRow:
     processed_at = tx.processed_at.astimezone(UTC)
-    return dict(
+    return FactRow(
         transaction_id=tx.transaction_id, barber_id=tx.barber_id, appointment_id=tx.appointment_id,
         client_id=tx.client_id, payment_type=tx.payment_type, processor=tx.processor,
         connection_id=tx.connection_id, external_transaction_id=tx.external_transaction_id,
@@ -61,7 +62,7 @@ class Projections:
         now = datetime.now(UTC)
         for transaction_id, (event, tx) in latest.items():
             held = current.get(transaction_id)
-            if held is not None and tx.sequence <= held["sequence"]:
+            if held is not None and tx.sequence <= held.sequence:
                 continue  # the same state again, or an older one than we hold
             values = fact_values(tx, event, now)
             for key, delta in rollup_deltas(fact_of_row(held) if held else None, fact_of_row(values)).items():
@@ -76,7 +77,7 @@ class Projections:
         due = event.decode(CollectionDue)
         collection_id = uuid.UUID(due.collection_id)
         current = await store.lock_collection(uow.session, collection_id)
-        if current is not None and (current["status"] == "collected" or current["changed_at"] > event.occurred_at):
+        if current is not None and (current.status == "collected" or current.changed_at > event.occurred_at):
             return  # collected is final; an older notice changes nothing
         await store.save_collection(uow.session, dict(
             collection_id=collection_id, barber_id=due.barber_id, currency=due.currency, amount=due.amount,
@@ -87,9 +88,9 @@ class Projections:
         settled = event.decode(CollectionSettled)
         collection_id = uuid.UUID(settled.collection_id)
         current = await store.lock_collection(uow.session, collection_id)
-        if current is not None and current["status"] == "collected":
+        if current is not None and current.status == "collected":
             return  # counted once, when it was collected
-        if settled.status != "collected" and current is not None and current["changed_at"] > event.occurred_at:
+        if settled.status != "collected" and current is not None and current.changed_at > event.occurred_at:
             return
         collected = settled.status == "collected"
         await store.save_collection(uow.session, dict(

@@ -7,14 +7,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 
 from services.analytics import store
 from services.analytics.domain import (
     ALL_BARBERS,
-    MEASURES,
     WINDOW_DAYS,
-    Insights,
     Measures,
     RollupRow,
     Visit,
@@ -22,16 +19,9 @@ from services.analytics.domain import (
     six_figure_insights,
     success_rate,
 )
+from services.analytics.mapping import insights_out, totals_of
 from services.analytics.settings import AnalyticsSettings
-from services.analytics.wire import (
-    ClientsOut,
-    DailyOut,
-    DashboardOut,
-    InsightsOut,
-    RecommendationOut,
-    TotalsOut,
-    TrendOut,
-)
+from services.analytics.wire import DailyOut, DashboardOut, InsightsOut, TotalsOut
 from shared.auth import Principal
 from shared.errors import ProblemError, validation_error
 from shared.money import MoneyError, format_amount, normalise_currency
@@ -99,17 +89,17 @@ class Reports:
             owed = await store.external_commission_until(uow.session, barber_id=scope, currency=currency, end=last)
             collected_by_then = await store.collected_between(uow.session, barber_id=scope, currency=currency,
                                                               start=None, end=last)
-        board = dashboard([RollupRow(r["day"], r["payment_type"], r["processor"],
-                                     Measures(**{m: r[m] for m in MEASURES})) for r in rows], first, last)
+        board = dashboard([RollupRow(r.day, r.payment_type, r.processor, r.measures()) for r in rows
+                           if r.day is not None], first, last)
 
         def totals(m: Measures) -> TotalsOut:
-            return TotalsOut(**_totals(m, currency))
+            return TotalsOut(**totals_of(m, currency))
 
         return DashboardOut(
             totals=totals(board.totals),
             by_payment_type={k: totals(v) for k, v in board.by_payment_type.items()},
             by_processor={k: totals(v) for k, v in board.by_processor.items()},
-            daily=[DailyOut(date=day, **_totals(m, currency)) for day, m in board.daily],
+            daily=[DailyOut(date=day, **totals_of(m, currency)) for day, m in board.daily],
             commission_collected=format_amount(collected, currency),
             commission_outstanding=format_amount(owed - collected_by_then, currency),
         )
@@ -126,9 +116,9 @@ class Reports:
         now = self.clock()
         async with self.rt.uow() as uow:
             rows = await store.barber_visits(uow.session, scope, currency, now - timedelta(days=2 * WINDOW_DAYS))
-        found = six_figure_insights([Visit(r["processed_at"], r["revenue"], r["client_id"]) for r in rows],
+        found = six_figure_insights([Visit(r.processed_at, r.revenue, r.client_id) for r in rows],
                                     now=now, target=self.settings.six_figure_target, currency=currency)
-        return _insights_out(found, barber_id=scope, currency=currency, now=now)
+        return insights_out(found, barber_id=scope, currency=currency, now=now)
 
     # ---- Prometheus gauges -----------------------------------------------------------------------------
 
@@ -140,24 +130,23 @@ class Reports:
             collections = await store.collections_by_status(uow.session)
         decided: dict[tuple[str, str], Measures] = {}
         for r in rows:
-            m = Measures(**{k: r[k] for k in MEASURES})
-            PAYMENT_VOLUME.labels(r["payment_type"], r["processor"], r["currency"]).set(float(m.gross_volume))
-            for key in ((r["payment_type"], r["processor"]), (r["payment_type"], "all"), ("all", r["processor"]),
-                        ("all", "all")):
+            m = r.measures()
+            PAYMENT_VOLUME.labels(r.payment_type, r.processor, r.currency).set(float(m.gross_volume))
+            for key in ((r.payment_type, r.processor), (r.payment_type, "all"), ("all", r.processor), ("all", "all")):
                 decided[key] = decided.get(key, Measures()) + m
         for (payment_type, processor), m in decided.items():
             rate = success_rate(m)
             if rate is not None:
                 PAYMENT_SUCCESS_RATE.labels(payment_type, processor).set(float(rate))
-        for r in commission:
-            if r["owed"] > 0:
-                COMMISSION_COLLECTION_RATE.labels(r["currency"]).set(float(r["collected"] / r["owed"]))
-        found = {(r["status"], r["currency"]): r for r in collections}
-        for currency in {r["currency"] for r in collections}:
+        for c in commission:
+            if c.owed > 0:
+                COMMISSION_COLLECTION_RATE.labels(c.currency).set(float(c.collected / c.owed))
+        found = {(t.status, t.currency): t for t in collections}
+        for currency in {t.currency for t in collections}:
             for status in PENDING_STATUSES:  # a status with none left reads 0, not its last count
-                r = found.get((status, currency))
-                PENDING_COLLECTIONS.labels(status, currency).set(r["n"] if r else 0)
-                PENDING_COLLECTIONS_AMOUNT.labels(status, currency).set(float(r["amount"]) if r else 0.0)
+                total = found.get((status, currency))
+                PENDING_COLLECTIONS.labels(status, currency).set(total.n if total else 0)
+                PENDING_COLLECTIONS_AMOUNT.labels(status, currency).set(float(total.amount) if total else 0.0)
 
 
 def _scope(principal: Principal, barber_id: int | None) -> int:
@@ -169,37 +158,3 @@ def _scope(principal: Principal, barber_id: int | None) -> int:
     if principal.role != "admin":
         raise ProblemError(403, "forbidden", "requires role barber or admin")
     return ALL_BARBERS if barber_id is None else barber_id
-
-
-def _totals(m: Measures, currency: str) -> dict:
-    rate = success_rate(m)
-    return dict(
-        transaction_count=m.transaction_count, completed_count=m.completed_count, failed_count=m.failed_count,
-        gross_volume=format_amount(m.gross_volume, currency),
-        refunded_amount=format_amount(m.refunded_amount, currency),
-        success_rate=None if rate is None else str(rate), commission=format_amount(m.commission, currency),
-        processor_fees=format_amount(m.processor_fees, currency), barber_net=format_amount(m.barber_net, currency))
-
-
-def _insights_out(i: Insights, *, barber_id: int, currency: str, now: datetime) -> InsightsOut:
-    def money(value: Decimal | None) -> str | None:
-        return None if value is None else format_amount(value, currency)
-
-    def text(value: Decimal | None) -> str | None:
-        return None if value is None else str(value)
-
-    return InsightsOut(
-        barber_id=barber_id, currency=currency, as_of=now, has_history=i.has_history, message=i.message,
-        window_days=WINDOW_DAYS, revenue_90d=money(i.revenue), transactions_90d=i.transactions,
-        annualized_run_rate=money(i.annualized_run_rate), target=money(i.target), progress=str(i.progress),
-        average_ticket=money(i.average_ticket), transactions_per_week=str(i.transactions_per_week),
-        weekly_revenue=money(i.weekly_revenue), weekly_target=money(i.weekly_target),
-        weekly_revenue_gap=money(i.weekly_gap),
-        clients=ClientsOut(distinct_clients=i.clients.distinct_clients, retention_rate=text(i.clients.retention_rate),
-                           average_days_between_visits=text(i.clients.average_days_between_visits),
-                           revenue_per_client=money(i.clients.revenue_per_client)),
-        trend=TrendOut(previous_revenue_90d=money(i.trend.previous_revenue), change_rate=text(i.trend.change_rate),
-                       direction=i.trend.direction),
-        recommendations=[RecommendationOut(lever=r.lever, current=str(r.current), needed=str(r.needed),
-                                           change=str(r.change), message=r.message) for r in i.recommendations],
-    )

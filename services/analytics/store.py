@@ -1,5 +1,6 @@
-"""The analytics service's named queries over a unit of work's session. Rows come back as plain
-dicts. Rollups change only by adding deltas (`add_to_daily_payments`), in a fixed key order, so
+"""The analytics service's named queries over a unit of work's session. Rows come back as typed,
+frozen structs (`FactRow`, `CollectionFactRow`, and one per summing query); values written go in as
+dicts of columns. Rollups change only by adding deltas (`add_to_daily_payments`), in a fixed key order, so
 replicas applying events at once never deadlock on the shared all-barbers rows."""
 
 from __future__ import annotations
@@ -7,8 +8,9 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, TypeVar
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,8 +18,90 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.analytics import tables as t
 from services.analytics.domain import ALL_BARBERS, MEASURES, Measures, RollupKey
 
-Row = dict[str, Any]
+Values = dict[str, Any]  # columns to write
 tf, dp, cf, dc = t.transaction_facts, t.daily_payments, t.collection_facts, t.daily_collections
+CollectionStatus = Literal["pending", "collected", "failed", "overdue"]
+
+
+class FactRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of analytics.transaction_facts: the latest state of one transaction."""
+
+    transaction_id: str
+    barber_id: int
+    appointment_id: int | None
+    client_id: int | None
+    payment_type: Literal["centralized", "external"]
+    processor: str
+    connection_id: int | None
+    external_transaction_id: str | None
+    currency: str
+    status: Literal["pending", "completed", "failed", "canceled", "refunded", "partially_refunded"]
+    amount: Decimal
+    refunded_amount: Decimal
+    commission_rate: Decimal
+    commission_amount: Decimal
+    processor_fee: Decimal
+    processed_at: datetime
+    day: date
+    sequence: int
+    source: Literal["live", "legacy"]
+    updated_at: datetime
+    event_at: datetime
+
+
+class CollectionFactRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of analytics.collection_facts: the latest state of one platform collection."""
+
+    collection_id: uuid.UUID
+    barber_id: int
+    currency: str
+    amount: Decimal
+    status: CollectionStatus
+    failed_reason: str | None
+    collected_at: datetime | None
+    changed_at: datetime
+
+
+class RollupSums(msgspec.Struct, frozen=True, kw_only=True):
+    """Rollup measures summed over a group (a day and kind, or a kind and currency)."""
+
+    day: date | None = None
+    payment_type: str
+    processor: str
+    currency: str | None = None
+    transaction_count: int
+    completed_count: int
+    failed_count: int
+    gross_volume: Decimal
+    refunded_amount: Decimal
+    commission: Decimal
+    processor_fees: Decimal
+    barber_net: Decimal
+
+    def measures(self) -> Measures:
+        return Measures(**{m: getattr(self, m) for m in MEASURES})
+
+
+class VisitRow(msgspec.Struct, frozen=True, kw_only=True):
+    processed_at: datetime
+    revenue: Decimal
+    client_id: int | None
+
+
+class CommissionRow(msgspec.Struct, frozen=True, kw_only=True):
+    currency: str
+    owed: Decimal
+    collected: Decimal
+
+
+class StatusTotal(msgspec.Struct, frozen=True, kw_only=True):
+    status: CollectionStatus
+    currency: str
+    n: int
+    amount: Decimal
+
+
+R = TypeVar("R")
 
 
 _LOCK_FACTS = sa.text(
@@ -32,25 +116,25 @@ def _sums() -> list:
             for m in MEASURES]
 
 
-def _one(result) -> Row | None:
+def _one(result, row_type: type[R]) -> R | None:
     row = result.mappings().first()
-    return dict(row) if row is not None else None
+    return None if row is None else row_type(**row)
 
 
-def _all(result) -> list[Row]:
-    return [dict(r) for r in result.mappings()]
+def _all(result, row_type: type[R]) -> list[R]:
+    return [row_type(**r) for r in result.mappings()]
 
 
 # ---- transaction facts and their rollups -----------------------------------------------------------------
 
-async def lock_facts(session: AsyncSession, transaction_ids: list[str]) -> dict[str, Row]:
+async def lock_facts(session: AsyncSession, transaction_ids: list[str]) -> dict[str, FactRow]:
     """The transactions' facts, with every other writer of them held off until commit: advisory
     locks (so facts not inserted yet are serialised too), taken in one order so that two replicas
     locking overlapping batches cannot deadlock."""
     ids = sorted(set(transaction_ids))  # unnest keeps the array's order: the locks are taken in it
     await session.execute(_LOCK_FACTS, {"ids": ids})
     rows = await session.execute(sa.select(tf).where(tf.c.transaction_id.in_(ids)))
-    return {r["transaction_id"]: dict(r) for r in rows.mappings()}
+    return {r["transaction_id"]: FactRow(**r) for r in rows.mappings()}
 
 
 def _fact_upsert() -> Any:
@@ -70,9 +154,10 @@ def _rollup_upsert() -> Any:
 _SAVE_FACTS, _ADD_TO_ROLLUPS = _fact_upsert(), _rollup_upsert()
 
 
-async def save_facts(session: AsyncSession, rows: list[Row]) -> None:
+async def save_facts(session: AsyncSession, rows: list[FactRow]) -> None:
     if rows:
-        await session.execute(_SAVE_FACTS, sorted(rows, key=lambda r: r["transaction_id"]))
+        await session.execute(_SAVE_FACTS, [msgspec.structs.asdict(r) for r in
+                                            sorted(rows, key=lambda r: r.transaction_id)])
 
 
 async def add_to_daily_payments(session: AsyncSession, deltas: dict[RollupKey, Measures]) -> None:
@@ -85,7 +170,7 @@ async def add_to_daily_payments(session: AsyncSession, deltas: dict[RollupKey, M
 
 
 async def daily_payments(session: AsyncSession, *, barber_id: int, currency: str, start: date, end: date,
-                         source: str | None) -> list[Row]:
+                         source: str | None) -> list[RollupSums]:
     """The rollup rows of one scope (a barber, or 0 for all) and currency over [start, end],
     summed over sources unless one is asked for."""
     where = [dp.c.barber_id == barber_id, dp.c.currency == currency, dp.c.day.between(start, end)]
@@ -93,7 +178,7 @@ async def daily_payments(session: AsyncSession, *, barber_id: int, currency: str
         where.append(dp.c.source == source)
     query = (sa.select(dp.c.day, dp.c.payment_type, dp.c.processor, *_sums())
              .where(*where).group_by(dp.c.day, dp.c.payment_type, dp.c.processor))
-    return _all(await session.execute(query))
+    return _all(await session.execute(query), RollupSums)
 
 
 async def external_commission_until(session: AsyncSession, *, barber_id: int, currency: str, end: date) -> Decimal:
@@ -102,23 +187,23 @@ async def external_commission_until(session: AsyncSession, *, barber_id: int, cu
         dp.c.barber_id == barber_id, dp.c.currency == currency, dp.c.payment_type == "external", dp.c.day <= end))
 
 
-async def barber_visits(session: AsyncSession, barber_id: int, currency: str, since: datetime) -> list[Row]:
+async def barber_visits(session: AsyncSession, barber_id: int, currency: str, since: datetime) -> list[VisitRow]:
     """The barber's payments that took the money since `since`: when, what they kept, who paid."""
     return _all(await session.execute(
         sa.select(tf.c.processed_at, (tf.c.amount - tf.c.refunded_amount).label("revenue"), tf.c.client_id)
         .where(tf.c.barber_id == barber_id, tf.c.currency == currency, tf.c.processed_at > since,
-               tf.c.status.in_(("completed", "partially_refunded", "refunded")))))
+               tf.c.status.in_(("completed", "partially_refunded", "refunded")))), VisitRow)
 
 
 # ---- collections ---------------------------------------------------------------------------------------
 
-async def lock_collection(session: AsyncSession, collection_id: uuid.UUID) -> Row | None:
+async def lock_collection(session: AsyncSession, collection_id: uuid.UUID) -> CollectionFactRow | None:
     await session.execute(sa.select(sa.func.pg_advisory_xact_lock(
         sa.func.hashtextextended(sa.literal(f"analytics-collection:{collection_id}"), 0))))
-    return _one(await session.execute(sa.select(cf).where(cf.c.collection_id == collection_id)))
+    return _one(await session.execute(sa.select(cf).where(cf.c.collection_id == collection_id)), CollectionFactRow)
 
 
-async def save_collection(session: AsyncSession, values: Row) -> None:
+async def save_collection(session: AsyncSession, values: Values) -> None:
     stmt = pg_insert(cf).values(**values)
     await session.execute(stmt.on_conflict_do_update(
         index_elements=[cf.c.collection_id], set_={k: stmt.excluded[k] for k in values if k != "collection_id"}))
@@ -144,15 +229,15 @@ async def collected_between(session: AsyncSession, *, barber_id: int, currency: 
 
 # ---- metrics -----------------------------------------------------------------------------------------------
 
-async def platform_since(session: AsyncSession, since: date) -> list[Row]:
+async def platform_since(session: AsyncSession, since: date) -> list[RollupSums]:
     """All barbers' rollups since `since`, per payment type, processor and currency."""
     return _all(await session.execute(
         sa.select(dp.c.payment_type, dp.c.processor, dp.c.currency, *_sums())
         .where(dp.c.barber_id == ALL_BARBERS, dp.c.day >= since)
-        .group_by(dp.c.payment_type, dp.c.processor, dp.c.currency)))
+        .group_by(dp.c.payment_type, dp.c.processor, dp.c.currency)), RollupSums)
 
 
-async def commission_by_currency(session: AsyncSession) -> list[Row]:
+async def commission_by_currency(session: AsyncSession) -> list[CommissionRow]:
     """Per currency, all time: external commission kept, and commission collected."""
     owed = (sa.select(dp.c.currency, sa.func.sum(dp.c.commission).label("owed"))
             .where(dp.c.barber_id == ALL_BARBERS, dp.c.payment_type == "external").group_by(dp.c.currency)
@@ -163,10 +248,10 @@ async def commission_by_currency(session: AsyncSession) -> list[Row]:
         sa.select(sa.func.coalesce(owed.c.currency, paid.c.currency).label("currency"),
                   sa.func.coalesce(owed.c.owed, 0).label("owed"),
                   sa.func.coalesce(paid.c.collected, 0).label("collected"))
-        .select_from(owed.join(paid, owed.c.currency == paid.c.currency, full=True))))
+        .select_from(owed.join(paid, owed.c.currency == paid.c.currency, full=True))), CommissionRow)
 
 
-async def collections_by_status(session: AsyncSession) -> list[Row]:
+async def collections_by_status(session: AsyncSession) -> list[StatusTotal]:
     return _all(await session.execute(
         sa.select(cf.c.status, cf.c.currency, sa.func.count().label("n"), sa.func.sum(cf.c.amount).label("amount"))
-        .group_by(cf.c.status, cf.c.currency)))
+        .group_by(cf.c.status, cf.c.currency)), StatusTotal)

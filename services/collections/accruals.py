@@ -41,9 +41,9 @@ class AccrualService:
             state = await store.lock_transaction_state(session, tx.transaction_id)
             if state is None:  # inserted (or raced in) just now in this very transaction
                 raise RuntimeError(f"transaction state {tx.transaction_id} vanished after its insert")
-        if tx.sequence <= state["sequence"]:
+        if tx.sequence <= state.sequence:
             return  # an older state than the one already applied
-        before = Owed(state["commission_accrued"], state["commission_reversed"])
+        before = Owed(state.commission_accrued, state.commission_reversed)
         after = owed(payment_type=tx.payment_type, status=tx.status, amount=tx.amount,
                      refunded_amount=tx.refunded_amount, commission=tx.commission_amount, currency=tx.currency)
         deltas = accrual_deltas(before, after)

@@ -33,13 +33,11 @@ class AggregationService:
         now = now or self.clock()
         s = self.settings
         async with self.rt.uow() as uow:
-            rows = await store.bill_unbilled(
+            rows, billed = await store.bill_unbilled(
                 uow.session, ends=window_ends(now), now=now, minimum=s.minimum_collection_amount,
                 default_frequency=s.commission_collection_frequency, default_auto=s.auto_collection_enabled,
                 force=force, barber_id=barber_id, due=due_date(now))
-            billed = rows[0]["billed_count"] if rows else 0
             for row in rows:
-                del row["billed_count"]
                 uow.emit(collection_due(row, attempt=1))
             out = RunOut(created=[collection_out(r) for r in rows], accruals_billed=billed)
             if claim:

@@ -23,6 +23,7 @@ import structlog
 
 from services.collections import store
 from services.collections.domain import after_failure
+from services.collections.store import AttemptRow, BarberSettingsRow, ChargeMethod, CollectionRow, PaymentMethodRow
 from services.collections.mapping import collection_due, collection_out, collection_settled
 from services.collections.settings import CollectionsSettings
 from services.collections.wire import CollectionOut
@@ -38,31 +39,31 @@ from shared.service import ServiceRuntime
 
 log = structlog.get_logger("collections")
 Clock = Callable[[], datetime]
-Row = dict[str, Any]
+Values = dict[str, Any]
 CLOCK_SKEW = timedelta(minutes=5)
 
 
-def charge_operation(processor: p.PlatformProcessor, attempt: Row, collection: Row, source: str,
+def charge_operation(processor: p.PlatformProcessor, attempt: AttemptRow, collection: CollectionRow, source: str,
                      customer: str | None, *, timeout: float) -> attempts.Operation[p.PaymentResult]:
     """How the pipeline makes, retrieves and finds this attempt's charge: an off-session PaymentIntent
-    on the saved payment method, or a debit of the Connect account (`attempt["method"]`)."""
+    on the saved payment method, or a debit of the Connect account (`attempt.method`)."""
     request = p.PaymentRequest(
-        amount=collection["amount"], currency=collection["currency"], payment_method=source,
-        idempotency_key=attempt["processor_idempotency_key"], reference=str(attempt["id"]), customer=customer,
-        off_session=attempt["method"] == "payment_method",
-        description=f"Platform commission, collection {collection['id']}",
-        metadata={"collection_id": str(collection["id"]), "barber_id": str(collection["barber_id"]),
-                  "attempt": str(attempt["attempt"])},
+        amount=collection.amount, currency=collection.currency, payment_method=source,
+        idempotency_key=attempt.processor_idempotency_key, reference=str(attempt.id), customer=customer,
+        off_session=attempt.method == "payment_method",
+        description=f"Platform commission, collection {collection.id}",
+        metadata={"collection_id": str(collection.id), "barber_id": str(collection.barber_id),
+                  "attempt": str(attempt.attempt)},
     )
-    since = attempt["created_at"] - CLOCK_SKEW
-    until = max(attempt["updated_at"], attempt["created_at"]) + timedelta(seconds=timeout) + CLOCK_SKEW
-    if attempt["method"] == "connect_debit":
+    since = attempt.created_at - CLOCK_SKEW
+    until = max(attempt.updated_at, attempt.created_at) + timedelta(seconds=timeout) + CLOCK_SKEW
+    if attempt.method == "connect_debit":
         return attempts.Operation(
             create=lambda: processor.debit_connected_account(request), retrieve=processor.retrieve_debit,
-            find=lambda: p.find_debit(processor, str(attempt["id"]), since=since, until=until), processor=processor)
+            find=lambda: p.find_debit(processor, str(attempt.id), since=since, until=until), processor=processor)
     return attempts.Operation(
         create=lambda: processor.create_payment(request), retrieve=processor.retrieve_payment,
-        find=lambda: p.find_payment(processor, str(attempt["id"]), since=since, until=until), processor=processor)
+        find=lambda: p.find_payment(processor, str(attempt.id), since=since, until=until), processor=processor)
 
 
 class CollectingService:
@@ -81,19 +82,19 @@ class CollectingService:
         collection = await store.load_collection(session, uuid.UUID(due.collection_id), lock=True)
         if collection is None:
             raise ValueError(f"collection.due for an unknown collection {due.collection_id}")
-        if collection["status"] == "collected":
+        if collection.status == "collected":
             return  # paid already: never charged again
-        attempt = await store.attempt_of(session, collection["id"], due.attempt)
+        attempt = await store.attempt_of(session, collection.id, due.attempt)
         if attempt is None:
             attempt_id = uuid.uuid4()
             now = self.clock()
             attempt = await store.insert_attempt(session, dict(
-                id=attempt_id, collection_id=collection["id"], attempt=due.attempt, status="pending",
+                id=attempt_id, collection_id=collection.id, attempt=due.attempt, status="pending",
                 processor_idempotency_key=f"hp-coll-{attempt_id}", created_at=now,
                 # Backdated: nobody drives it until after commit, and the sweeper may take it then.
                 updated_at=now - timedelta(seconds=self.settings.pending_sweep_after)))
-        if attempt is not None and attempt["status"] == "pending":
-            uow.after_commit(lambda: self._spawn(attempt["id"]))
+        if attempt is not None and attempt.status == "pending":
+            uow.after_commit(lambda: self._spawn(attempt.id))
 
     def _spawn(self, attempt_id: uuid.UUID) -> None:
         task = asyncio.create_task(self.drive(attempt_id))
@@ -110,16 +111,16 @@ class CollectingService:
             if attempt is None:
                 await uow.commit()
                 return "settled"
-            collection = await store.load_collection(uow.session, attempt["collection_id"])
-            barber = await store.load_settings(uow.session, collection["barber_id"]) if collection else None
-            method = await store.load_payment_method(uow.session, collection["barber_id"]) if collection else None
+            collection = await store.load_collection(uow.session, attempt.collection_id)
+            barber = await store.load_settings(uow.session, collection.barber_id) if collection else None
+            method = await store.load_payment_method(uow.session, collection.barber_id) if collection else None
             source, customer, how = _how_to_charge(attempt, method, barber)
-            if attempt["method"] is None and how is not None:  # fixed for good: a look-up asks for this
-                attempt = await store.note_attempt(uow.session, attempt["id"], {"method": how}) or attempt
+            if attempt.method is None and how is not None:  # fixed for good: a look-up asks for this
+                attempt = await store.note_attempt(uow.session, attempt.id, {"method": how}) or attempt
             await uow.commit()
         if collection is None:
             return "skipped"
-        if collection["status"] == "collected":
+        if collection.status == "collected":
             return await self._settle(attempt, collection, "failed", None, None, "already collected")
         if how is None or source is None:
             COLLECTION_ATTEMPTS.labels("no_payment_method").inc()
@@ -128,16 +129,17 @@ class CollectingService:
             return await self._settle(attempt, collection, "failed", how, None, "processor_not_configured")
         op = charge_operation(self.processor, attempt, collection, source, customer,
                               timeout=self.settings.stripe_timeout)
-        state = attempts.Attempt(processor_id=attempt["payment_intent_id"], created_at=attempt["created_at"])
+        state = attempts.Attempt(processor_id=attempt.payment_intent_id, created_at=attempt.created_at)
         if sweeping:
             outcome = await attempts.look_up(op, state, now=now)
-            if outcome.kind == "absent" and now - attempt["created_at"] < key_lifetime(self.processor) / 2:
+            if outcome.kind == "absent" and now - attempt.created_at < key_lifetime(self.processor) / 2:
                 outcome = await attempts.call(op, state, now=now)  # Stripe never saw it: send it now, same key
         else:
             outcome = await attempts.call(op, state, now=now)
         return await self._record(attempt, collection, how, outcome)
 
-    async def _record(self, attempt: Row, collection: Row, how: str, outcome: attempts.Outcome[p.PaymentResult]) -> str:
+    async def _record(self, attempt: AttemptRow, collection: CollectionRow, how: str,
+                      outcome: attempts.Outcome[p.PaymentResult]) -> str:
         result = outcome.result
         if outcome.kind == "answered" and result is not None:
             if result.status == "completed":
@@ -162,57 +164,57 @@ class CollectingService:
                                       "never reached Stripe" if outcome.kind == "absent" else reason)
         # Unknown, refused this time, or not listed yet: it stays pending; the sweeper looks it up.
         COLLECTION_ATTEMPTS.labels("unknown").inc()
-        log.warning("collection_attempt_unknown", attempt_id=str(attempt["id"]), error=outcome.message)
+        log.warning("collection_attempt_unknown", attempt_id=str(attempt.id), error=outcome.message)
         await self._pending(attempt, {})
         return "pending"
 
-    async def _pending(self, attempt: Row, values: Row) -> None:
+    async def _pending(self, attempt: AttemptRow, values: Values) -> None:
         """Still pending: note what is known, and look again a sweep interval from now."""
         later = self.clock() + timedelta(seconds=self.settings.pending_sweep_after)
         async with self.rt.uow() as uow:
-            await store.note_attempt(uow.session, attempt["id"], {**values, "next_check_at": later})
+            await store.note_attempt(uow.session, attempt.id, {**values, "next_check_at": later})
             await uow.commit()
 
-    async def _settle(self, attempt: Row, collection: Row, outcome: str, method: str | None,
+    async def _settle(self, attempt: AttemptRow, collection: CollectionRow, outcome: str, method: str | None,
                       payment_intent_id: str | None, reason: str | None) -> str:
         now = self.clock()
         async with self.rt.uow() as uow:
-            current = await store.load_collection(uow.session, collection["id"], lock=True)
-            settled = await store.settle_attempt(uow.session, attempt["id"], dict(
-                status=outcome, method=method or attempt["method"],
-                payment_intent_id=payment_intent_id or attempt["payment_intent_id"], failure_reason=reason,
+            current = await store.load_collection(uow.session, collection.id, lock=True)
+            settled = await store.settle_attempt(uow.session, attempt.id, dict(
+                status=outcome, method=method or attempt.method,
+                payment_intent_id=payment_intent_id or attempt.payment_intent_id, failure_reason=reason,
                 updated_at=now))
             if settled is None or current is None:  # someone settled it first
                 await uow.commit()
                 return "settled"
-            if current["status"] == "collected":
+            if current.status == "collected":
                 await uow.commit()
                 return "collected"
             if outcome == "succeeded":
-                values = dict(status="collected", collected_at=now, payment_intent_id=settled["payment_intent_id"],
-                              collection_method=settled["method"], failed_reason=None, next_attempt_at=None,
-                              attempts=max(current["attempts"], attempt["attempt"]), updated_at=now)
+                values = dict(status="collected", collected_at=now, payment_intent_id=settled.payment_intent_id,
+                              collection_method=settled.method, failed_reason=None, next_attempt_at=None,
+                              attempts=max(current.attempts, attempt.attempt), updated_at=now)
             else:
-                first_failed = current["first_failed_at"] or now
-                after = after_failure(attempts=attempt["attempt"], first_failed_at=first_failed,
+                first_failed = current.first_failed_at or now
+                after = after_failure(attempts=attempt.attempt, first_failed_at=first_failed,
                                       retry_days=self.settings.retry_days)
                 values = dict(status=after.status, failed_reason=reason, first_failed_at=first_failed,
-                              next_attempt_at=after.next_attempt_at, collection_method=settled["method"],
-                              attempts=max(current["attempts"], attempt["attempt"]), updated_at=now)
-            row = await store.update_collection(uow.session, current["id"], values)
+                              next_attempt_at=after.next_attempt_at, collection_method=settled.method,
+                              attempts=max(current.attempts, attempt.attempt), updated_at=now)
+            row = await store.update_collection(uow.session, current.id, values)
             uow.emit(collection_settled(row))
             await uow.commit()
-        log.info("collection_settled", collection_id=str(row["id"]), status=row["status"], attempt=attempt["attempt"])
-        return row["status"]
+        log.info("collection_settled", collection_id=str(row.id), status=row.status, attempt=attempt.attempt)
+        return row.status
 
     async def dunning(self, now: datetime) -> int:
         """Failed collections whose next attempt is due: ask for it (`collection.due`)."""
         async with self.rt.uow() as uow:
             due = await store.retries_due(uow.session, now, limit=500)
             for row in due:
-                row = await store.update_collection(uow.session, row["id"], {"next_attempt_at": None,
+                row = await store.update_collection(uow.session, row.id, {"next_attempt_at": None,
                                                                              "updated_at": now})
-                uow.emit(collection_due(row, attempt=row["attempts"] + 1))
+                uow.emit(collection_due(row, attempt=row.attempts + 1))
             await uow.commit()
         return len(due)
 
@@ -224,13 +226,13 @@ class CollectingService:
             row = await store.load_collection(uow.session, collection_id, lock=True)
             if row is None:
                 raise not_found(f"collection {collection_id}")
-            if row["status"] not in ("failed", "overdue"):
-                raise ProblemError(409, "not_retryable", f"a {row['status']} collection is not retried")
-            pending = await store.attempt_of(uow.session, row["id"], row["attempts"] + 1)
+            if row.status not in ("failed", "overdue"):
+                raise ProblemError(409, "not_retryable", f"a {row.status} collection is not retried")
+            pending = await store.attempt_of(uow.session, row.id, row.attempts + 1)
             if pending is None:
-                row = await store.update_collection(uow.session, row["id"], {"next_attempt_at": None,
+                row = await store.update_collection(uow.session, row.id, {"next_attempt_at": None,
                                                                              "updated_at": now})
-                uow.emit(collection_due(row, attempt=row["attempts"] + 1))
+                uow.emit(collection_due(row, attempt=row.attempts + 1))
             out = collection_out(row)
             if claim:
                 claim.record(uow, 200, out)
@@ -243,13 +245,13 @@ class CollectingService:
         untouched_since = now - timedelta(seconds=self.settings.pending_sweep_after)
         async with self.rt.uow() as uow:
             rows = await store.pending_attempts(uow.session, untouched_since, now, limit=200)
-        outcomes = await attempts.sweep(rows, lambda row: self.drive(row["id"], sweeping=True),
+        outcomes = await attempts.sweep(rows, lambda row: self.drive(row.id, sweeping=True),
                                         lambda row: self._back_off(row, now))
         if outcomes:
             log.info("collection_attempts_swept", **outcomes)
         return len(rows)
 
-    async def _back_off(self, row: Row, now: datetime) -> None:
+    async def _back_off(self, row: AttemptRow, now: datetime) -> None:
         async with self.rt.uow() as uow:
             await store.back_off_attempt(uow.session, row, now)
             await uow.commit()
@@ -259,13 +261,14 @@ class CollectingService:
             await asyncio.wait(self._drives, timeout=5)
 
 
-def _how_to_charge(attempt: Row, method: Row | None, barber: Row | None) -> tuple[str | None, str | None, str | None]:
+def _how_to_charge(attempt: AttemptRow, method: PaymentMethodRow | None,
+                   barber: BarberSettingsRow | None) -> tuple[str | None, str | None, ChargeMethod | None]:
     """(source, customer, how) for an attempt: the saved payment method, else the Connect account;
     an attempt already driven keeps the way it was first charged."""
-    connect = barber["connect_account_id"] if barber else None
-    how = attempt["method"] or ("payment_method" if method is not None else "connect_debit" if connect else None)
+    connect = barber.connect_account_id if barber else None
+    how = attempt.method or ("payment_method" if method is not None else "connect_debit" if connect else None)
     if how == "payment_method" and method is not None:
-        return method["stripe_payment_method_id"], method["stripe_customer_id"], how
+        return method.stripe_payment_method_id, method.stripe_customer_id, how
     if how == "connect_debit" and connect:
         return connect, None, how
     return None, None, how

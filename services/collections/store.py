@@ -1,5 +1,6 @@
-"""The collections service's named queries over a unit of work's session. Rows come back as plain
-dicts. Aggregation is one set-based statement per run (`bill_unbilled`), serialised by a
+"""The collections service's named queries over a unit of work's session. Rows come back as typed,
+frozen structs, one per table (`CollectionRow`, `AttemptRow`, ...); values written go in as dicts of
+columns. Aggregation is one set-based statement per run (`bill_unbilled`), serialised by a
 transaction-level advisory lock, so two replicas running it at once bill every accrual once."""
 
 from __future__ import annotations
@@ -7,8 +8,9 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, TypeVar
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,24 +20,120 @@ from shared import attempts
 from shared.pagination import after_cursor
 from shared.scheduler import lock_key
 
-Row = dict[str, Any]
+Values = dict[str, Any]  # columns to write
 bs, pm, ts, ac, pc, at = (t.barber_settings, t.payment_methods, t.transaction_states, t.accruals,
                           t.collections, t.attempts)
 AGGREGATION_LOCK = lock_key("collections-aggregation")
 
+CollectionStatus = Literal["pending", "collected", "failed", "overdue"]
+AttemptStatus = Literal["pending", "succeeded", "failed"]
+ChargeMethod = Literal["payment_method", "connect_debit"]
+Frequency = Literal["daily", "weekly", "monthly"]
 
-def _one(result) -> Row | None:
+
+class BarberSettingsRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of collections.barber_settings (from the router's `config.changed`)."""
+
+    barber_id: int
+    commission_collection_frequency: Frequency
+    auto_collection_enabled: bool
+    connect_account_id: str | None
+    commission_rate: Decimal
+    config_version: int
+    updated_at: datetime
+
+
+class PaymentMethodRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of collections.payment_methods."""
+
+    barber_id: int
+    stripe_customer_id: str | None
+    stripe_payment_method_id: str
+    updated_at: datetime
+
+
+class TransactionStateRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of collections.transaction_states: what a transaction owed at the last event applied."""
+
+    transaction_id: str
+    barber_id: int
+    currency: str
+    sequence: int
+    status: str
+    amount: Decimal
+    refunded_amount: Decimal
+    commission_amount: Decimal
+    commission_accrued: Decimal
+    commission_reversed: Decimal
+    updated_at: datetime
+
+
+class CollectionRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of collections.platform_collections."""
+
+    id: uuid.UUID
+    barber_id: int
+    amount: Decimal
+    currency: str
+    collection_type: str
+    status: CollectionStatus
+    external_transaction_ids: list[str]
+    commission_rate: Decimal | None
+    due_date: date
+    collection_method: ChargeMethod | None
+    stripe_invoice_id: str | None
+    payment_intent_id: str | None
+    collected_at: datetime | None
+    failed_reason: str | None
+    attempts: int
+    first_failed_at: datetime | None
+    next_attempt_at: datetime | None
+    period_end: datetime
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class AttemptRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of collections.collection_attempts."""
+
+    id: uuid.UUID
+    collection_id: uuid.UUID
+    attempt: int
+    status: AttemptStatus
+    method: ChargeMethod | None
+    processor_idempotency_key: str
+    payment_intent_id: str | None
+    failure_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    next_check_at: datetime | None
+    check_failures: int
+
+
+R = TypeVar("R")
+
+
+def _one(result, row_type: type[R]) -> R | None:
     row = result.mappings().first()
-    return dict(row) if row is not None else None
+    return None if row is None else row_type(**row)
 
 
-def _all(result) -> list[Row]:
-    return [dict(r) for r in result.mappings()]
+def _only(result, row_type: type[R]) -> R:
+    """The row a statement must return (an update of a locked row, an upsert's RETURNING)."""
+    row = result.mappings().first()
+    if row is None:
+        raise RuntimeError(f"expected a {row_type.__name__}, the statement returned none")
+    return row_type(**row)
+
+
+def _all(result, row_type: type[R]) -> list[R]:
+    return [row_type(**r) for r in result.mappings()]
 
 
 # ---- barber settings and payment methods ------------------------------------------------------------
 
-async def upsert_settings(session: AsyncSession, values: Row) -> None:
+async def upsert_settings(session: AsyncSession, values: Values) -> None:
     """An older config never overwrites a newer one."""
     stmt = pg_insert(bs).values(**values)
     await session.execute(stmt.on_conflict_do_update(
@@ -43,38 +141,39 @@ async def upsert_settings(session: AsyncSession, values: Row) -> None:
         where=bs.c.config_version <= stmt.excluded.config_version))
 
 
-async def load_settings(session: AsyncSession, barber_id: int) -> Row | None:
-    return _one(await session.execute(sa.select(bs).where(bs.c.barber_id == barber_id)))
+async def load_settings(session: AsyncSession, barber_id: int) -> BarberSettingsRow | None:
+    return _one(await session.execute(sa.select(bs).where(bs.c.barber_id == barber_id)), BarberSettingsRow)
 
 
-async def load_payment_method(session: AsyncSession, barber_id: int) -> Row | None:
-    return _one(await session.execute(sa.select(pm).where(pm.c.barber_id == barber_id)))
+async def load_payment_method(session: AsyncSession, barber_id: int) -> PaymentMethodRow | None:
+    return _one(await session.execute(sa.select(pm).where(pm.c.barber_id == barber_id)), PaymentMethodRow)
 
 
-async def upsert_payment_method(session: AsyncSession, values: Row) -> Row:
+async def upsert_payment_method(session: AsyncSession, values: Values) -> PaymentMethodRow:
     stmt = pg_insert(pm).values(**values)
-    return _one(await session.execute(stmt.on_conflict_do_update(
+    return _only(await session.execute(stmt.on_conflict_do_update(
         index_elements=[pm.c.barber_id], set_={k: v for k, v in values.items() if k != "barber_id"},
-    ).returning(pm)))  # type: ignore[return-value]
+    ).returning(pm)), PaymentMethodRow)
 
 
 # ---- accruals ---------------------------------------------------------------------------------------
 
-async def lock_transaction_state(session: AsyncSession, transaction_id: str) -> Row | None:
-    return _one(await session.execute(sa.select(ts).where(ts.c.transaction_id == transaction_id).with_for_update()))
+async def lock_transaction_state(session: AsyncSession, transaction_id: str) -> TransactionStateRow | None:
+    return _one(await session.execute(sa.select(ts).where(ts.c.transaction_id == transaction_id).with_for_update()),
+                TransactionStateRow)
 
 
-async def insert_transaction_state(session: AsyncSession, values: Row) -> bool:
+async def insert_transaction_state(session: AsyncSession, values: Values) -> bool:
     """False when a concurrent event for the same transaction inserted it first."""
     result = await session.execute(pg_insert(ts).values(**values).on_conflict_do_nothing().returning(ts.c.sequence))
     return result.first() is not None
 
 
-async def update_transaction_state(session: AsyncSession, transaction_id: str, values: Row) -> None:
+async def update_transaction_state(session: AsyncSession, transaction_id: str, values: Values) -> None:
     await session.execute(sa.update(ts).where(ts.c.transaction_id == transaction_id).values(**values))
 
 
-async def insert_accruals(session: AsyncSession, rows: list[Row]) -> None:
+async def insert_accruals(session: AsyncSession, rows: list[Values]) -> None:
     if rows:
         await session.execute(sa.insert(ac), rows)
 
@@ -83,10 +182,11 @@ async def insert_accruals(session: AsyncSession, rows: list[Row]) -> None:
 
 async def bill_unbilled(session: AsyncSession, *, ends: dict[str, datetime], now: datetime, minimum: Decimal,
                         default_frequency: str, default_auto: bool, force: bool, barber_id: int | None,
-                        due: date) -> list[Row]:
+                        due: date) -> tuple[list[CollectionRow], int]:
     """The plan of `domain.plan_collections`, run set-based: lock the run, group the unbilled
     accruals before each barber's window end, create one collection per (barber, currency) at or
-    above the minimum, and mark exactly the accruals that make its amount. Returns the new rows."""
+    above the minimum, and mark exactly the accruals that make its amount. Returns the new
+    collections and how many accruals they billed."""
     await session.execute(sa.select(sa.func.pg_advisory_xact_lock(AGGREGATION_LOCK)))
     frequency = sa.func.coalesce(bs.c.commission_collection_frequency, default_frequency)
     end = sa.literal(now) if force else sa.case(
@@ -122,75 +222,82 @@ async def bill_unbilled(session: AsyncSession, *, ends: dict[str, datetime], now
         ac.c.id == candidates.c.id, candidates.c.barber_id == groups.c.barber_id,
         candidates.c.currency == groups.c.currency,
     ).values(collection_id=groups.c.collection_id).returning(ac.c.id).cte("billed"))
-    rows = await session.execute(
-        sa.select(created, sa.select(sa.func.count()).select_from(billed).scalar_subquery().label("billed_count")))
-    return _all(rows)
+    rows = [dict(r) for r in (await session.execute(
+        sa.select(created, sa.select(sa.func.count()).select_from(billed).scalar_subquery().label("billed_count"))
+    )).mappings()]
+    billed_count = rows[0].pop("billed_count") if rows else 0
+    for row in rows[1:]:
+        del row["billed_count"]
+    return [CollectionRow(**row) for row in rows], billed_count
 
 
 # ---- collections and attempts ---------------------------------------------------------------------------
 
-async def load_collection(session: AsyncSession, collection_id: uuid.UUID, *, lock: bool = False) -> Row | None:
+async def load_collection(session: AsyncSession, collection_id: uuid.UUID, *,
+                          lock: bool = False) -> CollectionRow | None:
     query = sa.select(pc).where(pc.c.id == collection_id)
-    return _one(await session.execute(query.with_for_update() if lock else query))
+    return _one(await session.execute(query.with_for_update() if lock else query), CollectionRow)
 
 
-async def update_collection(session: AsyncSession, collection_id: uuid.UUID, values: Row) -> Row:
-    return _one(await session.execute(sa.update(pc).where(pc.c.id == collection_id)
-                                      .values(**values, version=pc.c.version + 1).returning(pc)))  # type: ignore
+async def update_collection(session: AsyncSession, collection_id: uuid.UUID, values: Values) -> CollectionRow:
+    return _only(await session.execute(sa.update(pc).where(pc.c.id == collection_id)
+                                       .values(**values, version=pc.c.version + 1).returning(pc)), CollectionRow)
 
 
-async def attempt_of(session: AsyncSession, collection_id: uuid.UUID, number: int) -> Row | None:
+async def attempt_of(session: AsyncSession, collection_id: uuid.UUID, number: int) -> AttemptRow | None:
     return _one(await session.execute(sa.select(at).where(at.c.collection_id == collection_id,
-                                                          at.c.attempt == number)))
+                                                          at.c.attempt == number)), AttemptRow)
 
 
-async def insert_attempt(session: AsyncSession, values: Row) -> Row | None:
+async def insert_attempt(session: AsyncSession, values: Values) -> AttemptRow | None:
     return _one(await session.execute(pg_insert(at).values(**values).on_conflict_do_nothing(
-        constraint="attempts_once").returning(at)))
+        constraint="attempts_once").returning(at)), AttemptRow)
 
 
-async def touch_pending_attempt(session: AsyncSession, attempt_id: uuid.UUID, now: datetime) -> Row | None:
+async def touch_pending_attempt(session: AsyncSession, attempt_id: uuid.UUID, now: datetime) -> AttemptRow | None:
     return _one(await session.execute(sa.update(at).where(at.c.id == attempt_id, at.c.status == "pending")
-                                      .values(updated_at=now).returning(at)))
+                                      .values(updated_at=now).returning(at)), AttemptRow)
 
 
-async def settle_attempt(session: AsyncSession, attempt_id: uuid.UUID, values: Row, *,
-                         untouched_since: datetime | None = None) -> Row | None:
+async def settle_attempt(session: AsyncSession, attempt_id: uuid.UUID, values: Values, *,
+                         untouched_since: datetime | None = None) -> AttemptRow | None:
     where = [at.c.id == attempt_id, at.c.status == "pending"]
     if untouched_since is not None:
         where.append(at.c.updated_at < untouched_since)
-    return _one(await session.execute(sa.update(at).where(*where).values(**values).returning(at)))
+    return _one(await session.execute(sa.update(at).where(*where).values(**values).returning(at)), AttemptRow)
 
 
-async def note_attempt(session: AsyncSession, attempt_id: uuid.UUID, values: Row) -> Row | None:
+async def note_attempt(session: AsyncSession, attempt_id: uuid.UUID, values: Values) -> AttemptRow | None:
     """What is known of a pending attempt before its outcome (how it charges, Stripe's id for it)."""
     return _one(await session.execute(sa.update(at).where(at.c.id == attempt_id, at.c.status == "pending")
-                                      .values(**values).returning(at)))
+                                      .values(**values).returning(at)), AttemptRow)
 
 
-async def pending_attempts(session: AsyncSession, untouched_since: datetime, now: datetime, limit: int) -> list[Row]:
+async def pending_attempts(session: AsyncSession, untouched_since: datetime, now: datetime,
+                           limit: int) -> list[AttemptRow]:
     """Attempts nobody is driving, not backed off, oldest first."""
     return _all(await session.execute(sa.select(at).where(
         at.c.status == "pending", at.c.updated_at < untouched_since, attempts.due(at, now))
-        .order_by(attempts.sweep_order(at)).limit(limit)))
+        .order_by(attempts.sweep_order(at)).limit(limit)), AttemptRow)
 
 
-async def back_off_attempt(session: AsyncSession, row: Row, now: datetime) -> None:
-    await attempts.back_off(session, at, row["id"], row["check_failures"], now)
+async def back_off_attempt(session: AsyncSession, row: AttemptRow, now: datetime) -> None:
+    await attempts.back_off(session, at, row.id, row.check_failures, now)
 
 
 async def check_attempt_later(session: AsyncSession, attempt_id: uuid.UUID, when: datetime) -> None:
     await attempts.check_later(session, at, attempt_id, when)
 
 
-async def retries_due(session: AsyncSession, now: datetime, limit: int) -> list[Row]:
+async def retries_due(session: AsyncSession, now: datetime, limit: int) -> list[CollectionRow]:
     return _all(await session.execute(sa.select(pc).where(pc.c.status == "failed", pc.c.next_attempt_at <= now)
-                                      .order_by(pc.c.next_attempt_at).limit(limit).with_for_update(skip_locked=True)))
+                                      .order_by(pc.c.next_attempt_at).limit(limit).with_for_update(skip_locked=True)),
+                CollectionRow)
 
 
 async def list_collections(session: AsyncSession, *, barber_id: int | None, status: str | None,
                            currency: str | None, since: datetime | None, until: datetime | None,
-                           cursor: str | None, limit: int) -> list[Row]:
+                           cursor: str | None, limit: int) -> list[CollectionRow]:
     where = [x for x in (
         pc.c.barber_id == barber_id if barber_id is not None else None,
         pc.c.status == status if status is not None else None,
@@ -200,10 +307,23 @@ async def list_collections(session: AsyncSession, *, barber_id: int | None, stat
         after_cursor(pc.c.created_at, pc.c.id, cursor, uuid.UUID),
     ) if x is not None]
     return _all(await session.execute(sa.select(pc).where(*where).order_by(pc.c.created_at.desc(), pc.c.id.desc())
-                                      .limit(limit + 1)))
+                                      .limit(limit + 1)), CollectionRow)
 
 
-async def balance(session: AsyncSession, barber_id: int, currency: str) -> Row:
+class Balance(msgspec.Struct, frozen=True, kw_only=True):
+    unbilled: Decimal
+    by_status: dict[str, Decimal]
+    accrued: Decimal
+
+
+class StatusTotal(msgspec.Struct, frozen=True, kw_only=True):
+    status: CollectionStatus
+    currency: str
+    n: int
+    amount: Decimal
+
+
+async def balance(session: AsyncSession, barber_id: int, currency: str) -> Balance:
     """Unbilled accruals, and collections by status, for one barber in one currency."""
     unbilled = await session.scalar(sa.select(sa.func.coalesce(sa.func.sum(ac.c.amount), 0)).where(
         ac.c.barber_id == barber_id, ac.c.currency == currency, ac.c.collection_id.is_(None)))
@@ -211,11 +331,11 @@ async def balance(session: AsyncSession, barber_id: int, currency: str) -> Row:
         pc.c.barber_id == barber_id, pc.c.currency == currency).group_by(pc.c.status))).all())
     accrued = await session.scalar(sa.select(sa.func.coalesce(sa.func.sum(ac.c.amount), 0)).where(
         ac.c.barber_id == barber_id, ac.c.currency == currency))
-    return {"unbilled": Decimal(unbilled), "by_status": {k: Decimal(v) for k, v in by_status.items()},
-            "accrued": Decimal(accrued)}
+    return Balance(unbilled=Decimal(unbilled), by_status={k: Decimal(v) for k, v in by_status.items()},
+                   accrued=Decimal(accrued))
 
 
-async def totals_by_status(session: AsyncSession) -> list[Row]:
+async def totals_by_status(session: AsyncSession) -> list[StatusTotal]:
     return _all(await session.execute(sa.select(pc.c.status, pc.c.currency, sa.func.count().label("n"),
                                                 sa.func.sum(pc.c.amount).label("amount"))
-                                      .group_by(pc.c.status, pc.c.currency)))
+                                      .group_by(pc.c.status, pc.c.currency)), StatusTotal)

@@ -26,9 +26,11 @@ from services.external.processors import (
     parse_credentials,
 )
 from services.external.settings import ExternalSettings
+from services.external.store import ConnectionRow
 from services.external.wire import ConnectionIn, ConnectionOut, ConnectionPage, ConnectionUpdate
 from shared.auth import Principal, acting_barber_id
 from shared.errors import ProblemError, not_found, validation_error
+from shared.events import ConnectionChanged
 from shared.idempotency import Claim
 from shared.observability import DOUBLE_CHARGES, UNATTRIBUTED_PAYMENTS
 from shared.pagination import page_of
@@ -51,16 +53,16 @@ class ConnectionService:
     def webhook_url(self, processor: str, connection_id: int) -> str:
         return f"{self.settings.webhook_base_url.rstrip('/')}/api/v1/webhooks/{processor}/{connection_id}"
 
-    def _out(self, row: dict[str, Any]) -> ConnectionOut:
-        return connection_out(row, processor_enabled=self.settings.enabled(row["processor_type"]))
+    def _out(self, row: ConnectionRow) -> ConnectionOut:
+        return connection_out(row, processor_enabled=self.settings.enabled(row.processor_type))
 
-    def _changed(self, row: dict[str, Any]):
-        return connection_changed(row, processor_enabled=self.settings.enabled(row["processor_type"]))
+    def _changed(self, row: ConnectionRow) -> ConnectionChanged:
+        return connection_changed(row, processor_enabled=self.settings.enabled(row.processor_type))
 
-    def _emit(self, uow, row: dict[str, Any]) -> None:
+    def _emit(self, uow, row: ConnectionRow) -> None:
         """`connection.changed` for this row, and (after commit) the local caches told."""
         uow.emit(self._changed(row))
-        uow.after_commit(lambda: [listener(row["id"]) for listener in self.listeners])
+        uow.after_commit(lambda: [listener(row.id) for listener in self.listeners])
 
     async def create(self, principal: Principal, body: ConnectionIn, claim: Claim | None) -> ConnectionOut:
         barber_id = acting_barber_id(principal, body.barber_id)
@@ -87,8 +89,8 @@ class ConnectionService:
             if row is None:
                 raise ProblemError(409, "connection_exists", f"barber {barber_id} already has a {body.processor} "
                                    f"connection for account {body.account_id!r}", field="account_id")
-            row = await store.update_connection(uow.session, row["id"], {
-                "webhook_url": self.webhook_url(body.processor, row["id"]),
+            row = await store.update_connection(uow.session, row.id, {
+                "webhook_url": self.webhook_url(body.processor, row.id),
                 "published_status": published_status("pending", self.settings.enabled(body.processor))})
             self._emit(uow, row)
             await uow.commit()
@@ -100,21 +102,21 @@ class ConnectionService:
                 await uow.commit()
         return out
 
-    async def _check(self, row: dict[str, Any], credentials: msgspec.Struct) -> dict[str, Any]:
+    async def _check(self, row: ConnectionRow, credentials: msgspec.Struct) -> ConnectionRow:
         """Ask the processor whether it accepts the credentials; register the webhook endpoint when
         the connection has no secret yet. Records the outcome with its event."""
-        processor = row["processor_type"]
+        processor = row.processor_type
         adapter = build_adapter(processor, credentials, self.settings)
         values: dict[str, Any] = {}
         try:
             account = await adapter.check_credentials()
-            if row["processor_account"] not in (None, account.account_id):
+            if row.processor_account not in (None, account.account_id):
                 raise AccountMismatch(account.account_id)
             values = {"status": "active", "status_reason": None, "last_sync_at": datetime.now(UTC),
                       "processor_account": account.account_id,
-                      "connection_data": {**row["connection_data"], "processor_account": account.account_id}}
-            if row["webhook_secret"] is None:
-                registration = await adapter.register_webhook(self.webhook_url(processor, row["id"]))
+                      "connection_data": {**row.connection_data, "processor_account": account.account_id}}
+            if row.webhook_secret is None:
+                registration = await adapter.register_webhook(self.webhook_url(processor, row.id))
                 values.update(webhook_secret=self.vault.seal(registration.secret.reveal()),
                               webhook_endpoint_id=registration.endpoint_id)
         except p.InvalidCredentials as exc:
@@ -129,26 +131,26 @@ class ConnectionService:
         finally:
             await adapter.close()
         async with self.rt.uow() as uow:
-            current = await store.load_connection(uow.session, row["id"], lock=True)
-            if current is None or current["credentials"] != row["credentials"] or current["status"] == "disconnected":
+            current = await store.load_connection(uow.session, row.id, lock=True)
+            if current is None or current.credentials != row.credentials or current.status == "disconnected":
                 await uow.commit()  # changed meanwhile: the newer check decides
-                return current
+                return current or row
             values["updated_at"] = datetime.now(UTC)
-            values["published_status"] = published_status(values.get("status", current["status"]),
+            values["published_status"] = published_status(values.get("status", current.status),
                                                           self.settings.enabled(processor))
-            updated = await store.update_connection(uow.session, row["id"], values)
+            updated = await store.update_connection(uow.session, row.id, values)
             self._emit(uow, updated)
             await uow.commit()
-        log.info("connection_checked", connection_id=row["id"], processor=processor, status=updated["status"])
+        log.info("connection_checked", connection_id=row.id, processor=processor, status=updated.status)
         return updated
 
     async def get(self, principal: Principal, connection_id: int) -> ConnectionOut:
         return self._out(await self._own(principal, connection_id))
 
-    async def _own(self, principal: Principal, connection_id: int) -> dict[str, Any]:
+    async def _own(self, principal: Principal, connection_id: int) -> ConnectionRow:
         async with self.rt.uow() as uow:
             row = await store.load_connection(uow.session, connection_id)
-        if row is None or (principal.role == "barber" and row["barber_id"] != principal.user_id):
+        if row is None or (principal.role == "barber" and row.barber_id != principal.user_id):
             raise not_found(f"connection {connection_id}")  # another barber's connection does not exist for you
         return row
 
@@ -160,7 +162,7 @@ class ConnectionService:
             barber_id = principal.user_id
         async with self.rt.uow() as uow:
             rows = await store.list_connections(uow.session, barber_id=barber_id, cursor=cursor, limit=limit)
-        page, next_cursor = page_of(rows, limit, lambda r: (r["created_at"], r["id"]))
+        page, next_cursor = page_of(rows, limit, lambda r: (r.created_at, r.id))
         return ConnectionPage(items=[self._out(r) for r in page], next_cursor=next_cursor)
 
     async def update(self, principal: Principal, connection_id: int, body: ConnectionUpdate) -> ConnectionOut:
@@ -168,7 +170,7 @@ class ConnectionService:
         changes = body.changes()
         if not changes:
             return self._out(row)
-        processor = row["processor_type"]
+        processor = row.processor_type
         values: dict[str, Any] = {}
         credentials = None
         if "credentials" in changes:
@@ -179,7 +181,7 @@ class ConnectionService:
             await self._same_account(row, credentials)
             values.update(credentials=self.vault.seal(msgspec.to_builtins(credentials)), status="pending",
                           status_reason="credentials not checked yet",
-                          connection_data={**row["connection_data"],
+                          connection_data={**row.connection_data,
                                            "credentials_hint": credentials_hint(processor, credentials)})
         if "webhook_secret" in changes:
             values["webhook_secret"] = self.vault.seal(changes.pop("webhook_secret"))
@@ -188,10 +190,10 @@ class ConnectionService:
         values.update(changes)
         async with self.rt.uow() as uow:
             current = await store.load_connection(uow.session, connection_id, lock=True)
-            if current is None or current["status"] == "disconnected":
+            if current is None or current.status == "disconnected":
                 raise ProblemError(409, "connection_disconnected", f"connection {connection_id} is disconnected")
             values["updated_at"] = datetime.now(UTC)
-            values["published_status"] = published_status(values.get("status", current["status"]),
+            values["published_status"] = published_status(values.get("status", current.status),
                                                           self.settings.enabled(processor))
             row = await store.update_connection(uow.session, connection_id, values)
             self._emit(uow, row)
@@ -200,11 +202,11 @@ class ConnectionService:
             row = await self._check(row, credentials)
         return self._out(row)
 
-    async def _same_account(self, row: dict[str, Any], credentials: msgspec.Struct) -> None:
+    async def _same_account(self, row: ConnectionRow, credentials: msgspec.Struct) -> None:
         """New credentials must be accepted by the processor and belong to the account this
         connection was verified with: its payments, refunds and reconciliation all refer to it (a
         new account is a new connection). Nothing is stored when they are not."""
-        processor = row["processor_type"]
+        processor = row.processor_type
         adapter = build_adapter(processor, credentials, self.settings)
         try:
             account = await adapter.check_credentials()
@@ -220,7 +222,7 @@ class ConnectionService:
                                f"{exc.message}", field="credentials") from None
         finally:
             await adapter.close()
-        if row["processor_account"] not in (None, account.account_id):
+        if row.processor_account not in (None, account.account_id):
             raise ProblemError(422, "account_mismatch", AccountMismatch(account.account_id).reason(row),
                                field="credentials")
 
@@ -229,7 +231,7 @@ class ConnectionService:
         now = datetime.now(UTC)
         async with self.rt.uow() as uow:
             current = await store.load_connection(uow.session, connection_id, lock=True)
-            if current is None or current["status"] == "disconnected":
+            if current is None or current.status == "disconnected":
                 await uow.commit()
                 return self._out(current or row)
             row = await store.update_connection(uow.session, connection_id, dict(
@@ -244,12 +246,12 @@ class ConnectionService:
         payments waiting for attribution), from the tables: the same whichever replica is scraped."""
         async with self.rt.uow() as uow:
             count = await store.refresh_connection_totals(uow.session)
-            integrity = {r["processor"]: r for r in await store.integrity_counts(uow.session)}
+            integrity = {r.processor: r for r in await store.integrity_counts(uow.session)}
             await uow.commit()
         for processor in PROCESSOR_NAMES:
             found = integrity.get(processor)
-            DOUBLE_CHARGES.labels(processor).set(found["double_charges"] if found else 0)
-            UNATTRIBUTED_PAYMENTS.labels(processor).set(found["unattributed"] if found else 0)
+            DOUBLE_CHARGES.labels(processor).set(found.double_charges if found else 0)
+            UNATTRIBUTED_PAYMENTS.labels(processor).set(found.unattributed if found else 0)
         return count
 
     async def republish(self, now: datetime) -> int:
@@ -258,9 +260,9 @@ class ConnectionService:
         count = 0
         async with self.rt.uow() as uow:
             for row in await store.connections_to_republish(uow.session):
-                status = published_status(row["status"], self.settings.enabled(row["processor_type"]))
-                if status != row["published_status"]:
-                    row = await store.update_connection(uow.session, row["id"], {"published_status": status})
+                status = published_status(row.status, self.settings.enabled(row.processor_type))
+                if status != row.published_status:
+                    row = await store.update_connection(uow.session, row.id, {"published_status": status})
                     self._emit(uow, row)
                     count += 1
             await uow.commit()
@@ -276,9 +278,9 @@ class AccountMismatch(Exception):
         super().__init__(account_id)
         self.account_id = account_id
 
-    def reason(self, row: dict[str, Any]) -> str:
-        return (f"credentials: they belong to {row['processor_type']} account {self.account_id}, not to this "
-                f"connection's {row['processor_account']}; connect the other account as a new connection")
+    def reason(self, row: ConnectionRow) -> str:
+        return (f"credentials: they belong to {row.processor_type} account {self.account_id}, not to this "
+                f"connection's {row.processor_account}; connect the other account as a new connection")
 
 
 def _fees(fees) -> dict[str, str] | None:

@@ -10,6 +10,7 @@ import msgspec
 import structlog
 
 from services.external.settings import ExternalSettings
+from services.external.store import ConnectionRow
 from services.external.vault import CredentialVault, VaultError, hint
 from shared.errors import ProblemError
 from shared.processors.base import PaymentProcessor, Secret
@@ -78,21 +79,21 @@ class Adapters:
         self._cache: dict[int, tuple[str, PaymentProcessor]] = {}
         self._stale: list[PaymentProcessor] = []  # replaced by new credentials; closed at shutdown
 
-    def for_connection(self, connection: dict[str, Any]) -> PaymentProcessor:
-        cached = self._cache.get(connection["id"])
-        if cached is not None and cached[0] == connection["credentials"]:
+    def for_connection(self, connection: ConnectionRow) -> PaymentProcessor:
+        cached = self._cache.get(connection.id)
+        if cached is not None and cached[0] == connection.credentials:
             return cached[1]
-        processor = connection["processor_type"]
-        credentials = parse_credentials(processor, self._open(connection["credentials"], connection["id"]))
+        processor = connection.processor_type
+        credentials = parse_credentials(processor, self._open(connection.credentials, connection.id))
         adapter = build_adapter(processor, credentials, self.settings)
         if cached is not None:
             self._stale.append(cached[1])
-        self._cache[connection["id"]] = (connection["credentials"], adapter)
+        self._cache[connection.id] = (connection.credentials, adapter)
         return adapter
 
-    def webhook_secret(self, connection: dict[str, Any]) -> Secret | None:
-        token = connection["webhook_secret"]
-        return None if token is None else Secret(self._open(token, connection["id"]))
+    def webhook_secret(self, connection: ConnectionRow) -> Secret | None:
+        token = connection.webhook_secret
+        return None if token is None else Secret(self._open(token, connection.id))
 
     def _open(self, token: str, connection_id: int) -> Any:
         try:

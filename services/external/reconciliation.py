@@ -12,7 +12,6 @@ refuses it) is reported as failed and never stops the others.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import structlog
 
@@ -21,6 +20,7 @@ from services.external.domain import Recorded, Reported, Verdict, VerdictStatus,
 from services.external.ledger import Ledger
 from services.external.processors import Adapters
 from services.external.settings import ExternalSettings
+from services.external.store import ConnectionRow, TransactionRow
 from services.external.wire import ReconcileFinding, ReconcileIn, ReconcileReport
 from shared.errors import ProblemError
 from shared.observability import RECONCILIATION_FINDINGS
@@ -28,7 +28,6 @@ from shared.processors import base as p
 from shared.service import ServiceRuntime
 
 log = structlog.get_logger("external.reconciliation")
-Row = dict[str, Any]
 
 
 class ReconcileService:
@@ -46,12 +45,12 @@ class ReconcileService:
         async with self.rt.uow() as uow:
             connections = await store.active_connections(uow.session)
         if body.connection_id is not None:
-            connections = [c for c in connections if c["id"] == body.connection_id]
+            connections = [c for c in connections if c.id == body.connection_id]
         counts = {"matched": 0, "mismatch": 0, "missing_local": 0}
         findings: list[ReconcileFinding] = []
         failed: dict[str, str] = {}
         for connection in connections:
-            if not self.settings.enabled(connection["processor_type"]):
+            if not self.settings.enabled(connection.processor_type):
                 continue
             # One connection's trouble (its processor down, its secret unopenable, a bug) never
             # stops the others': it is reported as failed and the run goes on.
@@ -61,18 +60,18 @@ class ReconcileService:
                 refunds = await adapter.list_refunds_between(since, until)
                 connection_findings, broken = await self._connection(connection, reported, refunds, since, until, now)
             except p.ProcessorError as exc:
-                failed[str(connection["id"])] = exc.message
-                log.warning("reconcile_list_failed", connection_id=connection["id"], error=exc.message)
+                failed[str(connection.id)] = exc.message
+                log.warning("reconcile_list_failed", connection_id=connection.id, error=exc.message)
                 continue
             except ProblemError as exc:
-                failed[str(connection["id"])] = exc.detail or exc.code
-                log.warning("reconcile_connection_failed", connection_id=connection["id"], error=exc.detail)
+                failed[str(connection.id)] = exc.detail or exc.code
+                log.warning("reconcile_connection_failed", connection_id=connection.id, error=exc.detail)
                 continue
             if broken:
-                failed[str(connection["id"])] = f"{broken} finding(s) could not be settled; see the service log"
+                failed[str(connection.id)] = f"{broken} finding(s) could not be settled; see the service log"
             for finding in connection_findings:
                 counts[finding.verdict] += 1
-                RECONCILIATION_FINDINGS.labels(connection["processor_type"], finding.verdict).inc()
+                RECONCILIATION_FINDINGS.labels(connection.processor_type, finding.verdict).inc()
                 if finding.verdict != "matched":
                     findings.append(finding)
         report = ReconcileReport(since=since, until=until, connections=len(connections), **counts,
@@ -80,21 +79,22 @@ class ReconcileService:
         log.info("reconciled", connections=len(connections), **counts, failed=len(failed))
         return report
 
-    async def _connection(self, connection: Row, reported: list[p.PaymentResult], refunds: list[p.RefundResult],
-                          since: datetime, until: datetime, now: datetime) -> tuple[list[ReconcileFinding], int]:
-        processor = connection["processor_type"]
+    async def _connection(self, connection: ConnectionRow, reported: list[p.PaymentResult],
+                          refunds: list[p.RefundResult], since: datetime, until: datetime,
+                          now: datetime) -> tuple[list[ReconcileFinding], int]:
+        processor = connection.processor_type
         by_id = {r.processor_payment_id: r for r in reported}
         async with self.rt.uow() as uow:
-            ours = await store.transactions_in_window(uow.session, connection["id"], since, until)
+            ours = await store.transactions_in_window(uow.session, connection.id, since, until)
             # A payment the processor reports in the window may be ours from just outside it.
-            known = {r["external_transaction_id"]: r for r in ours}
+            known = {r.external_transaction_id: r for r in ours}
             for pid in (by_id.keys() | {r.processor_payment_id for r in refunds}) - known.keys():
                 row = await store.transaction_by_processor_id(uow.session, processor, pid)
-                if row is not None and row["connection_id"] == connection["id"]:
+                if row is not None and row.connection_id == connection.id:
                     known[pid] = row
-        in_window = {r["external_transaction_id"] for r in ours}
+        in_window = {r.external_transaction_id for r in ours}
         verdicts = reconcile(
-            [Recorded(pid, row["amount"], row["status"]) for pid, row in known.items()
+            [Recorded(pid, row.amount, row.status) for pid, row in known.items()
              if pid in by_id or pid in in_window],
             [Reported(r.processor_payment_id, r.amount, r.status) for r in reported],
         )
@@ -110,7 +110,7 @@ class ReconcileService:
                                                    refunds_of.pop(verdict.processor_payment_id, []), now))
             except Exception:
                 broken += 1
-                log.exception("reconcile_finding_failed", connection_id=connection["id"],
+                log.exception("reconcile_finding_failed", connection_id=connection.id,
                               processor_payment_id=verdict.processor_payment_id)
         # Refunds in the window of payments outside it (or of payments the verdicts left out).
         for pid, listed in refunds_of.items():
@@ -122,14 +122,14 @@ class ReconcileService:
                     findings.append(finding)
             except Exception:
                 broken += 1
-                log.exception("reconcile_finding_failed", connection_id=connection["id"], processor_payment_id=pid)
+                log.exception("reconcile_finding_failed", connection_id=connection.id, processor_payment_id=pid)
         async with self.rt.uow() as uow:
-            await store.update_connection(uow.session, connection["id"], {"last_sync_at": now})
+            await store.update_connection(uow.session, connection.id, {"last_sync_at": now})
             await uow.commit()
         return findings, broken
 
-    async def _settle(self, connection: Row, verdict: Verdict, report: p.PaymentResult | None, row: Row | None,
-                      refunds: list[p.RefundResult], now: datetime) -> ReconcileFinding:
+    async def _settle(self, connection: ConnectionRow, verdict: Verdict, report: p.PaymentResult | None,
+                      row: TransactionRow | None, refunds: list[p.RefundResult], now: datetime) -> ReconcileFinding:
         """One finding, in its own transaction: the processor's word merged where it is due, the
         refunds it lists recorded, and the row marked."""
         status: VerdictStatus = verdict.status
@@ -141,18 +141,18 @@ class ReconcileService:
                     reason = "not recorded: several barbers connected this account; an operator attributes it"
                 row = recorded or row
             if row is not None and refunds:
-                before = row["refunded_amount"]
+                before = row.refunded_amount
                 for refund in refunds:
                     row = await self.ledger.record_refund(uow, connection, refund, now=now) or row
-                if (difference := refunds_differ(before, row["refunded_amount"])) is not None:
+                if (difference := refunds_differ(before, row.refunded_amount)) is not None:
                     status = "mismatch" if status == "matched" else status
                     reason = "; ".join(x for x in (reason, difference) if x)
             if row is not None:
-                await store.mark_reconciled(uow.session, row["id"], status, now)
+                await store.mark_reconciled(uow.session, row.id, status, now)
             await uow.commit()
-        return ReconcileFinding(connection_id=connection["id"], processor=connection["processor_type"],
+        return ReconcileFinding(connection_id=connection.id, processor=connection.processor_type,
                                 external_transaction_id=verdict.processor_payment_id, verdict=status,
-                                reason=reason, transaction_id=str(row["id"]) if row else None)
+                                reason=reason, transaction_id=str(row.id) if row else None)
 
     async def scheduled(self, now: datetime) -> None:
         await self.run(ReconcileIn(), now=now)

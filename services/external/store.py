@@ -1,14 +1,16 @@
 """The external service's named queries: every statement its use cases run, over a unit of work's
-session. Rows come back as plain dicts; writes that settle something are conditional, so whoever
-settles first wins."""
+session. Rows come back as typed, frozen structs, one per table (`ConnectionRow`, `TransactionRow`,
+`RefundRow`, `UnattributedRow`); values written go in as dicts of columns. Writes that settle
+something are conditional, so whoever settles first wins."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, TypeVar
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,8 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.external import tables as t
 from shared import attempts
 from shared.pagination import after_cursor
+from shared.processors.base import ProcessorName
 
-Row = dict[str, Any]
+Values = dict[str, Any]  # columns to write
 c = t.connections
 tx = t.transactions
 rf = t.refunds
@@ -25,55 +28,189 @@ we = t.webhook_events
 br = t.barber_rates
 ua = t.unattributed_payments
 
+ConnectionStatus = Literal["pending", "active", "error", "disconnected"]
+TransactionStatus = Literal["pending", "completed", "failed", "canceled", "refunded", "partially_refunded"]
+RefundStatus = Literal["pending", "succeeded", "failed"]
 
-def _one(result) -> Row | None:
+
+class ConnectionRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of external.payment_processor_connections."""
+
+    id: int
+    barber_id: int
+    processor_type: ProcessorName
+    account_id: str
+    account_name: str | None
+    status: ConnectionStatus
+    status_reason: str | None
+    connection_data: dict[str, Any]
+    credentials: str  # ciphertext
+    webhook_url: str | None
+    webhook_secret: str | None  # ciphertext
+    webhook_endpoint_id: str | None
+    supports_payments: bool
+    supports_refunds: bool
+    supports_recurring: bool
+    default_currency: str
+    processing_fees: dict[str, Any] | None
+    last_sync_at: datetime | None
+    last_transaction_at: datetime | None
+    total_transactions: int
+    total_volume: Decimal
+    published_status: str | None
+    processor_account: str | None
+    connected_at: datetime
+    disconnected_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class TransactionRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of external.external_transactions."""
+
+    id: uuid.UUID
+    connection_id: int
+    processor_type: ProcessorName
+    external_transaction_id: str | None
+    amount: Decimal
+    refunded_amount: Decimal
+    currency: str
+    status: TransactionStatus
+    barber_id: int
+    appointment_id: int | None
+    client_id: int | None
+    route_id: uuid.UUID | None
+    external_customer_id: str | None
+    external_metadata: dict[str, Any] | None
+    processor_fees: Decimal
+    commission_rate: Decimal
+    commission_amount: Decimal
+    payment_method: str | None
+    processor_idempotency_key: str | None
+    origin: str
+    failure_code: str | None
+    failure_reason: str | None
+    reconciled_at: datetime | None
+    reconciliation_status: str | None
+    processed_at: datetime | None
+    flagged: str | None
+    created_at: datetime
+    updated_at: datetime
+    version: int
+    next_check_at: datetime | None
+    check_failures: int
+
+
+class RefundRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of external.external_refunds."""
+
+    id: uuid.UUID
+    transaction_id: uuid.UUID | None
+    processor_type: ProcessorName
+    connection_id: int | None
+    processor_payment_id: str | None
+    processor_refund_id: str | None
+    amount: Decimal
+    currency: str
+    status: RefundStatus
+    processor_idempotency_key: str | None
+    failure_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    next_check_at: datetime | None
+    check_failures: int
+
+
+class UnattributedRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of external.unattributed_payments."""
+
+    id: int
+    processor_type: ProcessorName
+    processor_account: str
+    external_transaction_id: str
+    amount: Decimal
+    currency: str
+    status: TransactionStatus
+    connection_ids: list[int]
+    heard_from: str
+    first_heard_at: datetime
+    last_heard_at: datetime
+    attributed_to: int | None
+    transaction_id: uuid.UUID | None
+    attributed_at: datetime | None
+
+
+class IntegrityCount(msgspec.Struct, frozen=True, kw_only=True):
+    """Per processor: flagged double charges not refunded yet, and unattributed payments waiting."""
+
+    processor: str
+    double_charges: int
+    unattributed: int
+
+
+R = TypeVar("R")
+
+
+def _one(result, row_type: type[R]) -> R | None:
     row = result.mappings().first()
-    return dict(row) if row is not None else None
+    return None if row is None else row_type(**row)
 
 
-def _all(result) -> list[Row]:
-    return [dict(r) for r in result.mappings()]
+def _only(result, row_type: type[R]) -> R:
+    """The row a statement must return (an insert's or upsert's RETURNING, an update of a row that
+    exists: rows of these tables are never deleted)."""
+    row = result.mappings().first()
+    if row is None:
+        raise RuntimeError(f"expected a {row_type.__name__}, the statement returned none")
+    return row_type(**row)
+
+
+def _all(result, row_type: type[R]) -> list[R]:
+    return [row_type(**r) for r in result.mappings()]
 
 
 # ---- connections -----------------------------------------------------------------------------------
 
-async def insert_connection(session: AsyncSession, values: Row) -> Row | None:
+async def insert_connection(session: AsyncSession, values: Values) -> ConnectionRow | None:
     """The new connection, or None when the barber already has one for this processor account."""
     return _one(await session.execute(pg_insert(c).values(**values).on_conflict_do_nothing(
-        constraint="connections_one_per_account").returning(c)))
+        constraint="connections_one_per_account").returning(c)), ConnectionRow)
 
 
-async def load_connection(session: AsyncSession, connection_id: int, *, lock: bool = False) -> Row | None:
+async def load_connection(session: AsyncSession, connection_id: int, *, lock: bool = False) -> ConnectionRow | None:
     query = sa.select(c).where(c.c.id == connection_id)
-    return _one(await session.execute(query.with_for_update() if lock else query))
+    return _one(await session.execute(query.with_for_update() if lock else query), ConnectionRow)
 
 
-async def update_connection(session: AsyncSession, connection_id: int, values: Row) -> Row:
-    return _one(await session.execute(sa.update(c).where(c.c.id == connection_id)
-                                      .values(**values, version=c.c.version + 1).returning(c)))  # type: ignore
+async def update_connection(session: AsyncSession, connection_id: int, values: Values) -> ConnectionRow:
+    return _only(await session.execute(sa.update(c).where(c.c.id == connection_id)
+                                       .values(**values, version=c.c.version + 1).returning(c)), ConnectionRow)
 
 
 async def list_connections(session: AsyncSession, *, barber_id: int | None, cursor: str | None,
-                           limit: int) -> list[Row]:
+                           limit: int) -> list[ConnectionRow]:
     where = [x for x in (c.c.barber_id == barber_id if barber_id is not None else None,
                          after_cursor(c.c.created_at, c.c.id, cursor, int)) if x is not None]
     return _all(await session.execute(sa.select(c).where(*where).order_by(c.c.created_at.desc(), c.c.id.desc())
-                                      .limit(limit + 1)))
+                                      .limit(limit + 1)), ConnectionRow)
 
 
-async def account_connections(session: AsyncSession, processor: str, processor_account: str) -> list[Row]:
+async def account_connections(session: AsyncSession, processor: str,
+                              processor_account: str) -> list[ConnectionRow]:
     """Every connection (not disconnected) to one processor account, oldest first."""
     return _all(await session.execute(sa.select(c).where(
         c.c.processor_type == processor, c.c.processor_account == processor_account,
-        c.c.status != "disconnected").order_by(c.c.id)))
+        c.c.status != "disconnected").order_by(c.c.id)), ConnectionRow)
 
 
-async def active_connections(session: AsyncSession) -> list[Row]:
-    return _all(await session.execute(sa.select(c).where(c.c.status == "active").order_by(c.c.id)))
+async def active_connections(session: AsyncSession) -> list[ConnectionRow]:
+    return _all(await session.execute(sa.select(c).where(c.c.status == "active").order_by(c.c.id)), ConnectionRow)
 
 
-async def connections_to_republish(session: AsyncSession) -> list[Row]:
-    return _all(await session.execute(sa.select(c).where(c.c.status != "disconnected").order_by(c.c.id)))
+async def connections_to_republish(session: AsyncSession) -> list[ConnectionRow]:
+    return _all(await session.execute(sa.select(c).where(c.c.status != "disconnected").order_by(c.c.id)),
+                ConnectionRow)
 
 
 async def refresh_connection_totals(session: AsyncSession) -> int:
@@ -90,7 +227,7 @@ async def refresh_connection_totals(session: AsyncSession) -> int:
     return result.rowcount or 0
 
 
-async def integrity_counts(session: AsyncSession) -> list[Row]:
+async def integrity_counts(session: AsyncSession) -> list[IntegrityCount]:
     """Per processor: flagged double charges not refunded yet, and unattributed payments waiting."""
     flagged = (sa.select(tx.c.processor_type.label("processor"), sa.func.count().label("double_charges"),
                          sa.literal(0).label("unattributed"))
@@ -99,9 +236,12 @@ async def integrity_counts(session: AsyncSession) -> list[Row]:
                          sa.func.count().label("unattributed"))
                .where(ua.c.attributed_to.is_(None)).group_by(ua.c.processor_type))
     both = sa.union_all(flagged, waiting).subquery()
-    return _all(await session.execute(sa.select(
+    result = await session.execute(sa.select(
         both.c.processor, sa.func.sum(both.c.double_charges).label("double_charges"),
-        sa.func.sum(both.c.unattributed).label("unattributed")).group_by(both.c.processor)))
+        sa.func.sum(both.c.unattributed).label("unattributed")).group_by(both.c.processor))
+    # sum() of counts is numeric in Postgres: whole numbers, as ints.
+    return [IntegrityCount(processor=r.processor, double_charges=int(r.double_charges),
+                           unattributed=int(r.unattributed)) for r in result]
 
 
 # ---- transactions ------------------------------------------------------------------------------------
@@ -112,72 +252,77 @@ async def lock_processor_payment(session: AsyncSession, processor: str, processo
         sa.func.hashtextextended(sa.literal(f"{processor}:{processor_payment_id}"), 0))))
 
 
-async def load_transaction(session: AsyncSession, transaction_id: uuid.UUID, *, lock: bool = False) -> Row | None:
+async def load_transaction(session: AsyncSession, transaction_id: uuid.UUID, *,
+                           lock: bool = False) -> TransactionRow | None:
     query = sa.select(tx).where(tx.c.id == transaction_id)
-    return _one(await session.execute(query.with_for_update() if lock else query))
+    return _one(await session.execute(query.with_for_update() if lock else query), TransactionRow)
 
 
 async def transaction_by_processor_id(session: AsyncSession, processor: str, processor_payment_id: str, *,
-                                      lock: bool = False) -> Row | None:
+                                      lock: bool = False) -> TransactionRow | None:
     return _one(await session.execute(_BY_PROCESSOR_ID_LOCKED if lock else _BY_PROCESSOR_ID,
-                                      {"processor": processor, "processor_payment_id": processor_payment_id}))
+                                      {"processor": processor, "processor_payment_id": processor_payment_id}),
+                TransactionRow)
 
 
-async def live_attempt(session: AsyncSession, route_id: uuid.UUID) -> Row | None:
+async def live_attempt(session: AsyncSession, route_id: uuid.UUID) -> TransactionRow | None:
     return _one(await session.execute(sa.select(tx).where(tx.c.route_id == route_id, tx.c.flagged.is_(None),
-                                                          tx.c.status.not_in(("failed", "canceled")))))
+                                                          tx.c.status.not_in(("failed", "canceled")))),
+                TransactionRow)
 
 
-async def other_live_attempt(session: AsyncSession, route_id: uuid.UUID, transaction_id: uuid.UUID) -> Row | None:
+async def other_live_attempt(session: AsyncSession, route_id: uuid.UUID,
+                             transaction_id: uuid.UUID) -> TransactionRow | None:
     """The route's live attempt other than this one (the one the unique index admits)."""
     return _one(await session.execute(sa.select(tx).where(
         tx.c.route_id == route_id, tx.c.id != transaction_id, tx.c.status.not_in(("failed", "canceled")),
-        tx.c.flagged.is_(None))))
+        tx.c.flagged.is_(None))), TransactionRow)
 
 
-async def insert_live_attempt(session: AsyncSession, values: Row) -> Row | None:
+async def insert_live_attempt(session: AsyncSession, values: Values) -> TransactionRow | None:
     """Our new attempt for a route, or None when another live one exists (a concurrent request)."""
     return _one(await session.execute(pg_insert(tx).values(**values).on_conflict_do_nothing(
         index_elements=[tx.c.route_id],
         # Literal SQL, not bound values: Postgres matches ON CONFLICT to the partial index by its
         # predicate, which a generic plan with parameters cannot prove (it fails after 5 runs).
         index_where=sa.text("route_id IS NOT NULL AND status NOT IN ('failed', 'canceled') AND flagged IS NULL")
-    ).returning(tx)))
+    ).returning(tx)), TransactionRow)
 
 
 async def settle_unsent(session: AsyncSession, transaction_id: uuid.UUID, code: str, reason: str,
-                        now: datetime) -> Row | None:
+                        now: datetime) -> TransactionRow | None:
     """A pending attempt the processor never took (refused connection, not found later): failed."""
     return _one(await session.execute(sa.update(tx).where(tx.c.id == transaction_id, tx.c.status == "pending").values(
         status="failed", failure_code=code, failure_reason=reason, processed_at=now, updated_at=now,
-        version=tx.c.version + 1).returning(tx)))
+        version=tx.c.version + 1).returning(tx)), TransactionRow)
 
 
-async def insert_transaction(session: AsyncSession, values: Row) -> Row:
-    return _one(await session.execute(sa.insert(tx).values(**values).returning(tx)))  # type: ignore[return-value]
+async def insert_transaction(session: AsyncSession, values: Values) -> TransactionRow:
+    return _only(await session.execute(sa.insert(tx).values(**values).returning(tx)), TransactionRow)
 
 
-async def touch_pending(session: AsyncSession, transaction_id: uuid.UUID, now: datetime) -> Row | None:
+async def touch_pending(session: AsyncSession, transaction_id: uuid.UUID, now: datetime) -> TransactionRow | None:
     return _one(await session.execute(sa.update(tx).where(tx.c.id == transaction_id, tx.c.status == "pending")
-                                      .values(updated_at=now).returning(tx)))
+                                      .values(updated_at=now).returning(tx)), TransactionRow)
 
 
-async def update_transaction(session: AsyncSession, transaction_id: uuid.UUID, values: Row, *,
-                             bump: bool = True) -> Row:
+async def update_transaction(session: AsyncSession, transaction_id: uuid.UUID, values: Values, *,
+                             bump: bool = True) -> TransactionRow:
     extra = {"version": tx.c.version + 1} if bump else {}
-    return _one(await session.execute(sa.update(tx).where(tx.c.id == transaction_id)
-                                      .values(**values, **extra).returning(tx)))  # type: ignore[return-value]
+    return _only(await session.execute(sa.update(tx).where(tx.c.id == transaction_id)
+                                       .values(**values, **extra).returning(tx)), TransactionRow)
 
 
-async def pending_attempts(session: AsyncSession, untouched_since: datetime, now: datetime, limit: int) -> list[Row]:
+async def pending_attempts(session: AsyncSession, untouched_since: datetime, now: datetime,
+                           limit: int) -> list[TransactionRow]:
     """Our attempts nobody came back for, not backed off, oldest first."""
     return _all(await session.execute(
         sa.select(tx).where(tx.c.status == "pending", tx.c.updated_at < untouched_since, tx.c.origin == "api",
-                            attempts.due(tx, now)).order_by(attempts.sweep_order(tx)).limit(limit)))
+                            attempts.due(tx, now)).order_by(attempts.sweep_order(tx)).limit(limit)), TransactionRow)
 
 
-async def back_off_attempt(session: AsyncSession, row: Row, now: datetime) -> None:
-    await attempts.back_off(session, tx, row["id"], row["check_failures"], now)
+async def back_off_attempt(session: AsyncSession, row: TransactionRow, now: datetime) -> None:
+    await attempts.back_off(session, tx, row.id, row.check_failures, now)
 
 
 async def check_attempt_later(session: AsyncSession, transaction_id: uuid.UUID, when: datetime) -> None:
@@ -185,11 +330,11 @@ async def check_attempt_later(session: AsyncSession, transaction_id: uuid.UUID, 
 
 
 async def transactions_in_window(session: AsyncSession, connection_id: int, since: datetime,
-                                 until: datetime) -> list[Row]:
+                                 until: datetime) -> list[TransactionRow]:
     return _all(await session.execute(sa.select(tx).where(
         tx.c.connection_id == connection_id, tx.c.external_transaction_id.is_not(None),
         sa.func.coalesce(tx.c.processed_at, tx.c.created_at) >= since,
-        sa.func.coalesce(tx.c.processed_at, tx.c.created_at) < until)))
+        sa.func.coalesce(tx.c.processed_at, tx.c.created_at) < until)), TransactionRow)
 
 
 async def mark_reconciled(session: AsyncSession, transaction_id: uuid.UUID, status: str, now: datetime) -> None:
@@ -199,7 +344,7 @@ async def mark_reconciled(session: AsyncSession, transaction_id: uuid.UUID, stat
 
 async def list_transactions(session: AsyncSession, *, barber_id: int | None, status: str | None,
                             processor: str | None, external_transaction_id: str | None, since: datetime | None,
-                            until: datetime | None, cursor: str | None, limit: int) -> list[Row]:
+                            until: datetime | None, cursor: str | None, limit: int) -> list[TransactionRow]:
     where = [x for x in (
         tx.c.barber_id == barber_id if barber_id is not None else None,
         tx.c.status == status if status is not None else None,
@@ -210,27 +355,29 @@ async def list_transactions(session: AsyncSession, *, barber_id: int | None, sta
         after_cursor(tx.c.created_at, tx.c.id, cursor, uuid.UUID),
     ) if x is not None]
     return _all(await session.execute(sa.select(tx).where(*where).order_by(tx.c.created_at.desc(), tx.c.id.desc())
-                                      .limit(limit + 1)))
+                                      .limit(limit + 1)), TransactionRow)
 
 
 # ---- refunds -------------------------------------------------------------------------------------------
 
-async def load_refund(session: AsyncSession, refund_id: uuid.UUID) -> Row | None:
-    return _one(await session.execute(sa.select(rf).where(rf.c.id == refund_id)))
+async def load_refund(session: AsyncSession, refund_id: uuid.UUID) -> RefundRow | None:
+    return _one(await session.execute(sa.select(rf).where(rf.c.id == refund_id)), RefundRow)
 
 
-async def refund_by_processor_id(session: AsyncSession, processor: str, processor_refund_id: str) -> Row | None:
+async def refund_by_processor_id(session: AsyncSession, processor: str,
+                                 processor_refund_id: str) -> RefundRow | None:
     return _one(await session.execute(sa.select(rf).where(rf.c.processor_type == processor,
-                                                          rf.c.processor_refund_id == processor_refund_id)))
+                                                          rf.c.processor_refund_id == processor_refund_id)),
+                RefundRow)
 
 
-async def insert_refund(session: AsyncSession, values: Row) -> Row:
-    return _one(await session.execute(sa.insert(rf).values(**values).returning(rf)))  # type: ignore[return-value]
+async def insert_refund(session: AsyncSession, values: Values) -> RefundRow:
+    return _only(await session.execute(sa.insert(rf).values(**values).returning(rf)), RefundRow)
 
 
-async def update_refund(session: AsyncSession, refund_id: uuid.UUID, values: Row) -> Row:
-    return _one(await session.execute(sa.update(rf).where(rf.c.id == refund_id)
-                                      .values(**values).returning(rf)))  # type: ignore[return-value]
+async def update_refund(session: AsyncSession, refund_id: uuid.UUID, values: Values) -> RefundRow:
+    return _only(await session.execute(sa.update(rf).where(rf.c.id == refund_id).values(**values).returning(rf)),
+                 RefundRow)
 
 
 async def refund_totals(session: AsyncSession, transaction_id: uuid.UUID) -> tuple[Decimal, Decimal]:
@@ -256,25 +403,26 @@ async def adopt_orphan_refunds(session: AsyncSession, processor: str, processor_
     return result.rowcount or 0
 
 
-async def pending_refunds(session: AsyncSession, untouched_since: datetime, now: datetime, limit: int) -> list[Row]:
+async def pending_refunds(session: AsyncSession, untouched_since: datetime, now: datetime,
+                          limit: int) -> list[RefundRow]:
     """Our refunds nobody came back for, not backed off, oldest first."""
     return _all(await session.execute(
         sa.select(rf).where(rf.c.status == "pending", rf.c.updated_at < untouched_since,
                             rf.c.processor_idempotency_key.is_not(None), rf.c.transaction_id.is_not(None),
-                            attempts.due(rf, now)).order_by(attempts.sweep_order(rf)).limit(limit)))
+                            attempts.due(rf, now)).order_by(attempts.sweep_order(rf)).limit(limit)), RefundRow)
 
 
-async def back_off_refund(session: AsyncSession, row: Row, now: datetime) -> None:
-    await attempts.back_off(session, rf, row["id"], row["check_failures"], now)
+async def back_off_refund(session: AsyncSession, row: RefundRow, now: datetime) -> None:
+    await attempts.back_off(session, rf, row.id, row.check_failures, now)
 
 
 async def check_refund_later(session: AsyncSession, refund_id: uuid.UUID, when: datetime) -> None:
     await attempts.check_later(session, rf, refund_id, when)
 
 
-async def touch_pending_refund(session: AsyncSession, refund_id: uuid.UUID, now: datetime) -> Row | None:
+async def touch_pending_refund(session: AsyncSession, refund_id: uuid.UUID, now: datetime) -> RefundRow | None:
     return _one(await session.execute(sa.update(rf).where(rf.c.id == refund_id, rf.c.status == "pending")
-                                      .values(updated_at=now).returning(rf)))
+                                      .values(updated_at=now).returning(rf)), RefundRow)
 
 
 # ---- webhooks and rates ------------------------------------------------------------------------------
@@ -293,7 +441,7 @@ _LEARN = pg_insert(tx).on_conflict_do_nothing(
     index_where=tx.c.external_transaction_id.is_not(None)).returning(tx)
 
 
-async def claim_webhook_event(session: AsyncSession, values: Row) -> int | None:
+async def claim_webhook_event(session: AsyncSession, values: Values) -> int | None:
     """Record a processor event id for this connection; its row id, or None when it was taken
     before (a redelivery)."""
     return (await session.execute(_CLAIM_EVENT, values)).scalar()
@@ -310,18 +458,19 @@ async def set_webhook_outcome(session: AsyncSession, row_id: int, outcome: str) 
 
 # ---- payments nobody can be sure whose they are ---------------------------------------------------------
 
-async def hold_unattributed(session: AsyncSession, values: Row, now: datetime) -> Row:
+async def hold_unattributed(session: AsyncSession, values: Values, now: datetime) -> UnattributedRow:
     """Keep (or refresh) a payment of a shared account that nobody started, until an operator says."""
     stmt = pg_insert(ua).values(**values, first_heard_at=now, last_heard_at=now)
-    return _one(await session.execute(stmt.on_conflict_do_update(
+    return _only(await session.execute(stmt.on_conflict_do_update(
         constraint="unattributed_once",
         set_={"amount": stmt.excluded.amount, "status": stmt.excluded.status, "last_heard_at": now,
-              "connection_ids": stmt.excluded.connection_ids}).returning(ua)))  # type: ignore[return-value]
+              "connection_ids": stmt.excluded.connection_ids}).returning(ua)), UnattributedRow)
 
 
-async def load_unattributed(session: AsyncSession, unattributed_id: int, *, lock: bool = False) -> Row | None:
+async def load_unattributed(session: AsyncSession, unattributed_id: int, *,
+                            lock: bool = False) -> UnattributedRow | None:
     query = sa.select(ua).where(ua.c.id == unattributed_id)
-    return _one(await session.execute(query.with_for_update() if lock else query))
+    return _one(await session.execute(query.with_for_update() if lock else query), UnattributedRow)
 
 
 async def resolve_unattributed(session: AsyncSession, unattributed_id: int, connection_id: int,
@@ -330,16 +479,18 @@ async def resolve_unattributed(session: AsyncSession, unattributed_id: int, conn
         attributed_to=connection_id, transaction_id=transaction_id, attributed_at=now))
 
 
-async def list_unattributed(session: AsyncSession, *, waiting_only: bool, cursor: str | None, limit: int) -> list[Row]:
+async def list_unattributed(session: AsyncSession, *, waiting_only: bool, cursor: str | None,
+                            limit: int) -> list[UnattributedRow]:
     where = [x for x in (ua.c.attributed_to.is_(None) if waiting_only else None,
                          after_cursor(ua.c.first_heard_at, ua.c.id, cursor, int)) if x is not None]
     return _all(await session.execute(sa.select(ua).where(*where)
-                                      .order_by(ua.c.first_heard_at.desc(), ua.c.id.desc()).limit(limit + 1)))
+                                      .order_by(ua.c.first_heard_at.desc(), ua.c.id.desc()).limit(limit + 1)),
+                UnattributedRow)
 
 
-async def insert_learned_transaction(session: AsyncSession, values: Row) -> Row | None:
+async def insert_learned_transaction(session: AsyncSession, values: Values) -> TransactionRow | None:
     """A payment we learn of; None when a concurrent report inserted it first."""
-    return _one(await session.execute(_LEARN, values))
+    return _one(await session.execute(_LEARN, values), TransactionRow)
 
 
 async def barber_rate(session: AsyncSession, barber_id: int) -> Decimal | None:

@@ -11,7 +11,6 @@ down, the credentials refused or unopenable) backs off on its own and never hold
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 import structlog
 
@@ -21,12 +20,12 @@ from services.external.ledger import NOT_FOUND, Ledger
 from services.external.processors import Adapters
 from services.external.refunds import refund_operation, refund_state
 from services.external.settings import ExternalSettings
+from services.external.store import RefundRow, TransactionRow
 from shared import attempts
 from shared.processors.base import listing_lag
 from shared.service import ServiceRuntime
 
 log = structlog.get_logger("external.sweeper")
-Row = dict[str, Any]
 
 
 class Sweeper:
@@ -52,7 +51,7 @@ class Sweeper:
             log.info("external_pending_swept", **outcomes)
         return outcomes
 
-    async def _back_off(self, back_off, row: Row, now: datetime) -> None:
+    async def _back_off(self, back_off, row: TransactionRow | RefundRow, now: datetime) -> None:
         async with self.rt.uow() as uow:
             await back_off(uow.session, row, now)
             await uow.commit()
@@ -60,54 +59,54 @@ class Sweeper:
     def _again(self, now: datetime) -> datetime:
         return now + timedelta(seconds=self.settings.pending_sweep_after)
 
-    async def _payment(self, attempt: Row, now: datetime, untouched_since: datetime) -> str:
+    async def _payment(self, attempt: TransactionRow, now: datetime, untouched_since: datetime) -> str:
         async with self.rt.uow() as uow:
-            connection = await store.load_connection(uow.session, attempt["connection_id"])
+            connection = await store.load_connection(uow.session, attempt.connection_id)
         if connection is None:
             return "skipped"
         adapter = self.adapters.for_connection(connection)
         outcome = await attempts.look_up(payment_operation(adapter, attempt, timeout=self.settings.processor_timeout),
                                          attempt_state(attempt), now=now)
         async with self.rt.uow() as uow:
-            current = await store.load_transaction(uow.session, attempt["id"], lock=True)
-            if current is None or current["status"] != "pending" or current["updated_at"] >= untouched_since:
+            current = await store.load_transaction(uow.session, attempt.id, lock=True)
+            if current is None or current.status != "pending" or current.updated_at >= untouched_since:
                 await uow.commit()  # settled or touched meanwhile: theirs stands
                 return "skipped"
             if outcome.kind == "not_yet":  # not listed yet, but this processor's listing lags
-                await store.check_attempt_later(uow.session, attempt["id"], now + listing_lag(adapter) / 4)
+                await store.check_attempt_later(uow.session, attempt.id, now + listing_lag(adapter) / 4)
                 status = "pending"
             elif outcome.kind == "absent":  # the processor never saw it: nothing was charged, no payment
-                await store.settle_unsent(uow.session, attempt["id"], "not_found_at_processor",
+                await store.settle_unsent(uow.session, attempt.id, "not_found_at_processor",
                                           "the processor has no payment for this attempt", now)
                 status = "failed"
             else:
                 row = await self.ledger.record_payment(uow, connection, outcome.result, origin="api", now=now) \
                     if outcome.result is not None else None
-                status = row["status"] if row else "skipped"
+                status = row.status if row else "skipped"
                 if status == "pending":
-                    await store.check_attempt_later(uow.session, attempt["id"], self._again(now))
+                    await store.check_attempt_later(uow.session, attempt.id, self._again(now))
             await uow.commit()
         return status
 
-    async def _refund(self, refund: Row, now: datetime, untouched_since: datetime) -> str:
+    async def _refund(self, refund: RefundRow, now: datetime, untouched_since: datetime) -> str:
         async with self.rt.uow() as uow:
-            payment = await store.load_transaction(uow.session, refund["transaction_id"])
-            connection = await store.load_connection(uow.session, payment["connection_id"]) if payment else None
+            payment = await store.load_transaction(uow.session, refund.transaction_id)
+            connection = await store.load_connection(uow.session, payment.connection_id) if payment else None
         if payment is None or connection is None:
             return "skipped"
         adapter = self.adapters.for_connection(connection)
         outcome = await attempts.look_up(refund_operation(adapter, payment, refund), refund_state(refund), now=now)
         async with self.rt.uow() as uow:
-            await store.load_transaction(uow.session, payment["id"], lock=True)
-            current = await store.load_refund(uow.session, refund["id"])
-            if current is None or current["status"] != "pending" or current["updated_at"] >= untouched_since:
+            await store.load_transaction(uow.session, payment.id, lock=True)
+            current = await store.load_refund(uow.session, refund.id)
+            if current is None or current.status != "pending" or current.updated_at >= untouched_since:
                 await uow.commit()
                 return "skipped"
             if outcome.kind == "not_yet":
-                await store.check_refund_later(uow.session, refund["id"], now + listing_lag(adapter) / 4)
+                await store.check_refund_later(uow.session, refund.id, now + listing_lag(adapter) / 4)
                 status = "pending"
             elif outcome.kind == "absent":
-                await store.update_refund(uow.session, refund["id"], dict(
+                await store.update_refund(uow.session, refund.id, dict(
                     status="failed", failure_reason=NOT_FOUND, updated_at=now))
                 status = "failed"
             else:
@@ -115,6 +114,6 @@ class Sweeper:
                     await self.ledger.record_refund(uow, connection, outcome.result, now=now)
                 status = outcome.result.status if outcome.result is not None else "skipped"
                 if status == "pending":
-                    await store.check_refund_later(uow.session, refund["id"], self._again(now))
+                    await store.check_refund_later(uow.session, refund.id, self._again(now))
             await uow.commit()
         return status

@@ -26,7 +26,7 @@ class TransactionService:
     async def get(self, principal: Principal, transaction_id: uuid.UUID) -> ExternalTransactionOut:
         async with self.rt.uow() as uow:
             row = await store.load_transaction(uow.session, transaction_id)
-        if row is None or (principal.role == "barber" and row["barber_id"] != principal.user_id):
+        if row is None or (principal.role == "barber" and row.barber_id != principal.user_id):
             raise not_found(f"transaction {transaction_id}")
         return transaction_out(row)
 
@@ -41,7 +41,7 @@ class TransactionService:
             rows = await store.list_transactions(
                 uow.session, barber_id=barber_id, status=status, processor=processor,
                 external_transaction_id=external_transaction_id, since=since, until=until, cursor=cursor, limit=limit)
-        page, next_cursor = page_of(rows, limit, lambda r: (r["created_at"], r["id"]))
+        page, next_cursor = page_of(rows, limit, lambda r: (r.created_at, r.id))
         return TransactionPage(items=[transaction_out(r) for r in page], next_cursor=next_cursor)
 
     async def apply_config_changed(self, uow: UnitOfWork, event: Event) -> None:

@@ -22,6 +22,7 @@ from services.external import store
 from services.external.ledger import Ledger
 from services.external.processors import Adapters
 from services.external.settings import ExternalSettings
+from services.external.store import ConnectionRow
 from services.external.wire import WebhookAck, WebhookOutcome
 from shared.errors import ProblemError, not_found
 from shared.observability import WEBHOOKS_RECEIVED
@@ -64,9 +65,9 @@ class WebhookService:
         self.settings = settings
         self.adapters = adapters
         self.ledger = ledger
-        self._connections: dict[int, tuple[float, dict]] = {}
+        self._connections: dict[int, tuple[float, ConnectionRow]] = {}
 
-    async def _connection(self, connection_id: int) -> dict | None:
+    async def _connection(self, connection_id: int) -> ConnectionRow | None:
         now = time.monotonic()
         cached = self._connections.get(connection_id)
         if cached is not None and cached[0] > now:
@@ -86,7 +87,7 @@ class WebhookService:
     async def receive(self, processor: str, connection_id: int, body: bytes, headers: Mapping[str, str],
                       url: str) -> WebhookAck:
         connection = await self._connection(connection_id)
-        if connection is None or connection["processor_type"] != processor:
+        if connection is None or connection.processor_type != processor:
             WEBHOOKS_RECEIVED.labels(processor, "unknown_connection").inc()
             raise not_found(f"{processor} connection {connection_id}")
         secret = self.adapters.webhook_secret(connection)
@@ -140,7 +141,7 @@ class WebhookService:
             await uow.commit()
         return self._ack(processor, event, outcome)
 
-    async def _apply(self, uow, connection: dict, news: News, event: p.WebhookEvent,
+    async def _apply(self, uow, connection: ConnectionRow, news: News, event: p.WebhookEvent,
                      now: datetime) -> WebhookOutcome:
         if news.payment is not None:
             row = await self.ledger.record_payment(uow, connection, news.payment, origin="webhook", now=now,

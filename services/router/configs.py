@@ -17,6 +17,7 @@ from services.router import store
 from services.router.mapping import config_changed, config_out
 from services.router.routing import BarberContexts
 from services.router.settings import RouterSettings
+from services.router.store import ConfigRow
 from services.router.wire import (
     ConfigOut,
     ConfigUpdate,
@@ -64,10 +65,10 @@ class ConfigService:
             current = row or self.contexts.defaults_row(barber_id)
             _refuse_payout_change(principal, changes, current)
             expected = update.expected_version
-            if expected is not UNSET and expected != current["version"]:
-                raise ProblemError(409, "version_conflict", f"config is at version {current['version']}, not {expected}",
-                                   current_version=current["version"])
-            values = {**{f: current[f] for f in CONFIG_FIELDS}, **changes}
+            if expected is not UNSET and expected != current.version:
+                raise ProblemError(409, "version_conflict", f"config is at version {current.version}, not {expected}",
+                                   current_version=current.version)
+            values = {**_config_fields(current), **changes}
             if problem := config_rule_error(values):
                 raise ProblemError(422, "validation_error", problem, field=problem.split(":", 1)[0])
             saved = None
@@ -83,14 +84,16 @@ class ConfigService:
                         raise ProblemError(409, "version_conflict", "the config changed meanwhile; try again")
                     if expected is not UNSET:
                         raise ProblemError(409, "version_conflict",
-                                           f"config is at version {raced['version']}, not {expected}",
-                                           current_version=raced["version"])
-                    values = {**{f: raced[f] for f in CONFIG_FIELDS}, **changes}
+                                           f"config is at version {raced.version}, not {expected}",
+                                           current_version=raced.version)
+                    values = {**_config_fields(raced), **changes}
                     if problem := config_rule_error(values):
                         raise ProblemError(422, "validation_error", problem, field=problem.split(":", 1)[0])
                     row = raced
             if saved is None:
-                saved = await store.update_config(uow.session, barber_id, row["version"], {**values, "updated_at": now})
+                if row is None:  # cannot be: without an insert, a row was there (locked above) or raced in
+                    raise RuntimeError(f"no config row of barber {barber_id} to update")
+                saved = await store.update_config(uow.session, barber_id, row.version, {**values, "updated_at": now})
             out = config_out(saved, is_default=False)
             uow.emit(config_changed(out))
             if claim:
@@ -111,9 +114,9 @@ class ConfigService:
             available_modes=["centralized", "decentralized", "hybrid"] if enabled else ["centralized"],
             processors=[
                 ProcessorOption(
-                    connection_id=conn.id, processor=conn.processor, account_id=row["account_id"],
+                    connection_id=conn.id, processor=conn.processor, account_id=row.account_id,
                     status=conn.status, default_currency=conn.default_currency,
-                    supports_payments=conn.supports_payments, supports_refunds=row["supports_refunds"],
+                    supports_payments=conn.supports_payments, supports_refunds=row.supports_refunds,
                     usable=enabled and conn.can_take(conn.default_currency) and conn.id not in failing,
                 )
                 for conn, row in zip(context.connections, context.connection_rows, strict=True)
@@ -129,12 +132,17 @@ class ConfigService:
         )
 
 
-def _refuse_payout_change(principal: Principal, changes: dict, current: dict) -> None:
+def _config_fields(row: ConfigRow) -> dict[str, object]:
+    """What a change may set, as the row has it: the base a change is applied on."""
+    return {f: getattr(row, f) for f in CONFIG_FIELDS}
+
+
+def _refuse_payout_change(principal: Principal, changes: dict[str, object], current: ConfigRow) -> None:
     """Where centralized payouts go and whence commission is debited is the platform's to say: a
     barber could otherwise point them at any Connect account. Only an admin changes it (sending the
     value it already has is no change)."""
     if principal.role == "admin" or "connect_account_id" not in changes:
         return
-    if changes["connect_account_id"] != current["connect_account_id"]:
+    if changes["connect_account_id"] != current.connect_account_id:
         raise ProblemError(403, "forbidden", "connect_account_id: only an admin may change it (payouts go to it and "
                            "commission is debited from it)", field="connect_account_id")

@@ -21,6 +21,7 @@ from shared.money import percentage_of
 PaymentMode = Literal["centralized", "decentralized", "hybrid"]
 Processor = Literal["stripe", "square", "paypal"]
 PaymentType = Literal["centralized", "external"]
+Frequency = Literal["daily", "weekly", "monthly"]  # how often commission is collected
 PROCESSORS: tuple[Processor, ...] = ("stripe", "square", "paypal")
 
 # ---- routing -------------------------------------------------------------------------------------

@@ -4,9 +4,9 @@ over the internal HTTP API (a `service` token). Its problems come back as `Probl
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from services.router.settings import RouterSettings
+from services.router.store import DecisionRow
 from shared.internal_api import (
     ChargeRequest,
     ExternalTransactionOut,
@@ -34,13 +34,14 @@ class ExternalPayments:
     async def close(self) -> None:
         await self._client.close()
 
-    async def charge(self, decision: dict[str, Any], payment_method: str) -> ExternalTransactionOut:
+    async def charge(self, decision: DecisionRow, connection_id: int, payment_method: str) -> ExternalTransactionOut:
+        """`decision`, an external route, on its connection `connection_id`."""
         body = ChargeRequest(
-            route_id=decision["route_id"], barber_id=decision["barber_id"], connection_id=decision["connection_id"],
-            appointment_id=decision["appointment_id"], client_id=decision["client_id"], amount=decision["amount"],
-            currency=decision["currency"], commission_rate=decision["commission_rate"],
-            commission_amount=decision["commission_amount"],
-            estimated_processor_fee=decision["estimated_processor_fee"], payment_method=payment_method,
+            route_id=decision.route_id, barber_id=decision.barber_id, connection_id=connection_id,
+            appointment_id=decision.appointment_id, client_id=decision.client_id, amount=decision.amount,
+            currency=decision.currency, commission_rate=decision.commission_rate,
+            commission_amount=decision.commission_amount,
+            estimated_processor_fee=decision.estimated_processor_fee, payment_method=payment_method,
         )
         return await self._client.call("POST", "/internal/v1/charges", body, result=ExternalTransactionOut)
 

@@ -1,7 +1,7 @@
 """BookedBarber V2 rows to the suite's: what the legacy import carries over, and why not. Pure.
 
-`tools/legacy_import.py` reads the legacy database and writes what these functions return into the
-router's tables and outbox. The rules:
+`tools/legacy_import.py` reads the legacy database (its rows as `V2UserRow` and `V2PaymentRow`) and
+writes what these functions return into the router's tables and outbox. The rules:
 
 - A `users` row with role `barber` becomes a barber config: centralized, fallback on, its
   `commission_rate` (a fraction 0..1; a value above 1 and at most 100 is read as a percentage, as
@@ -25,17 +25,44 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cached_property
+from typing import Literal
+
+import msgspec
 
 from shared.events import TransactionRecorded
 from shared.fees import processor_fee
 from shared.money import minor_unit_exponent, percentage_of
 
 LEGACY_NAMESPACE = uuid.UUID("6f1c2a55-3d0e-4c4b-9b1e-b00ced0ba4b2")
-IMPORTED_STATUSES = frozenset({"completed", "refunded"})
+ImportedStatus = Literal["completed", "refunded"]
+# The V2 statuses carried over (lower-cased), each as the suite's status.
+IMPORTED_STATUSES: dict[str, ImportedStatus] = {"completed": "completed", "refunded": "refunded"}
 
 
 def legacy_transaction_id(legacy_id: int) -> uuid.UUID:
     return uuid.uuid5(LEGACY_NAMESPACE, f"bookedbarber-v2/payments/{legacy_id}")
+
+
+class V2UserRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A `users` row of BookedBarber V2 (role barber), the columns the import selects."""
+
+    id: int
+    commission_rate: Decimal | None
+    stripe_account_id: str | None
+
+
+class V2PaymentRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A `payments` row of BookedBarber V2, the columns the import selects, with `client_id` from
+    its appointment when known. V2 constrained none of them but the id."""
+
+    id: int
+    barber_id: int | None
+    appointment_id: int | None
+    amount: Decimal | None
+    status: str | None
+    stripe_payment_intent_id: str | None
+    created_at: datetime | None
+    client_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -54,9 +81,9 @@ class LegacyBarber:
     rate_note: str | None  # how the rate was read, when not as given
 
 
-def barber_of(row: Mapping, default_rate: Decimal) -> LegacyBarber | Skip:
+def barber_of(row: V2UserRow, default_rate: Decimal) -> LegacyBarber | Skip:
     """A `users` row (role barber) as the barber config the suite starts it with."""
-    raw = row["commission_rate"]
+    raw = row.commission_rate
     note = None
     if raw is None:
         rate, note = default_rate, "null commission_rate: the platform default"
@@ -65,9 +92,9 @@ def barber_of(row: Mapping, default_rate: Decimal) -> LegacyBarber | Skip:
         if 1 < rate <= 100:
             rate, note = rate / 100, f"commission_rate {raw} read as a percentage"
         elif not 0 <= rate <= 1:
-            return Skip("users", row["id"], "invalid_commission_rate", f"commission_rate {raw}")
-    account = (row["stripe_account_id"] or "").strip() or None
-    return LegacyBarber(row["id"], rate.normalize() if rate else Decimal(0), account, note)
+            return Skip("users", row.id, "invalid_commission_rate", f"commission_rate {raw}")
+    account = (row.stripe_account_id or "").strip() or None
+    return LegacyBarber(row.id, rate.normalize() if rate else Decimal(0), account, note)
 
 
 @dataclass(frozen=True)
@@ -79,7 +106,7 @@ class LegacyPayment:
     amount: Decimal
     refunded_amount: Decimal
     currency: str
-    status: str
+    status: ImportedStatus
     commission_rate: Decimal
     commission_amount: Decimal
     processor_fee: Decimal
@@ -91,16 +118,17 @@ class LegacyPayment:
         return legacy_transaction_id(self.legacy_id)
 
 
-def payment_of(row: Mapping, barbers: Mapping[int, Decimal], currency: str) -> LegacyPayment | Skip:
+def payment_of(row: V2PaymentRow, barbers: Mapping[int, Decimal], currency: str) -> LegacyPayment | Skip:
     """A `payments` row (with `client_id` from its appointment, when known) as an imported payment,
     or why it is not one. `barbers` maps each imported barber to its commission rate."""
-    legacy_id, status, amount = row["id"], (row["status"] or "").strip().lower(), row["amount"]
+    legacy_id, given_status, amount = row.id, (row.status or "").strip().lower(), row.amount
 
     def skip(reason: str, detail: str) -> Skip:
         return Skip("payments", legacy_id, reason, detail)
 
-    if status not in IMPORTED_STATUSES:
-        return skip(f"status_{status or 'missing'}", f"status {row['status']!r} is not completed or refunded")
+    status = IMPORTED_STATUSES.get(given_status)
+    if status is None:
+        return skip(f"status_{given_status or 'missing'}", f"status {row.status!r} is not completed or refunded")
     if amount is None:
         return skip("missing_amount", "amount is null")
     amount = Decimal(amount)
@@ -110,18 +138,18 @@ def payment_of(row: Mapping, barbers: Mapping[int, Decimal], currency: str) -> L
         return skip("negative_amount", f"amount {amount}")
     if amount != round(amount, minor_unit_exponent(currency)):
         return skip("sub_minor_unit_amount", f"amount {amount} is not whole in {currency}")
-    if row["barber_id"] not in barbers:
-        return skip("unknown_barber", f"barber {row['barber_id']} is not an imported barber")
-    if row["created_at"] is None:
+    barber_id, created = row.barber_id, row.created_at
+    if barber_id is None or barber_id not in barbers:
+        return skip("unknown_barber", f"barber {barber_id} is not an imported barber")
+    if created is None:
         return skip("missing_created_at", "created_at is null")
-    rate = barbers[row["barber_id"]]
-    created = row["created_at"]
+    rate = barbers[barber_id]
     return LegacyPayment(
-        legacy_id=legacy_id, barber_id=row["barber_id"], appointment_id=row["appointment_id"],
-        client_id=row.get("client_id"), amount=amount, refunded_amount=amount if status == "refunded" else Decimal(0),
+        legacy_id=legacy_id, barber_id=barber_id, appointment_id=row.appointment_id,
+        client_id=row.client_id, amount=amount, refunded_amount=amount if status == "refunded" else Decimal(0),
         currency=currency, status=status, commission_rate=rate, commission_amount=percentage_of(amount, rate, currency),
         processor_fee=processor_fee("stripe", None, amount, currency),
-        stripe_payment_intent_id=row["stripe_payment_intent_id"],
+        stripe_payment_intent_id=row.stripe_payment_intent_id,
         processed_at=created if created.tzinfo else created.replace(tzinfo=UTC),
     )
 
@@ -132,7 +160,7 @@ def transaction_recorded(payment: LegacyPayment, sequence: int) -> TransactionRe
         appointment_id=payment.appointment_id, client_id=payment.client_id, payment_type="centralized",
         processor="stripe", connection_id=None, external_transaction_id=payment.stripe_payment_intent_id,
         amount=payment.amount, refunded_amount=payment.refunded_amount, currency=payment.currency,
-        status=payment.status, commission_rate=payment.commission_rate,  # type: ignore[arg-type]
+        status=payment.status, commission_rate=payment.commission_rate,
         commission_amount=payment.commission_amount, processor_fee=payment.processor_fee,
         processed_at=payment.processed_at, sequence=sequence, source="legacy",
     )

@@ -28,7 +28,7 @@ class TransactionLookups:
             refunds = await store.refunds_of(uow.session, transaction_id) if row else []
         if row is None:  # not a platform payment: perhaps an external one
             return external_transaction_out(await self.external_transaction(principal, transaction_id))
-        if principal.role == "barber" and row["barber_id"] != principal.barber_id:
+        if principal.role == "barber" and row.barber_id != principal.barber_id:
             raise not_found(f"transaction {transaction_id}")
         return transaction_out(row, refunds)
 
@@ -51,5 +51,5 @@ class TransactionLookups:
             rows = await store.list_payments(uow.session, barber_id=barber_id, status=status,
                                              payment_type=payment_type, since=since, until=until,
                                              cursor=cursor, limit=limit)
-        page, next_cursor = page_of(rows, limit, lambda row: (row["created_at"], row["id"]))
+        page, next_cursor = page_of(rows, limit, lambda row: (row.created_at, row.id))
         return TransactionPage(items=[transaction_out(row) for row in page], next_cursor=next_cursor)

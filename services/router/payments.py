@@ -28,6 +28,7 @@ from services.router.external import ExternalPayments, nothing_happened
 from services.router.mapping import external_process_out, process_out, transaction_recorded
 from services.router.routing import BarberContexts, RoutingService
 from services.router.settings import RouterSettings
+from services.router.store import DecisionRow, PaymentRow
 from services.router.wire import ProcessIn, ProcessOut
 from shared import attempts
 from shared.auth import Principal
@@ -48,7 +49,6 @@ log = structlog.get_logger("router.payments")
 _ROUTE_NAMESPACE = uuid.UUID("6f0b7a52-3f0e-4c55-9d55-6a1f2d0c9e41")
 # How far before an attempt's creation the processor's clock may put the payment (clock skew).
 CLOCK_SKEW = timedelta(minutes=5)
-Row = dict[str, Any]
 
 
 def processor_required(processor: PaymentProcessor | None) -> PaymentProcessor:
@@ -57,27 +57,27 @@ def processor_required(processor: PaymentProcessor | None) -> PaymentProcessor:
     return processor
 
 
-def payment_operation(processor: PaymentProcessor, payment: Row, *, timeout: float) -> attempts.Operation[
+def payment_operation(processor: PaymentProcessor, payment: PaymentRow, *, timeout: float) -> attempts.Operation[
         PaymentResult]:
     """How the pipeline creates, retrieves and finds a platform payment: a destination charge with
     the commission as application fee, found by our reference among the PaymentIntents created while
     the attempt could have been in flight."""
     request = PaymentRequest(
-        amount=payment["amount"], currency=payment["currency"], payment_method=payment["payment_method"],
-        idempotency_key=payment["processor_idempotency_key"], reference=str(payment["id"]),
-        platform_fee=payment["commission_amount"], destination=payment["destination_account"],
-        metadata={"transaction_id": str(payment["id"]), "route_id": str(payment["route_id"]),
-                  "barber_id": str(payment["barber_id"]), "appointment_id": str(payment["appointment_id"])},
+        amount=payment.amount, currency=payment.currency, payment_method=payment.payment_method,
+        idempotency_key=payment.processor_idempotency_key, reference=str(payment.id),
+        platform_fee=payment.commission_amount, destination=payment.destination_account,
+        metadata={"transaction_id": str(payment.id), "route_id": str(payment.route_id),
+                  "barber_id": str(payment.barber_id), "appointment_id": str(payment.appointment_id)},
     )
-    since = payment["created_at"] - CLOCK_SKEW
-    until = max(payment["updated_at"], payment["created_at"]) + timedelta(seconds=timeout) + CLOCK_SKEW
+    since = payment.created_at - CLOCK_SKEW
+    until = max(payment.updated_at, payment.created_at) + timedelta(seconds=timeout) + CLOCK_SKEW
     return attempts.Operation(
         create=lambda: processor.create_payment(request), retrieve=processor.retrieve_payment,
-        find=lambda: find_payment(processor, str(payment["id"]), since=since, until=until), processor=processor)
+        find=lambda: find_payment(processor, str(payment.id), since=since, until=until), processor=processor)
 
 
-def payment_state(payment: Row, *, fresh: bool = False) -> attempts.Attempt:
-    return attempts.Attempt(processor_id=payment["stripe_payment_intent_id"], created_at=payment["created_at"],
+def payment_state(payment: PaymentRow, *, fresh: bool = False) -> attempts.Attempt:
+    return attempts.Attempt(processor_id=payment.stripe_payment_intent_id, created_at=payment.created_at,
                             fresh=fresh)
 
 
@@ -113,70 +113,73 @@ class PaymentService:
                 decision = await self.routing.load_decision(principal, route_id)
         else:
             decision = await self.routing.load_decision(principal, body.route_id)
-        if decision["payment_type"] == "external":
+        if decision.payment_type == "external":
             return await self._charge_external(decision, body.payment_method, claim)
         return await self._charge_centralized(decision, body.payment_method, claim)
 
     # ---- through the barber's own processor -----------------------------------------------------
 
-    async def _charge_external(self, decision: Row, payment_method: str, claim: Claim | None) -> ProcessOut:
+    async def _charge_external(self, decision: DecisionRow, payment_method: str, claim: Claim | None) -> ProcessOut:
         """Through the external service on the barber's own processor. When that surely did nothing
         (refused connection, unusable connection, the external service unreachable, its circuit
         open) and the barber has fallback on, the platform takes the payment instead: both attempts
         stay on record, and every answer about the route says it fell back."""
+        connection_id = decision.connection_id
+        if connection_id is None:  # cannot be: the database ties every external route to its connection
+            raise RuntimeError(f"external route {decision.route_id} names no connection")
         if await self._claim_channel(decision) == "platform":  # fallen back before: the platform's now
-            return await self._charge_centralized(await self._decision(decision["route_id"]), payment_method, claim)
-        circuit = self.circuits.circuit(connection_circuit(decision["connection_id"]))
+            return await self._charge_centralized(await self._decision(decision.route_id), payment_method, claim)
+        circuit = self.circuits.circuit(connection_circuit(connection_id))
         try:
             if not circuit.allow(time.monotonic()):  # kept back here: no failure of the account's to count
-                raise ProblemError(503, "processor_unavailable", f"calls to this barber's {decision['processor']} "
+                raise ProblemError(503, "processor_unavailable", f"calls to this barber's {decision.processor} "
                                    "account keep failing; not sent", nothing_happened=True, circuit_open=True)
-            tx = await self.external.charge(decision, payment_method)
+            tx = await self.external.charge(decision, connection_id, payment_method)
         except ProblemError as problem:
             if problem.code in ("payment_declined", "processor_rejected"):
                 circuit.record_success()  # the account answered; the payment did not go through
             elif problem.status >= 500 and not problem.extra.get("circuit_open"):
                 circuit.record_failure(time.monotonic())
-            context = await self.contexts.get(decision["barber_id"], fresh=True)
+            context = await self.contexts.get(decision.barber_id, fresh=True)
             if not (nothing_happened(problem) and context.config.fallback_enabled):
-                await self._release_channel(decision["route_id"], None)
+                await self._release_channel(decision.route_id, None)
                 raise
-            log.info("external_fallback", route_id=str(decision["route_id"]), processor=decision["processor"],
+            log.info("external_fallback", route_id=str(decision.route_id), processor=decision.processor,
                      reason=problem.code)
-            await self._release_channel(decision["route_id"], "platform", reason=problem.code,
+            await self._release_channel(decision.route_id, "platform", reason=problem.code,
                                         transaction_id=problem.extra.get("transaction_id"))
-            return await self._charge_centralized(await self._decision(decision["route_id"]), payment_method, claim)
+            return await self._charge_centralized(await self._decision(decision.route_id), payment_method, claim)
         except BaseException:
-            await self._release_channel(decision["route_id"], None)
+            await self._release_channel(decision.route_id, None)
             raise
-        await self._release_channel(decision["route_id"], None)
+        await self._release_channel(decision.route_id, None)
         circuit.record_success()
         return external_process_out(decision, tx)
 
-    async def _decision(self, route_id: uuid.UUID) -> Row:
+    async def _decision(self, route_id: uuid.UUID) -> DecisionRow:
         async with self.rt.uow() as uow:
             row = await store.load_decision(uow.session, route_id)
         if row is None:
             raise not_found(f"route {route_id}")
         return row
 
-    async def _claim_channel(self, decision: Row) -> str:
+    async def _claim_channel(self, decision: DecisionRow) -> str:
         """Take the route's external channel for one attempt (a lease), under the route's lock: a
         concurrent payment of the same route waits (409) instead of racing it, and a route that
         fell back to the platform stays there. Returns the channel to pay through."""
         now = datetime.now(UTC)
         async with self.rt.uow() as uow:
-            row = await store.load_decision(uow.session, decision["route_id"], lock=True)
+            row = await store.load_decision(uow.session, decision.route_id, lock=True)
             if row is None:
-                raise not_found(f"route {decision['route_id']}")
-            if row["channel"] == "platform":
+                raise not_found(f"route {decision.route_id}")
+            if row.channel == "platform":
                 await uow.commit()
                 return "platform"
-            if row["channel_lease_until"] is not None and row["channel_lease_until"] > now:
+            if row.channel_lease_until is not None and row.channel_lease_until > now:
                 raise ProblemError(409, "payment_in_progress", "this route is being paid right now; retry shortly",
-                                   route_id=str(decision["route_id"]), headers={"Retry-After": "2"})
+                                   route_id=str(decision.route_id), headers={"Retry-After": "2"})
             lease = now + timedelta(seconds=self.settings.external_timeout + 5)
-            await store.set_channel(uow.session, decision["route_id"], {"channel": "external",
+            await store.set_channel(uow.session, decision.route_id, {"channel": "external",
                                                                         "channel_lease_until": lease})
             await uow.commit()
         return "external"
@@ -187,7 +190,7 @@ class PaymentService:
         why and which external attempt it replaced."""
         async with self.rt.uow() as uow:
             await store.load_decision(uow.session, route_id, lock=True)
-            values: Row = {"channel_lease_until": None}
+            values: store.Values = {"channel_lease_until": None}
             if channel is not None:
                 values["channel"] = channel
             if channel == "platform":
@@ -198,16 +201,16 @@ class PaymentService:
 
     # ---- on the platform's own Stripe account ------------------------------------------------------
 
-    async def _charge_centralized(self, decision: Row, payment_method: str, claim: Claim | None) -> ProcessOut:
+    async def _charge_centralized(self, decision: DecisionRow, payment_method: str, claim: Claim | None) -> ProcessOut:
         processor = processor_required(self.processor)
-        context = await self.contexts.get(decision["barber_id"], fresh=True)
+        context = await self.contexts.get(decision.barber_id, fresh=True)
         destination = context.config.connect_account_id
         if not destination:
             raise ProblemError(422, "connect_account_required",
                                "connect_account_id: the barber has no Stripe Connect account to pay out to",
                                field="connect_account_id")
         payment, fresh = await self._open_attempt(decision, payment_method, destination)
-        if payment["status"] != "pending":  # this route was already paid: answer that, charge nothing
+        if payment.status != "pending":  # this route was already paid: answer that, charge nothing
             return process_out(payment, decision)
         outcome = await attempts.call(payment_operation(processor, payment, timeout=self.settings.stripe_timeout),
                                       payment_state(payment, fresh=fresh), now=datetime.now(UTC),
@@ -220,40 +223,41 @@ class PaymentService:
             failed = await self.settle(payment, "failed", error.processor_payment_id if isinstance(
                 error, PaymentDeclined) else None, failure=(error.code if error and error.code else outcome.kind,
                                                             outcome.message))
-            raise attempts.problem_for(outcome, fresh=fresh, transaction_id=str(failed["id"]), who="Stripe")
+            raise attempts.problem_for(outcome, fresh=fresh, transaction_id=str(failed.id), who="Stripe")
         if outcome.kind == "absent" or (outcome.kind == "refused" and fresh):
             # Surely never reached Stripe: failed, no event (it is no payment); a retry makes a new one.
             await self.settle(payment, "failed", None, failure=("processor_unavailable", outcome.message),
                                reached=False)
             raise attempts.problem_for(attempts.Outcome("refused", error=outcome.error), fresh=True,
-                                       transaction_id=str(payment["id"]), who="Stripe")
+                                       transaction_id=str(payment.id), who="Stripe")
         # Unknown, or refused this time after an earlier send: it stays pending for a retry with the
         # same key, or the sweeper, to settle.
-        raise attempts.problem_for(outcome, fresh=False, transaction_id=str(payment["id"]), who="Stripe")
+        raise attempts.problem_for(outcome, fresh=False, transaction_id=str(payment.id), who="Stripe")
 
-    async def _open_attempt(self, decision: Row, payment_method: str, destination: str) -> tuple[Row, bool]:
+    async def _open_attempt(self, decision: DecisionRow, payment_method: str,
+                            destination: str) -> tuple[PaymentRow, bool]:
         """The route's live attempt (pending, with its lease taken, or paid), else a new pending one,
         committed before any charge; True when new (never sent)."""
         now = datetime.now(UTC)
         fresh = False
         async with self.rt.uow() as uow:
             # Lock the decision so two first attempts on one route cannot both be created.
-            await store.load_decision(uow.session, decision["route_id"], lock=True)
-            live = await store.live_attempt(uow.session, decision["route_id"])
-            if live is not None and live["status"] == "pending":
-                live = await store.touch_pending_payment(uow.session, live["id"], now) or live
+            await store.load_decision(uow.session, decision.route_id, lock=True)
+            live = await store.live_attempt(uow.session, decision.route_id)
+            if live is not None and live.status == "pending":
+                live = await store.touch_pending_payment(uow.session, live.id, now) or live
             if live is None:
                 payment_id = uuid.uuid4()
-                amount, currency = decision["amount"], decision["currency"]
+                amount, currency = decision.amount, decision.currency
                 # The platform's own Stripe fee: an external route that fell back was priced with the
                 # barber's processor's fee, which this payment does not pay.
-                fee = decision["estimated_processor_fee"] if decision["payment_type"] == "centralized" \
+                fee = decision.estimated_processor_fee if decision.payment_type == "centralized" \
                     else estimate_fee("stripe", None, amount, currency)
                 live = await store.insert_attempt(uow.session, dict(
-                    id=payment_id, route_id=decision["route_id"], barber_id=decision["barber_id"],
-                    appointment_id=decision["appointment_id"], client_id=decision["client_id"],
-                    amount=amount, currency=currency, commission_rate=decision["commission_rate"],
-                    commission_amount=decision["commission_amount"], processor_fee=fee, refunded_amount=Decimal(0),
+                    id=payment_id, route_id=decision.route_id, barber_id=decision.barber_id,
+                    appointment_id=decision.appointment_id, client_id=decision.client_id,
+                    amount=amount, currency=currency, commission_rate=decision.commission_rate,
+                    commission_amount=decision.commission_amount, processor_fee=fee, refunded_amount=Decimal(0),
                     destination_account=destination, payment_method=payment_method, status="pending",
                     processor_idempotency_key=f"hp-pay-{payment_id}", created_at=now, updated_at=now, version=1,
                 ))
@@ -261,8 +265,9 @@ class PaymentService:
             await uow.commit()
         return live, fresh
 
-    async def settle_result(self, payment: Row, result: PaymentResult, *, claim: Claim | None = None,
-                             decision: Row | None = None, untouched_since: datetime | None = None) -> Row:
+    async def settle_result(self, payment: PaymentRow, result: PaymentResult, *, claim: Claim | None = None,
+                             decision: DecisionRow | None = None,
+                             untouched_since: datetime | None = None) -> PaymentRow:
         return await self.settle(
             payment, settled_status(result.status), result.processor_payment_id, result.charge_id,
             failure=(result.failure_code or "payment_failed", result.failure_message or result.status)
@@ -271,24 +276,24 @@ class PaymentService:
         )
 
     async def settle(
-        self, payment: Row, status: str, intent_id: str | None, charge_id: str | None = None, *,
+        self, payment: PaymentRow, status: str, intent_id: str | None, charge_id: str | None = None, *,
         failure: tuple[str, str] | None = None, raw: dict[str, Any] | None = None, claim: Claim | None = None,
-        decision: Row | None = None, untouched_since: datetime | None = None, reached: bool = True,
-    ) -> Row:
+        decision: DecisionRow | None = None, untouched_since: datetime | None = None, reached: bool = True,
+    ) -> PaymentRow:
         """Record the attempt's outcome and its `transaction.recorded` event in one transaction (no
         event for an attempt that never `reached` Stripe). Still pending at Stripe: note its id and
         keep the attempt pending (no event)."""
         now = datetime.now(UTC)
         async with self.rt.uow() as uow:
-            row = await store.settle_attempt(uow.session, payment["id"], dict(
-                status=status, stripe_payment_intent_id=intent_id or payment["stripe_payment_intent_id"],
+            row = await store.settle_attempt(uow.session, payment.id, dict(
+                status=status, stripe_payment_intent_id=intent_id or payment.stripe_payment_intent_id,
                 stripe_charge_id=charge_id, failure_code=failure[0] if failure else None,
                 failure_reason=failure[1] if failure else None, processor_response=_jsonable(raw),
                 processed_at=None if status == "pending" else now, updated_at=now,
             ), untouched_since=untouched_since)
             if row is None:  # settled (or, for the sweeper, touched) by someone else first: theirs stands
                 await uow.commit()
-                return await self.payment(payment["id"])
+                return await self.payment(payment.id)
             if status != "pending" and reached:
                 uow.emit(transaction_recorded(row))
             if claim and decision is not None:
@@ -296,7 +301,7 @@ class PaymentService:
             await uow.commit()
         return row
 
-    async def payment(self, payment_id: uuid.UUID) -> Row:
+    async def payment(self, payment_id: uuid.UUID) -> PaymentRow:
         async with self.rt.uow() as uow:
             row = await store.load_payment(uow.session, payment_id)
         if row is None:

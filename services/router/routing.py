@@ -13,7 +13,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from services.router import store
 from services.router.domain import (
@@ -26,6 +25,7 @@ from services.router.domain import (
 )
 from services.router.mapping import config_of, connection_of, route_out
 from services.router.settings import RouterSettings
+from services.router.store import ConfigRow, ConnectionRow, DecisionRow
 from services.router.wire import RouteIn, RouteOut
 from shared.auth import Principal, acting_barber_id
 from shared.circuit import CircuitBoard
@@ -43,9 +43,9 @@ CACHE_TTL = 60.0
 @dataclass(frozen=True)
 class BarberContext:
     config: PaymentConfig
-    config_row: dict[str, Any] | None
+    config_row: ConfigRow | None
     connections: tuple[Connection, ...]
-    connection_rows: tuple[dict[str, Any], ...]
+    connection_rows: tuple[ConnectionRow, ...]
 
 
 class BarberContexts:
@@ -56,7 +56,7 @@ class BarberContexts:
         self.settings = settings
         self._cache: dict[int, tuple[float, BarberContext]] = {}
 
-    def defaults_row(self, barber_id: int) -> dict[str, Any]:
+    def defaults_row(self, barber_id: int) -> ConfigRow:
         return default_config_row(self.settings, barber_id)
 
     async def get(self, barber_id: int, *, fresh: bool = False) -> BarberContext:
@@ -138,10 +138,10 @@ class RoutingService:
             return route_out(await self.load_decision(principal, out.route_id))
         return out
 
-    async def load_decision(self, principal: Principal, route_id: uuid.UUID) -> dict[str, Any]:
+    async def load_decision(self, principal: Principal, route_id: uuid.UUID) -> DecisionRow:
         async with self.rt.uow() as uow:
             row = await store.load_decision(uow.session, route_id)
-        if row is None or (principal.role == "barber" and row["barber_id"] != principal.barber_id):
+        if row is None or (principal.role == "barber" and row.barber_id != principal.barber_id):
             raise not_found(f"route {route_id}")  # another barber's route does not exist for you
         return row
 
@@ -149,14 +149,15 @@ class RoutingService:
         return route_out(await self.load_decision(principal, route_id))
 
 
-def default_config_row(s: RouterSettings, barber_id: int) -> dict[str, Any]:
-    """The config a barber without a row has: the platform defaults (version 0: never saved)."""
-    return {
-        "barber_id": barber_id, "payment_mode": s.default_payment_mode, "preferred_processor": None,
-        "fallback_enabled": True, "min_external_amount": None, "max_platform_amount": None,
-        "split_threshold": None, "threshold_currency": "USD", "commission_rate": s.default_commission_rate,
-        "commission_collection_frequency": s.commission_collection_frequency,
-        "auto_collection_enabled": s.auto_collection_enabled, "webhook_notifications": True,
-        "email_notifications": True, "analytics_enabled": True, "connect_account_id": None,
-        "version": 0, "updated_at": None,
-    }
+def default_config_row(s: RouterSettings, barber_id: int) -> ConfigRow:
+    """The config a barber without a row has: the platform defaults (version 0: never saved, so no
+    id and no times)."""
+    return ConfigRow(
+        id=None, barber_id=barber_id, payment_mode=s.default_payment_mode, preferred_processor=None,
+        fallback_enabled=True, min_external_amount=None, max_platform_amount=None,
+        split_threshold=None, threshold_currency="USD", commission_rate=s.default_commission_rate,
+        commission_collection_frequency=s.commission_collection_frequency,
+        auto_collection_enabled=s.auto_collection_enabled, webhook_notifications=True,
+        email_notifications=True, analytics_enabled=True, connect_account_id=None,
+        effective_from=None, created_at=None, updated_at=None, version=0,
+    )

@@ -1,8 +1,10 @@
 """The router's named queries: every statement the use cases run, over a unit of work's session.
 
 Use cases say *what* (`lock_payment`, `settle_attempt`); this module says *how* in SQL. Rows come
-back as plain dicts. Writes that settle something are conditional (`WHERE status = 'pending'`), so
-whoever settles first wins and a late writer learns it from the empty result.
+back as typed, frozen structs, one per table (`ConfigRow`, `ConnectionRow`, `DecisionRow`,
+`PaymentRow`, `RefundRow`); values written go in as dicts of columns. Writes that settle something
+are conditional (`WHERE status = 'pending'`), so whoever settles first wins and a late writer learns
+it from the empty result.
 """
 
 from __future__ import annotations
@@ -10,17 +12,20 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, TypeVar
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.router import tables as t
+from services.router.domain import Frequency, PaymentMode, PaymentType, Processor
 from shared import attempts
+from shared.lifecycle import PaymentStatus, RefundStatus
 from shared.pagination import after_cursor
 
-Row = dict[str, Any]
+Values = dict[str, Any]  # columns to write
 c = t.hybrid_payment_configs
 pc = t.processor_connections
 rd = t.routing_decisions
@@ -30,40 +35,178 @@ r = t.platform_refunds
 # Built once: the `/route` hot path only binds parameters to it.
 INSERT_DECISION = pg_insert(rd).on_conflict_do_nothing().returning(rd.c.route_id)
 
+# What an external route is being paid through: the barber's processor, or the platform (it fell back).
+Channel = Literal["external", "platform"]
 
-def _one(result) -> Row | None:
+
+class ConfigRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of router.hybrid_payment_configs, or the platform defaults of a barber without one
+    (`routing.default_config_row`: version 0, and no id or times, for it was never saved)."""
+
+    id: int | None
+    barber_id: int
+    payment_mode: PaymentMode
+    preferred_processor: Processor | None
+    fallback_enabled: bool
+    min_external_amount: Decimal | None
+    max_platform_amount: Decimal | None
+    split_threshold: Decimal | None
+    threshold_currency: str
+    commission_rate: Decimal
+    commission_collection_frequency: Frequency
+    auto_collection_enabled: bool
+    webhook_notifications: bool
+    email_notifications: bool
+    analytics_enabled: bool
+    connect_account_id: str | None
+    effective_from: datetime | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    version: int
+
+
+class ConnectionRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of router.processor_connections (the read model of `connection.changed`)."""
+
+    connection_id: int
+    barber_id: int
+    processor: Processor
+    account_id: str
+    # As the external service published it (its connection status, or `disabled`): the router
+    # stores it unchecked and only takes `active` as usable.
+    status: str
+    default_currency: str
+    supports_payments: bool
+    supports_refunds: bool
+    fee_percent: Decimal | None
+    fee_fixed: Decimal | None
+    connected_at: datetime
+    event_occurred_at: datetime
+    updated_at: datetime
+    version: int | None
+
+
+class DecisionRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of router.routing_decisions."""
+
+    route_id: uuid.UUID
+    barber_id: int
+    appointment_id: int
+    client_id: int | None
+    amount: Decimal
+    currency: str
+    payment_type: PaymentType
+    processor: Processor
+    connection_id: int | None
+    commission_rate: Decimal
+    commission_amount: Decimal
+    estimated_processor_fee: Decimal
+    barber_net: Decimal
+    reason: str
+    fallback_used: bool
+    decided_at: datetime
+    channel: Channel | None
+    channel_lease_until: datetime | None
+    fallback_reason: str | None
+    fallback_transaction_id: uuid.UUID | None
+
+
+class PaymentRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of router.platform_payments."""
+
+    id: uuid.UUID
+    route_id: uuid.UUID
+    barber_id: int
+    appointment_id: int
+    client_id: int | None
+    amount: Decimal
+    currency: str
+    commission_rate: Decimal
+    commission_amount: Decimal
+    processor_fee: Decimal
+    refunded_amount: Decimal
+    destination_account: str
+    payment_method: str
+    status: PaymentStatus
+    processor_idempotency_key: str
+    stripe_payment_intent_id: str | None
+    stripe_charge_id: str | None
+    failure_code: str | None
+    failure_reason: str | None
+    processor_response: dict[str, Any] | None
+    processed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    version: int
+    next_check_at: datetime | None
+    check_failures: int
+
+
+class RefundRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of router.platform_refunds."""
+
+    id: uuid.UUID
+    payment_id: uuid.UUID
+    amount: Decimal
+    status: RefundStatus
+    processor_idempotency_key: str
+    stripe_refund_id: str | None
+    failure_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    next_check_at: datetime | None
+    check_failures: int
+
+
+R = TypeVar("R")
+
+
+def _one(result, row_type: type[R]) -> R | None:
     row = result.mappings().first()
-    return dict(row) if row is not None else None
+    return None if row is None else row_type(**row)
+
+
+def _only(result, row_type: type[R]) -> R:
+    """The row a statement must return (an insert's RETURNING, an update of a row that exists and
+    is locked: rows of these tables are never deleted)."""
+    row = result.mappings().first()
+    if row is None:
+        raise RuntimeError(f"expected a {row_type.__name__}, the statement returned none")
+    return row_type(**row)
+
+
+def _all(result, row_type: type[R]) -> list[R]:
+    return [row_type(**row) for row in result.mappings()]
 
 
 # ---- configs ---------------------------------------------------------------------------------------
 
-async def load_config(session: AsyncSession, barber_id: int, *, lock: bool = False) -> Row | None:
+async def load_config(session: AsyncSession, barber_id: int, *, lock: bool = False) -> ConfigRow | None:
     query = sa.select(c).where(c.c.barber_id == barber_id)
-    return _one(await session.execute(query.with_for_update() if lock else query))
+    return _one(await session.execute(query.with_for_update() if lock else query), ConfigRow)
 
 
-async def insert_config(session: AsyncSession, values: Row) -> Row | None:
+async def insert_config(session: AsyncSession, values: Values) -> ConfigRow | None:
     """The barber's first row, or None when a concurrent writer inserted it first."""
     return _one(await session.execute(
-        pg_insert(c).values(**values).on_conflict_do_nothing(index_elements=[c.c.barber_id]).returning(c)))
+        pg_insert(c).values(**values).on_conflict_do_nothing(index_elements=[c.c.barber_id]).returning(c)), ConfigRow)
 
 
-async def update_config(session: AsyncSession, barber_id: int, version: int, values: Row) -> Row:
-    return _one(await session.execute(
+async def update_config(session: AsyncSession, barber_id: int, version: int, values: Values) -> ConfigRow:
+    """Under the row's lock, at the version read under it: there is always the one row to update."""
+    return _only(await session.execute(
         sa.update(c).where(c.c.barber_id == barber_id, c.c.version == version)
-        .values(**values, version=c.c.version + 1).returning(c)))  # type: ignore[return-value]
+        .values(**values, version=c.c.version + 1).returning(c)), ConfigRow)
 
 
 # ---- connections read model --------------------------------------------------------------------------
 
-async def load_connections(session: AsyncSession, barber_id: int) -> list[Row]:
-    rows = await session.execute(sa.select(pc).where(pc.c.barber_id == barber_id)
-                                 .order_by(pc.c.connected_at, pc.c.connection_id))
-    return [dict(row) for row in rows.mappings()]
+async def load_connections(session: AsyncSession, barber_id: int) -> list[ConnectionRow]:
+    return _all(await session.execute(sa.select(pc).where(pc.c.barber_id == barber_id)
+                                      .order_by(pc.c.connected_at, pc.c.connection_id)), ConnectionRow)
 
 
-async def upsert_connection(session: AsyncSession, values: Row) -> None:
+async def upsert_connection(session: AsyncSession, values: Values) -> None:
     """Insert or update; an older state never overwrites a newer one: by the connection's version
     where both have one (replicas' clocks may disagree), else by the event's time."""
     stmt = pg_insert(pc).values(**values)
@@ -76,71 +219,72 @@ async def upsert_connection(session: AsyncSession, values: Row) -> None:
 
 # ---- routing decisions -------------------------------------------------------------------------------
 
-async def insert_decision(session: AsyncSession, decision: Row) -> bool:
+async def insert_decision(session: AsyncSession, decision: Values) -> bool:
     return (await session.execute(INSERT_DECISION, decision)).first() is not None
 
 
-async def load_decision(session: AsyncSession, route_id: uuid.UUID, *, lock: bool = False) -> Row | None:
+async def load_decision(session: AsyncSession, route_id: uuid.UUID, *, lock: bool = False) -> DecisionRow | None:
     query = sa.select(rd).where(rd.c.route_id == route_id)
-    return _one(await session.execute(query.with_for_update() if lock else query))
+    return _one(await session.execute(query.with_for_update() if lock else query), DecisionRow)
 
 
-async def set_channel(session: AsyncSession, route_id: uuid.UUID, values: Row) -> None:
+async def set_channel(session: AsyncSession, route_id: uuid.UUID, values: Values) -> None:
     await session.execute(sa.update(rd).where(rd.c.route_id == route_id).values(**values))
 
 
 # ---- payments ------------------------------------------------------------------------------------------
 
-async def live_attempt(session: AsyncSession, route_id: uuid.UUID) -> Row | None:
+async def live_attempt(session: AsyncSession, route_id: uuid.UUID) -> PaymentRow | None:
     """The route's attempt that is in flight or took money (at most one: a unique index says so)."""
     return _one(await session.execute(
-        sa.select(p).where(p.c.route_id == route_id, p.c.status.not_in(("failed", "canceled")))))
+        sa.select(p).where(p.c.route_id == route_id, p.c.status.not_in(("failed", "canceled")))), PaymentRow)
 
 
-async def insert_attempt(session: AsyncSession, values: Row) -> Row:
-    return _one(await session.execute(sa.insert(p).values(**values).returning(p)))  # type: ignore[return-value]
+async def insert_attempt(session: AsyncSession, values: Values) -> PaymentRow:
+    return _only(await session.execute(sa.insert(p).values(**values).returning(p)), PaymentRow)
 
 
-async def load_payment(session: AsyncSession, payment_id: uuid.UUID, *, lock: bool = False) -> Row | None:
+async def load_payment(session: AsyncSession, payment_id: uuid.UUID, *, lock: bool = False) -> PaymentRow | None:
     query = sa.select(p).where(p.c.id == payment_id)
-    return _one(await session.execute(query.with_for_update() if lock else query))
+    return _one(await session.execute(query.with_for_update() if lock else query), PaymentRow)
 
 
-async def touch_pending_payment(session: AsyncSession, payment_id: uuid.UUID, now: datetime) -> Row | None:
+async def touch_pending_payment(session: AsyncSession, payment_id: uuid.UUID, now: datetime) -> PaymentRow | None:
     """Take the lease of a pending attempt before calling the processor (None: it is settled)."""
     return _one(await session.execute(
         sa.update(p).where(p.c.id == payment_id, p.c.status == "pending")
-        .values(updated_at=now).returning(p)))
+        .values(updated_at=now).returning(p)), PaymentRow)
 
 
-async def settle_attempt(session: AsyncSession, payment_id: uuid.UUID, values: Row, *,
-                         untouched_since: datetime | None = None) -> Row | None:
+async def settle_attempt(session: AsyncSession, payment_id: uuid.UUID, values: Values, *,
+                         untouched_since: datetime | None = None) -> PaymentRow | None:
     """Move a pending attempt to its outcome; None when someone settled (or touched) it first."""
     where = [p.c.id == payment_id, p.c.status == "pending"]
     if untouched_since is not None:  # the sweeper: only attempts nobody is driving right now
         where.append(p.c.updated_at < untouched_since)
     return _one(await session.execute(
-        sa.update(p).where(*where).values(**values, version=p.c.version + 1).returning(p)))
+        sa.update(p).where(*where).values(**values, version=p.c.version + 1).returning(p)), PaymentRow)
 
 
-async def record_refunded(session: AsyncSession, payment_id: uuid.UUID, refunded_amount: Decimal, status: str,
-                          now: datetime) -> Row:
-    return _one(await session.execute(
+async def record_refunded(session: AsyncSession, payment_id: uuid.UUID, refunded_amount: Decimal,
+                          status: PaymentStatus, now: datetime) -> PaymentRow:
+    """On the payment locked by the caller."""
+    return _only(await session.execute(
         sa.update(p).where(p.c.id == payment_id)
         .values(refunded_amount=refunded_amount, status=status, updated_at=now, version=p.c.version + 1)
-        .returning(p)))  # type: ignore[return-value]
+        .returning(p)), PaymentRow)
 
 
-async def pending_attempts(session: AsyncSession, untouched_since: datetime, now: datetime, limit: int) -> list[Row]:
+async def pending_attempts(session: AsyncSession, untouched_since: datetime, now: datetime,
+                           limit: int) -> list[PaymentRow]:
     """Attempts nobody came back for, not backed off, oldest first."""
-    rows = await session.execute(
+    return _all(await session.execute(
         sa.select(p).where(p.c.status == "pending", p.c.updated_at < untouched_since, attempts.due(p, now))
-        .order_by(attempts.sweep_order(p)).limit(limit))
-    return [dict(row) for row in rows.mappings()]
+        .order_by(attempts.sweep_order(p)).limit(limit)), PaymentRow)
 
 
-async def back_off_payment(session: AsyncSession, row: Row, now: datetime) -> None:
-    await attempts.back_off(session, p, row["id"], row["check_failures"], now)
+async def back_off_payment(session: AsyncSession, row: PaymentRow, now: datetime) -> None:
+    await attempts.back_off(session, p, row.id, row.check_failures, now)
 
 
 async def check_payment_later(session: AsyncSession, payment_id: uuid.UUID, when: datetime) -> None:
@@ -149,7 +293,7 @@ async def check_payment_later(session: AsyncSession, payment_id: uuid.UUID, when
 
 async def list_payments(session: AsyncSession, *, barber_id: int | None, status: str | None,
                         payment_type: str | None, since: datetime | None, until: datetime | None,
-                        cursor: str | None, limit: int) -> list[Row]:
+                        cursor: str | None, limit: int) -> list[PaymentRow]:
     """Newest first; `limit + 1` rows so the caller knows whether there is a next page."""
     if payment_type == "external":
         return []  # external payments are the external service's records
@@ -160,9 +304,8 @@ async def list_payments(session: AsyncSession, *, barber_id: int | None, status:
         p.c.created_at < until if until is not None else None,
         after_cursor(p.c.created_at, p.c.id, cursor, uuid.UUID),
     ) if clause is not None]
-    rows = await session.execute(
-        sa.select(p).where(*where).order_by(p.c.created_at.desc(), p.c.id.desc()).limit(limit + 1))
-    return [dict(row) for row in rows.mappings()]
+    return _all(await session.execute(
+        sa.select(p).where(*where).order_by(p.c.created_at.desc(), p.c.id.desc()).limit(limit + 1)), PaymentRow)
 
 
 # ---- refunds -------------------------------------------------------------------------------------------
@@ -173,42 +316,43 @@ async def pending_refund_total(session: AsyncSession, payment_id: uuid.UUID) -> 
         .where(r.c.payment_id == payment_id, r.c.status == "pending"))
 
 
-async def load_refund(session: AsyncSession, refund_id: uuid.UUID) -> Row | None:
-    return _one(await session.execute(sa.select(r).where(r.c.id == refund_id)))
+async def load_refund(session: AsyncSession, refund_id: uuid.UUID) -> RefundRow | None:
+    return _one(await session.execute(sa.select(r).where(r.c.id == refund_id)), RefundRow)
 
 
-async def refunds_of(session: AsyncSession, payment_id: uuid.UUID) -> list[Row]:
-    rows = await session.execute(sa.select(r).where(r.c.payment_id == payment_id).order_by(r.c.created_at))
-    return [dict(row) for row in rows.mappings()]
+async def refunds_of(session: AsyncSession, payment_id: uuid.UUID) -> list[RefundRow]:
+    return _all(await session.execute(
+        sa.select(r).where(r.c.payment_id == payment_id).order_by(r.c.created_at)), RefundRow)
 
 
-async def insert_refund(session: AsyncSession, values: Row) -> Row:
-    return _one(await session.execute(sa.insert(r).values(**values).returning(r)))  # type: ignore[return-value]
+async def insert_refund(session: AsyncSession, values: Values) -> RefundRow:
+    return _only(await session.execute(sa.insert(r).values(**values).returning(r)), RefundRow)
 
 
-async def touch_pending_refund(session: AsyncSession, refund_id: uuid.UUID, now: datetime) -> Row | None:
+async def touch_pending_refund(session: AsyncSession, refund_id: uuid.UUID, now: datetime) -> RefundRow | None:
     return _one(await session.execute(
-        sa.update(r).where(r.c.id == refund_id, r.c.status == "pending").values(updated_at=now).returning(r)))
+        sa.update(r).where(r.c.id == refund_id, r.c.status == "pending").values(updated_at=now).returning(r)),
+        RefundRow)
 
 
-async def settle_refund(session: AsyncSession, refund_id: uuid.UUID, values: Row, *,
-                        untouched_since: datetime | None = None) -> Row | None:
+async def settle_refund(session: AsyncSession, refund_id: uuid.UUID, values: Values, *,
+                        untouched_since: datetime | None = None) -> RefundRow | None:
     where = [r.c.id == refund_id, r.c.status == "pending"]
     if untouched_since is not None:
         where.append(r.c.updated_at < untouched_since)
-    return _one(await session.execute(sa.update(r).where(*where).values(**values).returning(r)))
+    return _one(await session.execute(sa.update(r).where(*where).values(**values).returning(r)), RefundRow)
 
 
-async def pending_refunds(session: AsyncSession, untouched_since: datetime, now: datetime, limit: int) -> list[Row]:
+async def pending_refunds(session: AsyncSession, untouched_since: datetime, now: datetime,
+                          limit: int) -> list[RefundRow]:
     """Refunds nobody came back for, not backed off, oldest first."""
-    rows = await session.execute(
+    return _all(await session.execute(
         sa.select(r).where(r.c.status == "pending", r.c.updated_at < untouched_since, attempts.due(r, now))
-        .order_by(attempts.sweep_order(r)).limit(limit))
-    return [dict(row) for row in rows.mappings()]
+        .order_by(attempts.sweep_order(r)).limit(limit)), RefundRow)
 
 
-async def back_off_refund(session: AsyncSession, row: Row, now: datetime) -> None:
-    await attempts.back_off(session, r, row["id"], row["check_failures"], now)
+async def back_off_refund(session: AsyncSession, row: RefundRow, now: datetime) -> None:
+    await attempts.back_off(session, r, row.id, row.check_failures, now)
 
 
 async def check_refund_later(session: AsyncSession, refund_id: uuid.UUID, when: datetime) -> None:

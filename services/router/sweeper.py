@@ -11,7 +11,6 @@ looked at again a sweep interval later; one whose look-up fails backs off on its
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 import structlog
 
@@ -19,12 +18,12 @@ from services.router import store
 from services.router.payments import PaymentService, payment_operation, payment_state
 from services.router.refunds import RefundService, refund_operation, refund_state
 from services.router.settings import RouterSettings
+from services.router.store import PaymentRow, RefundRow
 from shared import attempts
 from shared.processors.base import PaymentProcessor
 from shared.service import ServiceRuntime
 
 log = structlog.get_logger("router.sweeper")
-Row = dict[str, Any]
 
 
 class Sweeper:
@@ -54,7 +53,7 @@ class Sweeper:
             log.info("pending_swept", **outcomes)
         return outcomes
 
-    async def _back_off(self, back_off, row: Row, now: datetime) -> None:
+    async def _back_off(self, back_off, row: PaymentRow | RefundRow, now: datetime) -> None:
         async with self.rt.uow() as uow:
             await back_off(uow.session, row, now)
             await uow.commit()
@@ -64,14 +63,14 @@ class Sweeper:
             await check_later(uow.session, row_id, now + timedelta(seconds=self.settings.pending_sweep_after))
             await uow.commit()
 
-    async def _payment(self, payment: Row, now: datetime, untouched_since: datetime) -> str:
+    async def _payment(self, payment: PaymentRow, now: datetime, untouched_since: datetime) -> str:
         processor = self.processor
         if processor is None:
             return "skipped"
         outcome = await attempts.look_up(payment_operation(processor, payment, timeout=self.settings.stripe_timeout),
                                          payment_state(payment), now=now)
         if outcome.kind == "not_yet":
-            await self._later(store.check_payment_later, payment["id"], now)
+            await self._later(store.check_payment_later, payment.id, now)
             return "pending"
         if outcome.kind == "absent" or outcome.result is None:  # Stripe never saw it: nothing was charged
             row = await self.payments.settle(payment, "failed", None, failure=(
@@ -79,27 +78,27 @@ class Sweeper:
                 untouched_since=untouched_since, reached=False)
         else:
             row = await self.payments.settle_result(payment, outcome.result, untouched_since=untouched_since)
-        if row["status"] == "pending":
-            await self._later(store.check_payment_later, payment["id"], now)
-        return row["status"]
+        if row.status == "pending":
+            await self._later(store.check_payment_later, payment.id, now)
+        return row.status
 
-    async def _refund(self, refund: Row, now: datetime, untouched_since: datetime) -> str:
+    async def _refund(self, refund: RefundRow, now: datetime, untouched_since: datetime) -> str:
         processor = self.processor
         if processor is None:
             return "skipped"
         async with self.rt.uow() as uow:
-            payment = await store.load_payment(uow.session, refund["payment_id"])
+            payment = await store.load_payment(uow.session, refund.payment_id)
         if payment is None:
             return "skipped"
         outcome = await attempts.look_up(refund_operation(processor, payment, refund), refund_state(refund), now=now)
         if outcome.kind == "not_yet":
-            await self._later(store.check_refund_later, refund["id"], now)
+            await self._later(store.check_refund_later, refund.id, now)
             return "pending"
         if outcome.kind == "absent" or outcome.result is None:  # Stripe never saw it: no money moved
-            _, settled = await self.refunds.settle(refund["id"], "failed", None, "not found at the processor",
+            _, settled = await self.refunds.settle(refund.id, "failed", None, "not found at the processor",
                                                    untouched_since=untouched_since)
         else:
-            _, settled = await self.refunds.settle_result(refund["id"], outcome.result, untouched_since=untouched_since)
-        if settled["status"] == "pending":
-            await self._later(store.check_refund_later, refund["id"], now)
-        return settled["status"]
+            _, settled = await self.refunds.settle_result(refund.id, outcome.result, untouched_since=untouched_since)
+        if settled.status == "pending":
+            await self._later(store.check_refund_later, refund.id, now)
+        return settled.status

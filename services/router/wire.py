@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from services.router.domain import PaymentMode, Processor, validate_rules
+from services.router.domain import Frequency, PaymentMode, Processor, validate_rules
 from shared.events import ConfigChanged
 from shared.money import (
     MoneyError,
@@ -27,7 +27,6 @@ from shared.money import (
 
 PositiveId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 BarberId = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
-Frequency = Literal["daily", "weekly", "monthly"]
 PaymentMethod = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 AccountId = Annotated[str, msgspec.Meta(pattern=r"^acct_[A-Za-z0-9]{1,64}$")]
 

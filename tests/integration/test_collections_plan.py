@@ -110,7 +110,7 @@ async def test_the_sql_plan_is_the_domain_plan(scratch, seed):
         if accruals:
             ids = list((await conn.execute(sa.insert(ct.accruals).returning(ct.accruals.c.id), accruals)).scalars())
         session = AsyncSession(bind=conn)
-        created = await store.bill_unbilled(
+        created, _ = await store.bill_unbilled(
             session, ends=window_ends(NOW), now=NOW, minimum=minimum, default_frequency=default.frequency,
             default_auto=default.auto_collection, force=force, barber_id=only, due=due_date(NOW))
         billed = {r.id: r.collection_id for r in await conn.execute(
@@ -122,12 +122,12 @@ async def test_the_sql_plan_is_the_domain_plan(scratch, seed):
     by_collection: dict[uuid.UUID, set[int]] = {}
     for accrual_id, collection_id in billed.items():
         by_collection.setdefault(collection_id, set()).add(accrual_id)
-    made = sorted((r["barber_id"], r["currency"], r["amount"], frozenset(by_collection.get(r["id"], ())),
-                   frozenset(r["external_transaction_ids"])) for r in created)
+    made = sorted((r.barber_id, r.currency, r.amount, frozenset(by_collection.get(r.id, ())),
+                   frozenset(r.external_transaction_ids)) for r in created)
     expected = sorted((p.barber_id, p.currency, p.amount, frozenset(p.accrual_ids), frozenset(p.transaction_ids))
                       for p in planned)
     assert made == expected
     # And the books: what was billed is exactly what the collections hold.
-    assert sum((r["amount"] for r in created), Decimal(0)) == sum(
+    assert sum((r.amount for r in created), Decimal(0)) == sum(
         (a["amount"] for i, a in zip(ids, accruals) if i in billed), Decimal(0))
 

@@ -312,26 +312,27 @@ async def test_overdue_collections_read_zero_once_none_is_left(make_settings, mo
     """Both gauges that show overdue collections (analytics' pending_collections, the collections
     service's platform_collections) set every status of a currency they know, so the last overdue
     one being collected reads 0 rather than the last count (which would keep its alert firing)."""
-    def status_rows(*statuses: str):
+    def status_rows(make, *statuses: str):
         async def rows(session):
-            return [{"status": s, "currency": "CHF", "n": 2, "amount": Decimal("30.00")} for s in statuses]
+            return [make(status=s, currency="CHF", n=2, amount=Decimal("30.00")) for s in statuses]
         return rows
 
     def gauge(name: str, status: str) -> float | None:
         return REGISTRY.get_sample_value(name, {"status": status, "currency": "CHF"})
 
     now = datetime.now(UTC)
-    for create, cls, state, store, query, name in (
+    for create, cls, state, store, query, make, name in (
             (analytics_app, AnalyticsSettings, "reports", analytics_store, "collections_by_status",
+             analytics_store.StatusTotal,
              "pending_collections"),
             (collections_app, CollectionsSettings, "collections.lookups", collections_store, "totals_by_status",
-             "platform_collections")):
+             collections_store.StatusTotal, "platform_collections")):
         app = create(make_settings(cls, log_level="error"))
         runtime = app.state.runtime
         runtime.consumer_specs, runtime.start_relay, runtime.start_jobs = (), False, False
         async with AsyncTestClient(app) as service:
             async def refresh(*statuses: str) -> None:
-                monkeypatch.setattr(store, query, status_rows(*statuses))
+                monkeypatch.setattr(store, query, status_rows(make, *statuses))
                 await asyncio.to_thread(service.blocking_portal.call, attrgetter(state)(app.state).refresh_metrics, now)
 
             await refresh("overdue", "collected")

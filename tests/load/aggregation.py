@@ -65,11 +65,11 @@ async def one_run(url: str) -> tuple[float, int, int]:
 
             session = AsyncSession(bind=conn)
             started = time.perf_counter()
-            rows = await store.bill_unbilled(
+            rows, billed = await store.bill_unbilled(
                 session, ends=window_ends(NOW), now=NOW, minimum=Decimal("25.00"), default_frequency="weekly",
                 default_auto=True, force=False, barber_id=None, due=due_date(NOW))
             elapsed = time.perf_counter() - started
-        return elapsed, len(rows), (rows[0]["billed_count"] if rows else 0)
+        return elapsed, len(rows), billed
     finally:
         await engine.dispose()
 

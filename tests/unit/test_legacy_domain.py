@@ -10,6 +10,8 @@ from services.router.legacy import (
     LegacyPayment,
     Skip,
     Totals,
+    V2PaymentRow,
+    V2UserRow,
     barber_of,
     differences,
     legacy_transaction_id,
@@ -26,25 +28,25 @@ DEFAULT = D("0.20")
     (D("20.00"), D("0.2"), True), (D("12.5"), D("0.125"), True), (D("100"), D("1"), True),
 ])
 def test_a_barbers_rate_is_a_fraction_a_percentage_or_the_default(raw, rate, noted):
-    barber = barber_of({"id": 7, "commission_rate": raw, "stripe_account_id": "acct_1"}, DEFAULT)
+    barber = barber_of(V2UserRow(id=7, commission_rate=raw, stripe_account_id="acct_1"), DEFAULT)
     assert isinstance(barber, LegacyBarber)
     assert barber.commission_rate == rate and (barber.rate_note is not None) == noted
 
 
 @pytest.mark.parametrize("raw", [D("-0.1"), D("100.01"), D("250")])
 def test_an_impossible_rate_skips_the_barber_instead_of_guessing(raw):
-    skip = barber_of({"id": 7, "commission_rate": raw, "stripe_account_id": None}, DEFAULT)
+    skip = barber_of(V2UserRow(id=7, commission_rate=raw, stripe_account_id=None), DEFAULT)
     assert skip == Skip("users", 7, "invalid_commission_rate", f"commission_rate {raw}")
 
 
 def test_a_blank_stripe_account_is_no_account():
-    assert barber_of({"id": 1, "commission_rate": None, "stripe_account_id": "  "}, DEFAULT).connect_account_id is None
+    assert barber_of(V2UserRow(id=1, commission_rate=None, stripe_account_id="  "), DEFAULT).connect_account_id is None
 
 
 def row(**over):
     base = dict(id=10, barber_id=1, appointment_id=5, client_id=9, amount=D("45.50"), status="completed",
                 stripe_payment_intent_id="pi_1", created_at=datetime(2025, 3, 1, 12, 0))
-    return {**base, **over}
+    return V2PaymentRow(**{**base, **over})
 
 
 RATES = {1: D("0.15")}
