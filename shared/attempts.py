@@ -227,3 +227,28 @@ async def sweep(rows: Sequence[S], settle: Callable[[S], Awaitable[str]],
                 log.exception("sweep_back_off_failed", id=str(row.id))
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     return outcomes
+
+
+@dataclass(frozen=True)
+class Sweep(Generic[S]):
+    """One kind of row a sweeper settles: its rows, how to settle one, and the store's statement that
+    backs one off (`back_off(session, row, now)`, run in a transaction of its own)."""
+
+    name: str  # prefixes the outcome counts ("payment_completed")
+    rows: Sequence[S]
+    settle: Callable[[S], Awaitable[str]]
+    back_off: Callable[[AsyncSession, S, datetime], Awaitable[None]]
+
+
+async def sweep_all(unit_of_work: Callable[[], Any], sweeps: Sequence[Sweep[Any]], now: datetime) -> dict[str, int]:
+    """Run each sweep; the counts of all of them, named `<sweep>_<outcome>`."""
+    outcomes: dict[str, int] = {}
+    for one in sweeps:
+        async def back_off_row(row: Any, one: Sweep[Any] = one) -> None:
+            async with unit_of_work() as uow:
+                await one.back_off(uow.session, row, now)
+                await uow.commit()
+
+        for outcome, count in (await sweep(one.rows, one.settle, back_off_row)).items():
+            outcomes[f"{one.name}_{outcome}"] = count
+    return outcomes

@@ -7,6 +7,8 @@ first migration in its own schema.
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import UUID
@@ -150,3 +152,28 @@ class PlatformTables:
             sa.Index("dead_letters_one_per_event", "consumer", "event_id", unique=True,
                      postgresql_where=sa.text("event_id IS NOT NULL")),
         )
+
+
+# ---- typed rows -------------------------------------------------------------------------------------------
+# Every store returns one frozen struct per table; these turn a statement's result into them.
+
+R = TypeVar("R")
+
+
+def one_row(result: Any, row_type: type[R]) -> R | None:
+    """The first row of `result` as `row_type`, or None."""
+    row = result.mappings().first()
+    return None if row is None else row_type(**row)
+
+
+def only_row(result: Any, row_type: type[R]) -> R:
+    """The row a statement must return (an insert's or upsert's RETURNING, an update of a row that
+    exists); its absence is a bug, raised as one."""
+    row = result.mappings().first()
+    if row is None:
+        raise RuntimeError(f"expected a {row_type.__name__}, the statement returned none")
+    return row_type(**row)
+
+
+def all_rows(result: Any, row_type: type[R]) -> list[R]:
+    return [row_type(**row) for row in result.mappings()]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import msgspec
 import sqlalchemy as sa
@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.analytics import tables as t
 from services.analytics.domain import ALL_BARBERS, MEASURES, Measures, RollupKey
+from shared.db import all_rows as _all
+from shared.db import one_row as _one
 
 Values = dict[str, Any]  # columns to write
 tf, dp, cf, dc = t.transaction_facts, t.daily_payments, t.collection_facts, t.daily_collections
@@ -101,9 +103,6 @@ class StatusTotal(msgspec.Struct, frozen=True, kw_only=True):
     amount: Decimal
 
 
-R = TypeVar("R")
-
-
 _LOCK_FACTS = sa.text(
     "SELECT count(pg_advisory_xact_lock(hashtextextended('analytics-fact:' || id, 0))) "
     "FROM unnest(CAST(:ids AS text[])) AS id")
@@ -114,15 +113,6 @@ def _sums() -> list:
     """Each measure summed (counts stay integers: sum(bigint) is numeric in Postgres)."""
     return [(sa.cast(sa.func.sum(dp.c[m]), sa.BigInteger) if m in COUNTS else sa.func.sum(dp.c[m])).label(m)
             for m in MEASURES]
-
-
-def _one(result, row_type: type[R]) -> R | None:
-    row = result.mappings().first()
-    return None if row is None else row_type(**row)
-
-
-def _all(result, row_type: type[R]) -> list[R]:
-    return [row_type(**r) for r in result.mappings()]
 
 
 # ---- transaction facts and their rollups -----------------------------------------------------------------

@@ -245,16 +245,12 @@ class CollectingService:
         untouched_since = now - timedelta(seconds=self.settings.pending_sweep_after)
         async with self.rt.uow() as uow:
             rows = await store.pending_attempts(uow.session, untouched_since, now, limit=200)
-        outcomes = await attempts.sweep(rows, lambda row: self.drive(row.id, sweeping=True),
-                                        lambda row: self._back_off(row, now))
+        outcomes = await attempts.sweep_all(self.rt.uow, [
+            attempts.Sweep("attempt", rows, lambda row: self.drive(row.id, sweeping=True), store.back_off_attempt),
+        ], now)
         if outcomes:
             log.info("collection_attempts_swept", **outcomes)
         return len(rows)
-
-    async def _back_off(self, row: AttemptRow, now: datetime) -> None:
-        async with self.rt.uow() as uow:
-            await store.back_off_attempt(uow.session, row, now)
-            await uow.commit()
 
     async def close(self) -> None:
         if self._drives:

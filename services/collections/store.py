@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import msgspec
 import sqlalchemy as sa
@@ -17,6 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.collections import tables as t
 from shared import attempts
+from shared.db import all_rows as _all
+from shared.db import one_row as _one
+from shared.db import only_row as _only
 from shared.pagination import after_cursor
 from shared.scheduler import lock_key
 
@@ -109,26 +112,6 @@ class AttemptRow(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime
     next_check_at: datetime | None
     check_failures: int
-
-
-R = TypeVar("R")
-
-
-def _one(result, row_type: type[R]) -> R | None:
-    row = result.mappings().first()
-    return None if row is None else row_type(**row)
-
-
-def _only(result, row_type: type[R]) -> R:
-    """The row a statement must return (an update of a locked row, an upsert's RETURNING)."""
-    row = result.mappings().first()
-    if row is None:
-        raise RuntimeError(f"expected a {row_type.__name__}, the statement returned none")
-    return row_type(**row)
-
-
-def _all(result, row_type: type[R]) -> list[R]:
-    return [row_type(**r) for r in result.mappings()]
 
 
 # ---- barber settings and payment methods ------------------------------------------------------------

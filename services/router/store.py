@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import msgspec
 import sqlalchemy as sa
@@ -22,6 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.router import tables as t
 from services.router.domain import Frequency, PaymentMode, PaymentType, Processor
 from shared import attempts
+from shared.db import all_rows as _all
+from shared.db import one_row as _one
+from shared.db import only_row as _only
 from shared.lifecycle import PaymentStatus, RefundStatus
 from shared.pagination import after_cursor
 
@@ -156,27 +159,6 @@ class RefundRow(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime
     next_check_at: datetime | None
     check_failures: int
-
-
-R = TypeVar("R")
-
-
-def _one(result, row_type: type[R]) -> R | None:
-    row = result.mappings().first()
-    return None if row is None else row_type(**row)
-
-
-def _only(result, row_type: type[R]) -> R:
-    """The row a statement must return (an insert's RETURNING, an update of a row that exists and
-    is locked: rows of these tables are never deleted)."""
-    row = result.mappings().first()
-    if row is None:
-        raise RuntimeError(f"expected a {row_type.__name__}, the statement returned none")
-    return row_type(**row)
-
-
-def _all(result, row_type: type[R]) -> list[R]:
-    return [row_type(**row) for row in result.mappings()]
 
 
 # ---- configs ---------------------------------------------------------------------------------------

@@ -43,20 +43,15 @@ class Sweeper:
         async with self.rt.uow() as uow:
             payments = await store.pending_attempts(uow.session, untouched_since, now, limit=200)
             refunds = await store.pending_refunds(uow.session, untouched_since, now, limit=200)
-        outcomes = {f"payment_{k}": n for k, n in (await attempts.sweep(
-            payments, lambda row: self._payment(row, now, untouched_since),
-            lambda row: self._back_off(store.back_off_payment, row, now))).items()}
-        outcomes |= {f"refund_{k}": n for k, n in (await attempts.sweep(
-            refunds, lambda row: self._refund(row, now, untouched_since),
-            lambda row: self._back_off(store.back_off_refund, row, now))).items()}
+        outcomes = await attempts.sweep_all(self.rt.uow, [
+            attempts.Sweep("payment", payments, lambda row: self._payment(row, now, untouched_since),
+                           store.back_off_payment),
+            attempts.Sweep("refund", refunds, lambda row: self._refund(row, now, untouched_since),
+                           store.back_off_refund),
+        ], now)
         if outcomes:
             log.info("pending_swept", **outcomes)
         return outcomes
-
-    async def _back_off(self, back_off, row: PaymentRow | RefundRow, now: datetime) -> None:
-        async with self.rt.uow() as uow:
-            await back_off(uow.session, row, now)
-            await uow.commit()
 
     async def _later(self, check_later, row_id, now: datetime) -> None:
         async with self.rt.uow() as uow:
