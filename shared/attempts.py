@@ -165,6 +165,15 @@ def problem_for(outcome: Outcome[Any], *, fresh: bool, transaction_id: str, who:
 
 # ---- sweeping ---------------------------------------------------------------------------------------
 
+def pending(table: sa.Table, untouched_since: datetime, now: datetime, limit: int,
+            *where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    """The rows of `table` a sweep takes: pending, untouched since `untouched_since` (nobody is
+    driving them), not backed off, oldest first, at most `limit`."""
+    return (sa.select(table).where(table.c.status == "pending", table.c.updated_at < untouched_since,
+                                   due(table, now), *where)
+            .order_by(sweep_order(table)).limit(limit))
+
+
 def due(table: sa.Table, now: datetime) -> sa.ColumnElement[bool]:
     """A pending row a sweep may look at now: not backed off (`next_check_at` passed or unset)."""
     return sa.or_(table.c.next_check_at.is_(None), table.c.next_check_at <= now)

@@ -259,9 +259,7 @@ async def note_attempt(session: AsyncSession, attempt_id: uuid.UUID, values: Val
 async def pending_attempts(session: AsyncSession, untouched_since: datetime, now: datetime,
                            limit: int) -> list[AttemptRow]:
     """Attempts nobody is driving, not backed off, oldest first."""
-    return _all(await session.execute(sa.select(at).where(
-        at.c.status == "pending", at.c.updated_at < untouched_since, attempts.due(at, now))
-        .order_by(attempts.sweep_order(at)).limit(limit)), AttemptRow)
+    return _all(await session.execute(attempts.pending(at, untouched_since, now, limit)), AttemptRow)
 
 
 async def back_off_attempt(session: AsyncSession, row: AttemptRow, now: datetime) -> None:

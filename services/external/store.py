@@ -298,9 +298,8 @@ async def update_transaction(session: AsyncSession, transaction_id: uuid.UUID, v
 async def pending_attempts(session: AsyncSession, untouched_since: datetime, now: datetime,
                            limit: int) -> list[TransactionRow]:
     """Our attempts nobody came back for, not backed off, oldest first."""
-    return _all(await session.execute(
-        sa.select(tx).where(tx.c.status == "pending", tx.c.updated_at < untouched_since, tx.c.origin == "api",
-                            attempts.due(tx, now)).order_by(attempts.sweep_order(tx)).limit(limit)), TransactionRow)
+    return _all(await session.execute(attempts.pending(tx, untouched_since, now, limit, tx.c.origin == "api")),
+                TransactionRow)
 
 
 async def back_off_attempt(session: AsyncSession, row: TransactionRow, now: datetime) -> None:
@@ -388,10 +387,9 @@ async def adopt_orphan_refunds(session: AsyncSession, processor: str, processor_
 async def pending_refunds(session: AsyncSession, untouched_since: datetime, now: datetime,
                           limit: int) -> list[RefundRow]:
     """Our refunds nobody came back for, not backed off, oldest first."""
-    return _all(await session.execute(
-        sa.select(rf).where(rf.c.status == "pending", rf.c.updated_at < untouched_since,
-                            rf.c.processor_idempotency_key.is_not(None), rf.c.transaction_id.is_not(None),
-                            attempts.due(rf, now)).order_by(attempts.sweep_order(rf)).limit(limit)), RefundRow)
+    return _all(await session.execute(attempts.pending(
+        rf, untouched_since, now, limit, rf.c.processor_idempotency_key.is_not(None), rf.c.transaction_id.is_not(None))
+    ), RefundRow)
 
 
 async def back_off_refund(session: AsyncSession, row: RefundRow, now: datetime) -> None:

@@ -260,9 +260,7 @@ async def record_refunded(session: AsyncSession, payment_id: uuid.UUID, refunded
 async def pending_attempts(session: AsyncSession, untouched_since: datetime, now: datetime,
                            limit: int) -> list[PaymentRow]:
     """Attempts nobody came back for, not backed off, oldest first."""
-    return _all(await session.execute(
-        sa.select(p).where(p.c.status == "pending", p.c.updated_at < untouched_since, attempts.due(p, now))
-        .order_by(attempts.sweep_order(p)).limit(limit)), PaymentRow)
+    return _all(await session.execute(attempts.pending(p, untouched_since, now, limit)), PaymentRow)
 
 
 async def back_off_payment(session: AsyncSession, row: PaymentRow, now: datetime) -> None:
@@ -328,9 +326,7 @@ async def settle_refund(session: AsyncSession, refund_id: uuid.UUID, values: Val
 async def pending_refunds(session: AsyncSession, untouched_since: datetime, now: datetime,
                           limit: int) -> list[RefundRow]:
     """Refunds nobody came back for, not backed off, oldest first."""
-    return _all(await session.execute(
-        sa.select(r).where(r.c.status == "pending", r.c.updated_at < untouched_since, attempts.due(r, now))
-        .order_by(attempts.sweep_order(r)).limit(limit)), RefundRow)
+    return _all(await session.execute(attempts.pending(r, untouched_since, now, limit)), RefundRow)
 
 
 async def back_off_refund(session: AsyncSession, row: RefundRow, now: datetime) -> None:
