@@ -22,7 +22,7 @@ run: setup
 	$(PY) -m tools.run
 
 test: setup
-	$(PY) -m pytest tests/unit tests/integration tests/e2e tests/load $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit tests/integration tests/e2e tests/load tests/fuzz $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

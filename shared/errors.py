@@ -6,6 +6,7 @@ Every error a service answers goes through here, so clients see one shape:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -133,9 +134,14 @@ def _from_validation(exc: ValidationException) -> ProblemError:
     return ProblemError(422, "validation_error", detail, errors=errors)
 
 
+_NAMED_FIELD = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")
+
+
 def _field_of(message: str) -> str | None:
     if "at `$." in message:
         return message.split("at `$.", 1)[1].rstrip("`")
+    if (named := _NAMED_FIELD.search(message)) is not None:  # msgspec names a missing or unknown one so
+        return named.group(1)
     # Cross-field checks (a Struct's __post_init__) start their message with "field: ".
     head, sep, _ = message.partition(": ")
     if sep and head.isidentifier():
@@ -172,7 +178,23 @@ def _handle_http(_: Request, exc: HTTPException) -> Response[bytes]:
     return problem_response(problem)
 
 
+def _sqlstate(exc: Exception) -> str | None:
+    """The SQLSTATE of a database error (asyncpg's own, or wrapped by SQLAlchemy)."""
+    for candidate in (exc, getattr(exc, "orig", None), getattr(getattr(exc, "orig", None), "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+    return None
+
+
 def _handle_unexpected(request: Request, exc: Exception) -> Response[bytes]:
+    if (_sqlstate(exc) or "").startswith("22"):
+        # A data exception (a number out of a column's range, a NUL in text): input that slipped past
+        # validation. It is the caller's to fix, so a 4xx; logged with its trace, as the validation
+        # that should have caught it is ours to add.
+        log.warning("data_exception", path=request.url.path, error=type(exc).__name__, exc_info=exc)
+        reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+        return problem_response(ProblemError(422, "invalid_value", f"a value in the request cannot be stored: {reason}"))
     log.exception("unhandled_error", path=request.url.path, error=type(exc).__name__)
     return problem_response(
         ProblemError(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "an unexpected error occurred")

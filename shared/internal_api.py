@@ -17,9 +17,13 @@ import msgspec
 
 from shared.auth import issue_token
 from shared.errors import ProblemError
+from shared.requests import text
 
 ChargeOutcome = Literal["completed", "pending", "failed", "canceled"]
 
+
+# A processor payment-method token as stored: bounded, no control characters.
+PaymentMethodText = text(255)
 
 class ChargeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Charge a routed payment on the barber's own connection. `route_id` makes it idempotent:
@@ -35,7 +39,7 @@ class ChargeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     commission_rate: Decimal
     commission_amount: Decimal
     estimated_processor_fee: Decimal
-    payment_method: str
+    payment_method: PaymentMethodText
 
 
 class RefundRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

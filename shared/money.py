@@ -27,6 +27,9 @@ SUPPORTED_CURRENCIES = frozenset(
 ) | _ZERO_DECIMAL | _THREE_DECIMAL
 
 DEFAULT_MAX_AMOUNT = Decimal("100000.00")
+# The most any stored amount may be (thresholds, fees): more than any payment the suite takes, and
+# well within every money column (numeric(18,4) holds less than 10^14).
+MAX_STORABLE_AMOUNT = Decimal(10) ** 12
 
 
 class MoneyError(ValueError):

@@ -11,12 +11,13 @@ requests therefore decode JSON floats straight from their text into `Decimal`, a
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Request
 from litestar.exceptions import SerializationException
 from litestar.openapi.spec import OpenAPIType, Schema
+from litestar.params import PathParameter
 from litestar.plugins import OpenAPISchemaPlugin
 from litestar.serialization import default_deserializer
 from litestar.types import Empty
@@ -29,6 +30,20 @@ if TYPE_CHECKING:
     from litestar._openapi.schema_generation import SchemaCreator
 
 T = TypeVar("T")
+
+# Free text that is stored (names, ids, payment method tokens): no control characters, and none of
+# them the NUL a Postgres text column refuses (a 500 if it got that far).
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
+
+
+def text(max_length: int, *, min_length: int = 1) -> Any:
+    """A stored string field: bounded, without control characters."""
+    return Annotated[str, msgspec.Meta(min_length=min_length, max_length=max_length, pattern=NO_CONTROL_CHARACTERS)]
+
+
+# Ids in paths, bounded by their columns (an id past them is refused as a 4xx, never sent to Postgres).
+Id = Annotated[int, PathParameter(ge=1, le=2**31 - 1)]  # integer / serial columns (barber ids, connections)
+BigId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]  # bigint columns
 
 
 def _hook(target: type, value: object) -> Any:

@@ -77,3 +77,35 @@ def make_settings(service_env: dict[str, str]):
         return load_settings(cls, env=service_env, dotenv=None, **overrides)
 
     return build
+
+
+# ---- the processor simulators, each a process of its own (one per test module) ------------------------
+
+@pytest.fixture(scope="module")
+def stripe_sim():
+    from tests.integration.router_support import start_stripe_sim
+
+    proc, url = start_stripe_sim()
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def square_sim():
+    from tests.integration.router_support import start_sim
+
+    proc, url = start_sim("sandbox.square_sim")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def paypal_sim():
+    from tests.integration.router_support import start_sim
+
+    proc, url = start_sim("sandbox.paypal_sim")
+    yield url
+    proc.terminate()
+    proc.wait(10)

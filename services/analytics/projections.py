@@ -15,8 +15,8 @@ import uuid
 from datetime import UTC, datetime
 
 from services.analytics import store
-from services.analytics.store import FactRow
 from services.analytics.domain import NONE, Fact, Measures, RollupKey, rollup_deltas
+from services.analytics.store import FactRow
 from shared.events import CollectionDue, CollectionSettled, Event, TransactionRecorded
 from shared.observability import EVENT_LAG
 from shared.outbox import UnitOfWork

@@ -23,9 +23,9 @@ import structlog
 
 from services.collections import store
 from services.collections.domain import after_failure
-from services.collections.store import AttemptRow, BarberSettingsRow, ChargeMethod, CollectionRow, PaymentMethodRow
 from services.collections.mapping import collection_due, collection_out, collection_settled
 from services.collections.settings import CollectionsSettings
+from services.collections.store import AttemptRow, BarberSettingsRow, ChargeMethod, CollectionRow, PaymentMethodRow
 from services.collections.wire import CollectionOut
 from shared import attempts
 from shared.errors import ProblemError, not_found

@@ -21,7 +21,7 @@ from services.collections.wire import (
 from shared.auth import MAX_USER_ID, Principal, require_roles
 from shared.idempotency import run_idempotent
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, time_filter
-from shared.requests import optional_body
+from shared.requests import Id, optional_body
 
 Collections = SkipValidation[CollectionsUseCases]
 Caller = Request[Principal, str, object]
@@ -59,7 +59,7 @@ class PlatformCollectionsController(Controller):
         return await collections.lookups.set_payment_method(request.user.user_id, data)
 
     @put("/payment-method/{barber_id:int}", guards=admin_only)
-    async def set_payment_method(self, request: Caller, barber_id: FromPath[int], data: JSONBody[PaymentMethodIn],
+    async def set_payment_method(self, request: Caller, barber_id: Id, data: JSONBody[PaymentMethodIn],
                                  collections: Collections) -> PaymentMethodOut:
         return await collections.lookups.set_payment_method(barber_id, data)
 
@@ -78,7 +78,7 @@ class PlatformCollectionsController(Controller):
                                       cursor=cursor, limit=limit)
 
     @get("/balance/{barber_id:int}", guards=admin_only)
-    async def barber_balance(self, barber_id: FromPath[int], collections: Collections,
+    async def barber_balance(self, barber_id: Id, collections: Collections,
                              currency: Currency = "USD") -> BalanceOut:
         return await collections.lookups.balance(barber_id, currency)
 

@@ -10,11 +10,11 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter, SkipV
 
 from services.external.usecases import ExternalUseCases
 from services.external.wire import (
+    AttributeIn,
     ConnectionIn,
     ConnectionOut,
     ConnectionPage,
     ConnectionUpdate,
-    AttributeIn,
     ReconcileIn,
     ReconcileReport,
     TransactionPage,
@@ -25,7 +25,7 @@ from shared.auth import MAX_USER_ID, Principal, require_roles
 from shared.idempotency import run_idempotent
 from shared.internal_api import ChargeRequest, ExternalTransactionOut, RefundOutcome, RefundRequest
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, time_filter
-from shared.requests import optional_body
+from shared.requests import NO_CONTROL_CHARACTERS, BigId, Id, optional_body
 
 External = SkipValidation[ExternalUseCases]
 Caller = Request[Principal, str, object]
@@ -58,17 +58,17 @@ class ExternalPaymentsController(Controller):
         return await external.connections.list(request.user, barber_id=barber_id, cursor=cursor, limit=limit)
 
     @get("/connections/{connection_id:int}", guards=people)
-    async def get_connection(self, request: Caller, connection_id: FromPath[int], external: External) -> ConnectionOut:
+    async def get_connection(self, request: Caller, connection_id: Id, external: External) -> ConnectionOut:
         return await external.connections.get(request.user, connection_id)
 
     @patch("/connections/{connection_id:int}", guards=people)
-    async def update_connection(self, request: Caller, connection_id: FromPath[int],
+    async def update_connection(self, request: Caller, connection_id: Id,
                                 data: JSONBody[ConnectionUpdate], external: External) -> ConnectionOut:
         """Change a connection; new `credentials` are checked with the processor again."""
         return await external.connections.update(request.user, connection_id, data)
 
     @delete("/connections/{connection_id:int}", guards=people, status_code=200)
-    async def disconnect(self, request: Caller, connection_id: FromPath[int], external: External) -> ConnectionOut:
+    async def disconnect(self, request: Caller, connection_id: Id, external: External) -> ConnectionOut:
         """Disconnect: the connection is kept (its transactions refer to it) with status `disconnected`."""
         return await external.connections.disconnect(request.user, connection_id)
 
@@ -76,7 +76,8 @@ class ExternalPaymentsController(Controller):
     async def list_transactions(
         self, request: Caller, external: External, barber_id: BarberFilter = None,
         status: FromQuery[TransactionStatus | None] = None, processor: FromQuery[Processor | None] = None,
-        external_transaction_id: Annotated[str | None, QueryParameter(max_length=255)] = None,
+        external_transaction_id: Annotated[str | None, QueryParameter(max_length=255,
+                                                                      pattern=NO_CONTROL_CHARACTERS)] = None,
         since: Annotated[str | None, QueryParameter(name="from", max_length=40)] = None,
         until: Annotated[str | None, QueryParameter(name="to", max_length=40)] = None,
         limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
@@ -106,7 +107,7 @@ class ExternalPaymentsController(Controller):
         return await external.attribution.list(waiting_only=waiting, cursor=cursor, limit=limit)
 
     @post("/unattributed/{unattributed_id:int}/attribute", guards=admin_only, status_code=200)
-    async def attribute(self, unattributed_id: FromPath[int], data: JSONBody[AttributeIn],
+    async def attribute(self, unattributed_id: BigId, data: JSONBody[AttributeIn],
                         external: External) -> ExternalTransactionOut:
         """Record such a payment as one connection's (as the processor says it is now)."""
         return await external.attribution.attribute(unattributed_id, data.connection_id)
@@ -118,7 +119,7 @@ class WebhooksController(Controller):
 
     # Processors send a few kilobytes; anything much larger is not a webhook (413).
     @post("/{processor:str}/{connection_id:int}", status_code=200, request_max_body_size=256 * 1024)
-    async def receive(self, request: Request, processor: FromPath[Processor], connection_id: FromPath[int],
+    async def receive(self, request: Request, processor: FromPath[Processor], connection_id: Id,
                       external: External) -> WebhookAck:
         """A processor's signed notification about this connection (no token: the signature is the auth)."""
         body = await request.body()

@@ -4,7 +4,7 @@ place that turns a connection row into a `PaymentProcessor` (cached per connecti
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 import structlog
@@ -14,9 +14,11 @@ from services.external.store import ConnectionRow
 from services.external.vault import CredentialVault, VaultError, hint
 from shared.errors import ProblemError
 from shared.processors.base import PaymentProcessor, Secret
+from shared.requests import text
 
 log = structlog.get_logger("external.processors")
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+Text = text(512)
+LocationId = text(64)
 
 
 class StripeCredentialsIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -25,7 +27,7 @@ class StripeCredentialsIn(msgspec.Struct, forbid_unknown_fields=True):
 
 class SquareCredentialsIn(msgspec.Struct, forbid_unknown_fields=True):
     access_token: Text
-    location_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    location_id: LocationId
 
 
 class PayPalCredentialsIn(msgspec.Struct, forbid_unknown_fields=True):

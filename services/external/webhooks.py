@@ -58,6 +58,16 @@ async def fetch_news(adapter: p.PaymentProcessor, event: p.WebhookEvent) -> News
     return News(payment, await adapter.list_refunds(event.payment_id) if event.refunds_of_payment else [])
 
 
+def _unreadable(event: p.WebhookEvent) -> str | None:
+    """Why the event's names cannot be kept (stored in text columns, sent in processor URLs):
+    each at most 255 characters without control characters (Postgres refuses NUL)."""
+    for what, value in (("id", event.event_id), ("type", event.event_type), ("payment id", event.payment_id),
+                        ("refund id", event.refund_id)):
+        if value is not None and (not value or len(value) > 255 or not value.isprintable()):
+            return f"the event's {what} is not an id we can keep (1 to 255 printable characters)"
+    return None
+
+
 class WebhookService:
     def __init__(self, runtime: ServiceRuntime, settings: ExternalSettings, adapters: Adapters,
                  ledger: Ledger) -> None:
@@ -103,11 +113,14 @@ class WebhookService:
             raise ProblemError(400, "invalid_signature", exc.message) from None
         except p.ProcessorRequestError as exc:  # signed, but not an event we can read
             WEBHOOKS_RECEIVED.labels(processor, "unreadable").inc()
-            raise ProblemError(400, "invalid_event", exc.message) from None
+            raise ProblemError(400, "invalid_event", f"not a {processor} event we can read: {exc.message}") from None
         except (p.ProcessorUnavailable, p.OutcomeUnknown) as exc:  # PayPal verifies through its API
             WEBHOOKS_RECEIVED.labels(processor, "verify_unavailable").inc()
             raise ProblemError(503, "verification_unavailable", f"could not verify with {processor}: {exc.message}",
                                headers={"Retry-After": "30"}) from None
+        if (unreadable := _unreadable(event)) is not None:
+            WEBHOOKS_RECEIVED.labels(processor, "unreadable").inc()
+            raise ProblemError(400, "invalid_event", unreadable)
         news = None
         outcome: WebhookOutcome = "ignored"
         if event.understood:
@@ -122,11 +135,15 @@ class WebhookService:
                 outcome = "not_found"  # not on this account: not the processor's notice
                 log.warning("webhook_object_not_found", connection_id=connection_id, event_id=event.event_id,
                             payment_id=event.payment_id, refund_id=event.refund_id)
+            except p.ProcessorRequestError as exc:
+                if exc.code != "invalid_id":
+                    raise self._unavailable(processor, exc) from None
+                # It names no object the processor could have: asking again would never help.
+                WEBHOOKS_RECEIVED.labels(processor, "unreadable").inc()
+                raise ProblemError(400, "invalid_event", f"the event names no {processor} object: {exc.message}") \
+                    from None
             except p.ProcessorError as exc:
-                # The processor cannot be asked now: answer so that it delivers again later.
-                WEBHOOKS_RECEIVED.labels(processor, "fetch_unavailable").inc()
-                raise ProblemError(503, "processor_unavailable", f"could not fetch what the event is about from "
-                                   f"{processor}: {exc.message}", headers={"Retry-After": "30"}) from None
+                raise self._unavailable(processor, exc) from None
         now = datetime.now(UTC)
         async with self.rt.uow() as uow:
             claimed = await store.claim_webhook_event(uow.session, dict(
@@ -151,6 +168,13 @@ class WebhookService:
         for refund in news.refunds:
             await self.ledger.record_refund(uow, connection, refund, now=now)
         return "applied"
+
+    @staticmethod
+    def _unavailable(processor: str, exc: p.ProcessorError) -> ProblemError:
+        """The processor cannot be asked now: answered so that it delivers the event again later."""
+        WEBHOOKS_RECEIVED.labels(processor, "fetch_unavailable").inc()
+        return ProblemError(503, "processor_unavailable", f"could not fetch what the event is about from "
+                            f"{processor}: {exc.message}", headers={"Retry-After": "30"})
 
     @staticmethod
     def _ack(processor: str, event: p.WebhookEvent, outcome: WebhookOutcome) -> WebhookAck:

@@ -10,13 +10,14 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from shared.internal_api import ExternalTransactionOut
-from shared.money import MoneyError, PlainDecimal, normalise_currency, to_decimal
+from shared.money import MAX_STORABLE_AMOUNT, MoneyError, PlainDecimal, normalise_currency, to_decimal
+from shared.requests import text
 
 Processor = Literal["stripe", "square", "paypal"]
 BarberId = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
-AccountId = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
-WebhookSecret = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+Name = text(255)
+AccountId = text(255)
+WebhookSecret = text(512)
 
 
 class FeesIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -32,8 +33,8 @@ class FeesIn(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError(f"processing_fees: {exc}") from None
         if not Decimal(0) <= self.percent < Decimal(100):
             raise ValueError("processing_fees: percent must be at least 0 and below 100")
-        if self.fixed < 0:
-            raise ValueError("processing_fees: fixed must not be negative")
+        if not Decimal(0) <= self.fixed <= MAX_STORABLE_AMOUNT:
+            raise ValueError(f"processing_fees: fixed must be from 0 to {MAX_STORABLE_AMOUNT}")
 
 
 def _currency(value: str) -> str:

@@ -23,10 +23,9 @@ from services.router.wire import (
     TransactionPage,
 )
 from shared.auth import MAX_USER_ID, Principal, require_roles
-from shared.errors import ProblemError
 from shared.idempotency import run_idempotent
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, time_filter
-from shared.requests import optional_body
+from shared.requests import Id, optional_body
 
 Router = SkipValidation[RouterUseCases]
 Caller = Request[Principal, str, object]
@@ -53,14 +52,14 @@ class HybridPaymentsController(Controller):
         return await router.configs.update_config(request.user, request.user.user_id, data, None)
 
     @get("/config/{barber_id:int}", guards=admin_only)
-    async def barber_config(self, barber_id: FromPath[int], router: Router) -> ConfigOut:
-        return await router.configs.get_config(_barber_id(barber_id))
+    async def barber_config(self, barber_id: Id, router: Router) -> ConfigOut:
+        return await router.configs.get_config(barber_id)
 
     @put("/config/{barber_id:int}", guards=admin_only)
     async def update_barber_config(
-        self, request: Caller, barber_id: FromPath[int], data: JSONBody[ConfigUpdate], router: Router
+        self, request: Caller, barber_id: Id, data: JSONBody[ConfigUpdate], router: Router
     ) -> ConfigOut:
-        return await router.configs.update_config(request.user, _barber_id(barber_id), data, None)
+        return await router.configs.update_config(request.user, barber_id, data, None)
 
     @post("/route", guards=any_caller, status_code=200)
     async def route(self, request: Caller, data: JSONBody[RouteIn], router: Router) -> RouteOut:
@@ -112,10 +111,4 @@ class HybridPaymentsController(Controller):
             router.idempotency, request, body,
             lambda claim: router.refunds.refund_payment(request.user, transaction_id, body, claim),
         )
-
-
-def _barber_id(barber_id: int) -> int:
-    if not 1 <= barber_id <= MAX_USER_ID:
-        raise ProblemError(422, "validation_error", "barber_id: must be a positive 32-bit integer", field="barber_id")
-    return barber_id
 

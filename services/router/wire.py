@@ -17,6 +17,7 @@ from msgspec import UNSET, UnsetType
 from services.router.domain import Frequency, PaymentMode, Processor, validate_rules
 from shared.events import ConfigChanged
 from shared.money import (
+    MAX_STORABLE_AMOUNT,
     MoneyError,
     PlainDecimal,
     amount_field,
@@ -24,10 +25,11 @@ from shared.money import (
     parse_rate,
     to_decimal,
 )
+from shared.requests import text
 
 PositiveId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 BarberId = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
-PaymentMethod = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+PaymentMethod = text(255)
 AccountId = Annotated[str, msgspec.Meta(pattern=r"^acct_[A-Za-z0-9]{1,64}$")]
 
 
@@ -278,7 +280,7 @@ def config_rule_error(merged: dict[str, object]) -> str | None:
         value = merged.get(name)
         if value is not None:
             try:
-                merged[name] = amount_field(name, value, currency, max_amount=None)
+                merged[name] = amount_field(name, value, currency, max_amount=MAX_STORABLE_AMOUNT)
             except MoneyError as exc:
                 return str(exc)
     return validate_rules(merged.get("min_external_amount"), merged.get("max_platform_amount"),

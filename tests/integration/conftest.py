@@ -17,7 +17,6 @@ from shared.config import normalise_database_url
 from shared.db import session_factory
 from shared.messaging import NatsLink
 from tests.integration.platform_support import SCHEMA, metadata
-from tests.integration.router_support import start_sim, start_stripe_sim
 
 _stream_numbers = itertools.count(1)
 
@@ -63,30 +62,6 @@ async def control(sim):
     raw calls to its API."""
     async with aiohttp.ClientSession(base_url=sim.url) as session:
         yield session
-
-
-@pytest.fixture(scope="module")
-def stripe_sim():
-    proc, url = start_stripe_sim()
-    yield url
-    proc.terminate()
-    proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def square_sim():
-    proc, url = start_sim("sandbox.square_sim")
-    yield url
-    proc.terminate()
-    proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def paypal_sim():
-    proc, url = start_sim("sandbox.paypal_sim")
-    yield url
-    proc.terminate()
-    proc.wait(10)
 
 
 @pytest.fixture(scope="module")

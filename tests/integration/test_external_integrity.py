@@ -20,6 +20,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import msgspec
 import sqlalchemy as sa
 
 from services.external import tables as et
@@ -355,3 +356,29 @@ async def swept(client, sweeper, now):
     import asyncio
 
     await asyncio.to_thread(client.blocking_portal.call, sweeper.sweep_pending, now)
+
+
+# ---- bad input that reached a 5xx (schemathesis) ------------------------------------------------------
+
+async def test_a_signed_event_whose_names_cannot_be_kept_is_400_and_stores_nothing(http, db):
+    """The barber can sign anything with its own secret: an id with a NUL (Postgres refuses it) or a
+    Square object id no processor could have is a 400, never a 500 or a 503 asking to retry forever."""
+    from shared.processors.square import signature_for
+
+    b = next_barber()
+    secret = f"whsec_nul_{b}"
+    connection = await connect_stripe(http, b, webhook_secret=secret)
+    status, problem = await post_stripe_notice(http, connection["id"], secret, {
+        "id": "evt_\u0000", "type": "payment_intent.succeeded", "data": {"object": {
+            "id": "pi_1", "object": "payment_intent"}}})
+    assert (status, problem["code"]) == (400, "invalid_event"), problem
+    square = await connect(http, b, "square", webhook_secret=f"sq-key-{b}")
+    body = msgspec.json.encode({"event_id": f"sq-bad-{b}", "type": "payment.updated",
+                                "created_at": "2026-12-01T00:00:00Z",
+                                "data": {"object": {"payment": {"id": "b\u0080"}}}})
+    signature = signature_for(body, signature_key=f"sq-key-{b}", notification_url=square["webhook_url"])
+    async with http.post(f"/api/v1/webhooks/square/{square['id']}", data=body,
+                         headers={"x-square-hmacsha256-signature": signature}) as resp:
+        assert resp.status == 400 and (await resp.json())["code"] == "invalid_event"
+    assert await rows(db, sa.select(et.webhook_events).where(
+        et.webhook_events.c.connection_id.in_([connection["id"], square["id"]]))) == []

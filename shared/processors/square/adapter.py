@@ -384,7 +384,7 @@ def _minor(amount: Any, currency: str) -> int:
 
 def _checked_id(value: str, kind: str) -> str:
     if not isinstance(value, str) or not _ID.fullmatch(value):
-        raise ProcessorRequestError(f"{value!r} is not a Square {kind} id")
+        raise ProcessorRequestError(f"{value!r} is not a Square {kind} id", code="invalid_id")
     return value
 
 
