@@ -382,3 +382,20 @@ async def test_a_signed_event_whose_names_cannot_be_kept_is_400_and_stores_nothi
         assert resp.status == 400 and (await resp.json())["code"] == "invalid_event"
     assert await rows(db, sa.select(et.webhook_events).where(
         et.webhook_events.c.connection_id.in_([connection["id"], square["id"]]))) == []
+
+
+# ---- 8: an attempt that never reached its processor is no failed payment ---------------------------------
+
+async def test_an_attempt_refused_before_reaching_the_processor_is_no_failed_payment(http, db, stripe_sim):
+    """Rate limited before anything was done: nothing happened (the router may pay elsewhere), and
+    no `transaction.recorded` tells analytics of a failed payment (it would count in success rates)."""
+    from tests.integration.router_support import sim_call
+
+    b = next_barber()
+    connection = await connect_stripe(http, b, webhook_secret=f"whsec_refused_{b}")
+    await sim_call(stripe_sim, "POST", "/_sim/faults", {"mode": "error", "status": 429, "count": 1,
+                                                        "path_prefix": "/v1/payment_intents"})
+    status, refused = await call(http, "POST", "/internal/v1/charges", SERVICE, charge_body(b, connection["id"]))
+    assert (status, refused["code"], refused["nothing_happened"]) == (503, "processor_unavailable", True), refused
+    assert (await transaction(db, refused["transaction_id"]))["status"] == "failed"
+    assert await events(db, "transaction.recorded", "transaction_id", refused["transaction_id"]) == []
