@@ -27,8 +27,8 @@ class AnalyticsController(Controller):
     async def dashboard(
         self, request: Caller, analytics: Analytics, barber_id: BarberId = None,
         start: Annotated[str | None, QueryParameter(
-            name="from", max_length=10, description="first UTC day, YYYY-MM-DD (default: to - 29 days)")] = None,
-        end: Annotated[str | None, QueryParameter(name="to", max_length=10,
+            name="from", description="first UTC day, YYYY-MM-DD (default: to - 29 days)")] = None,
+        end: Annotated[str | None, QueryParameter(name="to",
                                                   description="last UTC day, YYYY-MM-DD (default: today)")] = None,
         currency: Currency = "USD",
         source: Annotated[Literal["live", "legacy"] | None, QueryParameter(

@@ -46,7 +46,7 @@ def parse_day(name: str, value: str | None) -> date | None:
             raise ValueError
         return date.fromisoformat(value)
     except ValueError:
-        raise validation_error(name, f"{value!r} is not a date (YYYY-MM-DD, UTC)") from None
+        raise validation_error(name, f"{value[:40]!r} is not a date (YYYY-MM-DD, UTC)") from None
 
 
 def currency_of(value: str) -> str:

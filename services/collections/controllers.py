@@ -68,8 +68,8 @@ class PlatformCollectionsController(Controller):
         self, collections: Collections, barber_id: Annotated[int | None, QueryParameter(ge=1, le=MAX_USER_ID)] = None,
         status: FromQuery[Status | None] = None,
         currency: Annotated[str | None, QueryParameter(min_length=3, max_length=3)] = None,
-        since: Annotated[str | None, QueryParameter(name="from", max_length=40)] = None,
-        until: Annotated[str | None, QueryParameter(name="to", max_length=40)] = None,
+        since: Annotated[str | None, QueryParameter(name="from")] = None,
+        until: Annotated[str | None, QueryParameter(name="to")] = None,
         limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
     ) -> CollectionPage:
         return await collections.lookups.list(barber_id=barber_id, status=status,

@@ -78,8 +78,8 @@ class ExternalPaymentsController(Controller):
         status: FromQuery[TransactionStatus | None] = None, processor: FromQuery[Processor | None] = None,
         external_transaction_id: Annotated[str | None, QueryParameter(max_length=255,
                                                                       pattern=NO_CONTROL_CHARACTERS)] = None,
-        since: Annotated[str | None, QueryParameter(name="from", max_length=40)] = None,
-        until: Annotated[str | None, QueryParameter(name="to", max_length=40)] = None,
+        since: Annotated[str | None, QueryParameter(name="from")] = None,
+        until: Annotated[str | None, QueryParameter(name="to")] = None,
         limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
     ) -> TransactionPage:
         """External transactions, newest first (a barber sees its own); `from`/`to` bound `created_at`."""

@@ -89,8 +89,8 @@ class HybridPaymentsController(Controller):
         barber_id: Annotated[int | None, QueryParameter(ge=1, le=MAX_USER_ID)] = None,
         status: FromQuery[TransactionStatus | None] = None,
         payment_type: FromQuery[Literal["centralized", "external"] | None] = None,
-        since: Annotated[str | None, QueryParameter(name="from", max_length=40)] = None,
-        until: Annotated[str | None, QueryParameter(name="to", max_length=40)] = None,
+        since: Annotated[str | None, QueryParameter(name="from")] = None,
+        until: Annotated[str | None, QueryParameter(name="to")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
         cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> TransactionPage:
