@@ -286,7 +286,8 @@ async def test_a_barbers_own_square_calls_are_timed_by_outcome():
         assert timed_calls("square", "create_payment", "declined") == declined + 1
         assert timed_calls("square", "create_payment", "unavailable") == unavailable + 1
     finally:
-        await asyncio.gather(square.close(), down.close())
+        await square.close()
+        await down.close()
         await sim.close()
 
 
