@@ -61,10 +61,6 @@ _decoder = msgspec.json.Decoder(dec_hook=_hook, float_hook=Decimal)
 TYPE_DECODERS = [(lambda t: isinstance(t, type) and issubclass(t, PlainDecimal), lambda t, v: _hook(t, v))]
 
 
-def decode_untyped(body: bytes) -> Any:
-    return _decoder.decode(body)
-
-
 def decode_body(body: bytes, struct: type[T]) -> T:
     """A body into `struct` with the same exact rules (for handlers that read the body themselves)."""
     return msgspec.convert(_decoder.decode(body), struct, strict=False, dec_hook=_hook)

@@ -279,10 +279,6 @@ async def settle_unsent(session: AsyncSession, transaction_id: uuid.UUID, code: 
         version=tx.c.version + 1).returning(tx)), TransactionRow)
 
 
-async def insert_transaction(session: AsyncSession, values: Values) -> TransactionRow:
-    return _only(await session.execute(sa.insert(tx).values(**values).returning(tx)), TransactionRow)
-
-
 async def touch_pending(session: AsyncSession, transaction_id: uuid.UUID, now: datetime) -> TransactionRow | None:
     return _one(await session.execute(sa.update(tx).where(tx.c.id == transaction_id, tx.c.status == "pending")
                                       .values(updated_at=now).returning(tx)), TransactionRow)
