@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import asyncpg
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -49,7 +50,7 @@ class HotPath:
 
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(
-            self._dsn, min_size=1, max_size=self._size,
+            self._dsn, min_size=1, max_size=self._size, init=_json_codecs, reset=_keep_session,
             server_settings={"application_name": f"{self._application}-hot"},
         )
 
@@ -66,6 +67,31 @@ class HotPath:
         if self._pool is None:
             raise RuntimeError("HotPath.start() was not awaited")
         return await self._pool.fetchrow(sql, *(params[name] for name in order))
+
+
+    async def fetchrow_sql(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        """One statement written for asyncpg (`$n` parameters), in autocommit: a hot path's write
+        whose parts must be atomic is one statement (a CTE), so it costs one round trip. Prepared
+        once per connection (asyncpg's statement cache)."""
+        if self._pool is None:
+            raise RuntimeError("HotPath.start() was not awaited")
+        return await self._pool.fetchrow(sql, *args)
+
+
+async def _json_codecs(conn: asyncpg.Connection) -> None:
+    """json/jsonb as Python values, as SQLAlchemy gives them, so rows read here convert alike."""
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, schema="pg_catalog", encoder=_encode_json, decoder=msgspec.json.decode)
+
+
+def _encode_json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """No reset when a connection goes back to the pool. asyncpg's default sends `RESET ALL;
+    UNLISTEN *; CLOSE ALL; pg_advisory_unlock_all()`, one more round trip per statement; the hot
+    path runs single autocommit statements that leave no session state to reset."""
 
 
 def _compile_for_asyncpg(statement: sa.Executable, names: list[str]) -> tuple[str, list[str]]:

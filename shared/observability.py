@@ -84,6 +84,9 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         cache_logger_on_first_use=True,
     )
+    # The Stripe SDK logs every request and response at INFO: two lines per payment, a tenth of
+    # the router's CPU under load (py-spy, tests/load/README.md). Our own lines say what happened.
+    logging.getLogger("stripe").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
 
 
 def request_context_middleware(service: str):

@@ -115,7 +115,7 @@ class ServiceRuntime:
         self.sessions = session_factory(self.engine)
         self.hot_path = HotPath(self.settings)
         await self.hot_path.start()
-        self.idempotency = IdempotencyStore(self.sessions, self.tables)
+        self.idempotency = IdempotencyStore(self.sessions, self.tables, self.hot_path)
         self.relay = OutboxRelay(
             self.sessions, self.tables, self.link, poll_interval=self.settings.outbox_poll_interval
         )

@@ -34,7 +34,8 @@ from shared import attempts
 from shared.auth import Principal
 from shared.circuit import PLATFORM, CircuitBoard, connection_circuit
 from shared.errors import ProblemError, not_found
-from shared.idempotency import Claim
+from shared.events import encode_event, new_event
+from shared.idempotency import ANSWER, Claim
 from shared.lifecycle import settled_status
 from shared.processors.base import (
     PaymentDeclined,
@@ -94,28 +95,60 @@ class PaymentService:
         self.processor = processor
 
     async def process_payment(self, principal: Principal, body: ProcessIn, claim: Claim | None) -> ProcessOut:
-        decision = None
-        if body.route_id is None:
+        if body.route_id is not None:
+            decision = await self.routing.load_decision(principal, body.route_id)
+        else:
             # Route and pay at once. Under an Idempotency-Key the route id is derived from the key
             # and the request, so a retry after a timeout finds the same route (and its pending
             # charge) again, and is not decided afresh (the rules may say otherwise by now); a key
             # reused for another request later (keys expire) makes another route.
             derived = (uuid.uuid5(_ROUTE_NAMESPACE, f"{claim.scope}\n{claim.key}\n{claim.fingerprint}")
                        if claim else None)
-            if derived is not None:
-                async with self.rt.uow() as uow:
-                    decision = await store.load_decision(uow.session, derived)
-                if decision is not None:
-                    decision = await self.routing.load_decision(principal, derived)  # the owner's only
-            if decision is None:
-                route_id = (await self.routing.route_payment(principal, body.as_route(), None,
-                                                             route_id=derived)).route_id
-                decision = await self.routing.load_decision(principal, route_id)
-        else:
-            decision = await self.routing.load_decision(principal, body.route_id)
+            paid = await self._route_and_pay_on_platform(principal, body, derived, claim)
+            if paid is not None:
+                return paid
+            decision = await self._route_again_or_anew(principal, body, derived)
         if decision.payment_type == "external":
             return await self._charge_external(decision, body.payment_method, claim)
         return await self._charge_centralized(decision, body.payment_method, claim)
+
+    async def _route_and_pay_on_platform(self, principal: Principal, body: ProcessIn, route_id: uuid.UUID | None,
+                                         claim: Claim | None) -> ProcessOut | None:
+        """The hot path of route-and-pay: a new route the rules send to the platform is recorded
+        together with its pending attempt in one statement, then charged. None when it does not
+        apply (an external route, no platform processor, or a route id recorded before), and
+        nothing was written: the general path takes over."""
+        if self.processor is None:
+            return None
+        try:
+            decided = await self.routing.decide(principal, body.as_route(), route_id=route_id or uuid.uuid4())
+        except ProblemError:
+            if route_id is None:
+                raise
+            return None  # a retry's route may exist: the general path answers from it
+        decision = decided.row
+        if decision.payment_type != "centralized":
+            return None
+        recorded, payment = await store.open_route_and_attempt(self.rt.hot_path, decision, uuid.uuid4(),
+                                                               body.payment_method)
+        if not recorded:
+            return None
+        if payment is None:
+            raise _no_payout_account()
+        return await self._pay_on_platform(decision, payment, fresh=True, claim=claim)
+
+    async def _route_again_or_anew(self, principal: Principal, body: ProcessIn,
+                                   route_id: uuid.UUID | None) -> DecisionRow:
+        """The route a retry of route-and-pay made before, else a new one."""
+        if route_id is not None:
+            async with self.rt.uow() as uow:
+                existing = await store.load_decision(uow.session, route_id)
+            if existing is not None:
+                return await self.routing.load_decision(principal, route_id)  # the owner's only
+        decided = await self.routing.decide(principal, body.as_route(), route_id=route_id)
+        if await self.routing.record(decided, None):
+            return decided.row
+        return await self.routing.load_decision(principal, decided.row.route_id)
 
     # ---- through the barber's own processor -----------------------------------------------------
 
@@ -202,20 +235,28 @@ class PaymentService:
     # ---- on the platform's own Stripe account ------------------------------------------------------
 
     async def _charge_centralized(self, decision: DecisionRow, payment_method: str, claim: Claim | None) -> ProcessOut:
-        processor = processor_required(self.processor)
+        processor_required(self.processor)
         context = await self.contexts.get(decision.barber_id, fresh=True)
         destination = context.config.connect_account_id
         if not destination:
-            raise ProblemError(422, "connect_account_required",
-                               "connect_account_id: the barber has no Stripe Connect account to pay out to",
-                               field="connect_account_id")
+            raise _no_payout_account()
         payment, fresh = await self._open_attempt(decision, payment_method, destination)
+        return await self._pay_on_platform(decision, payment, fresh=fresh, claim=claim)
+
+    async def _pay_on_platform(self, decision: DecisionRow, payment: PaymentRow, *, fresh: bool,
+                               claim: Claim | None) -> ProcessOut:
+        """Charge an opened attempt (or answer the one already paid) and settle it."""
+        processor = processor_required(self.processor)
         if payment.status != "pending":  # this route was already paid: answer that, charge nothing
             return process_out(payment, decision)
         outcome = await attempts.call(payment_operation(processor, payment, timeout=self.settings.stripe_timeout),
                                       payment_state(payment, fresh=fresh), now=datetime.now(UTC),
                                       circuit=self.circuits.circuit(PLATFORM))
         if outcome.kind == "answered" and outcome.result is not None:
+            if fresh:
+                settled = await self._settle_fresh(payment, outcome.result, claim, decision)
+                if settled is not None:
+                    return process_out(settled, decision)
             return process_out(await self.settle_result(payment, outcome.result, claim=claim, decision=decision),
                                decision)
         if outcome.kind in ("declined", "rejected"):
@@ -265,6 +306,36 @@ class PaymentService:
             await uow.commit()
         return live, fresh
 
+    async def _settle_fresh(self, payment: PaymentRow, result: PaymentResult, claim: Claim | None,
+                            decision: DecisionRow) -> PaymentRow | None:
+        """Settle an attempt this request opened, with its event and answer, in one statement; the
+        row, event and answer are what `settle` would write. None when it does not apply (still
+        pending at Stripe) or the row moved meanwhile: then `settle` decides."""
+        status = settled_status(result.status)
+        if status == "pending":
+            return None
+        now = datetime.now(UTC)
+        failure = (result.failure_code or "payment_failed", result.failure_message or result.status) \
+            if status in ("failed", "canceled") else None
+        row = msgspec.structs.replace(
+            payment, status=status,
+            stripe_payment_intent_id=result.processor_payment_id or payment.stripe_payment_intent_id,
+            stripe_charge_id=result.charge_id, failure_code=failure[0] if failure else None,
+            failure_reason=failure[1] if failure else None, processor_response=_jsonable(result.raw),
+            processed_at=now, updated_at=now, version=payment.version + 1)
+        event = new_event(transaction_recorded(row))
+        prefix = self.settings.event_subject_prefix
+        answer = (claim.scope, claim.key, ANSWER.encode(process_out(row, decision))) if claim else None
+        if not await store.settle_fresh(self.rt.hot_path, row, payment.version,
+                                        (event.event_id, prefix + event.event_type, event.event_type,
+                                         encode_event(event)), answer):
+            return None
+        if claim is not None:
+            claim.completed = True
+        if self.rt.relay is not None:
+            self.rt.relay.notify()
+        return row
+
     async def settle_result(self, payment: PaymentRow, result: PaymentResult, *, claim: Claim | None = None,
                              decision: DecisionRow | None = None,
                              untouched_since: datetime | None = None) -> PaymentRow:
@@ -307,6 +378,12 @@ class PaymentService:
         if row is None:
             raise not_found(f"transaction {payment_id}")
         return row
+
+
+def _no_payout_account() -> ProblemError:
+    return ProblemError(422, "connect_account_required",
+                        "connect_account_id: the barber has no Stripe Connect account to pay out to",
+                        field="connect_account_id")
 
 
 def _uuid(value: str | None) -> uuid.UUID | None:

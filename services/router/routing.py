@@ -79,6 +79,14 @@ class BarberContexts:
             self._cache.pop(barber_id, None)
 
 
+@dataclass(frozen=True)
+class Decided:
+    """A decision made and not yet recorded: the answer, and the row that records it."""
+
+    out: RouteOut
+    row: DecisionRow
+
+
 class RoutingService:
     def __init__(self, runtime: ServiceRuntime, settings: RouterSettings, contexts: BarberContexts,
                  circuits: CircuitBoard) -> None:
@@ -91,6 +99,13 @@ class RoutingService:
         self, principal: Principal, body: RouteIn, claim: Claim | None, *, route_id: uuid.UUID | None = None
     ) -> RouteOut:
         """Decide and record. A given `route_id` that is already recorded returns that decision."""
+        decided = await self.decide(principal, body, route_id=route_id)
+        if not await self.record(decided, claim):  # recorded before (a retry of route-and-pay): answer that
+            return route_out(await self.load_decision(principal, decided.out.route_id))
+        return decided.out
+
+    async def decide(self, principal: Principal, body: RouteIn, *, route_id: uuid.UUID | None = None) -> Decided:
+        """The decision for `body`, from the cached context and the pure rules; nothing written."""
         barber_id = acting_barber_id(principal, body.barber_id)
         if body.amount > self.settings.max_payment_amount:
             raise validation_error("amount", f"{body.amount} exceeds the maximum of {self.settings.max_payment_amount}")
@@ -117,26 +132,29 @@ class RoutingService:
             barber_net=format_amount(priced.barber_net, currency), reason=route.reason,
             fallback_used=route.fallback_used, decided_at=decided_at,
         )
-        decision = dict(
+        row = DecisionRow(
             route_id=out.route_id, barber_id=barber_id, appointment_id=body.appointment_id,
             client_id=body.client_id, amount=body.amount, currency=currency,
             payment_type=route.payment_type, processor=route.processor, connection_id=out.connection_id,
             commission_rate=priced.commission_rate, commission_amount=priced.commission_amount,
             estimated_processor_fee=priced.estimated_processor_fee, barber_net=priced.barber_net,
             reason=route.reason, fallback_used=route.fallback_used, decided_at=decided_at,
+            channel=None, channel_lease_until=None, fallback_reason=None, fallback_transaction_id=None,
         )
+        return Decided(out, row)
+
+    async def record(self, decided: Decided, claim: Claim | None) -> bool:
+        """Write the decision; False when its route id was recorded before (nothing written)."""
+        values = store.decision_values(decided.row)
         if claim is None:
             # The hot path: one insert, nothing else to keep atomic with it.
-            inserted = await self.rt.write_one(store.INSERT_DECISION, decision) is not None
-        else:
-            async with self.rt.uow() as uow:
-                inserted = await store.insert_decision(uow.session, decision)
-                if inserted:
-                    claim.record(uow, 200, out)
-                await uow.commit()
-        if not inserted:  # this route id was recorded before (a retry of route-and-pay): answer that
-            return route_out(await self.load_decision(principal, out.route_id))
-        return out
+            return await self.rt.write_one(store.INSERT_DECISION, values) is not None
+        async with self.rt.uow() as uow:
+            inserted = await store.insert_decision(uow.session, values)
+            if inserted:
+                claim.record(uow, 200, decided.out)
+            await uow.commit()
+        return inserted
 
     async def load_decision(self, principal: Principal, route_id: uuid.UUID) -> DecisionRow:
         async with self.rt.uow() as uow:

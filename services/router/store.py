@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.router import tables as t
 from services.router.domain import Frequency, PaymentMode, PaymentType, Processor
 from shared import attempts
+from shared.db import HotPath
 from shared.db import all_rows as _all
 from shared.db import one_row as _one
 from shared.db import only_row as _only
@@ -37,6 +38,56 @@ r = t.platform_refunds
 
 # Built once: the `/route` hot path only binds parameters to it.
 INSERT_DECISION = pg_insert(rd).on_conflict_do_nothing().returning(rd.c.route_id)
+
+# Route-and-pay on the platform in one statement (one round trip, atomic by itself): record the
+# decision, read the barber's payout account as it is now, and open the pending attempt with its
+# processor key. `decided` is 0 when the route id was recorded before (a retry): nothing is
+# written then, and the caller takes the general path. No payout account: the decision is
+# recorded, no attempt (the caller answers 422, as the general path does).
+_DECISION_COLUMNS = ("route_id", "barber_id", "appointment_id", "client_id", "amount", "currency", "payment_type",
+                     "processor", "connection_id", "commission_rate", "commission_amount",
+                     "estimated_processor_fee", "barber_net", "reason", "fallback_used", "decided_at")
+OPEN_ROUTE_AND_ATTEMPT = f"""
+WITH decision AS (
+    INSERT INTO {t.SCHEMA}.routing_decisions ({", ".join(_DECISION_COLUMNS)})
+    VALUES ({", ".join(f"${i}" for i in range(1, len(_DECISION_COLUMNS) + 1))})
+    ON CONFLICT DO NOTHING
+    RETURNING *
+), payout AS (
+    SELECT connect_account_id FROM {t.SCHEMA}.hybrid_payment_configs
+    WHERE barber_id = $2 AND connect_account_id <> ''
+), attempt AS (
+    INSERT INTO {t.SCHEMA}.platform_payments (id, route_id, barber_id, appointment_id, client_id, amount, currency,
+        commission_rate, commission_amount, processor_fee, refunded_amount, destination_account, payment_method,
+        status, processor_idempotency_key, created_at, updated_at, version)
+    SELECT $17, d.route_id, d.barber_id, d.appointment_id, d.client_id, d.amount, d.currency, d.commission_rate,
+        d.commission_amount, d.estimated_processor_fee, 0, payout.connect_account_id, $18, 'pending',
+        $19, d.decided_at, d.decided_at, 1
+    FROM decision AS d CROSS JOIN payout
+    RETURNING *
+)
+SELECT (SELECT count(*) FROM decision) AS decided, attempt.* FROM (SELECT 1) AS one LEFT JOIN attempt ON true
+"""
+
+# Settle a fresh attempt, its event and its remembered answer in one statement. The caller built
+# the event and the answer from the row it opened plus these values; `version` guards that
+# prediction: if anyone touched the row since, nothing is written and the general path settles.
+SETTLE_FRESH = f"""
+WITH settled AS (
+    UPDATE {t.SCHEMA}.platform_payments
+    SET status = $2, stripe_payment_intent_id = $3, stripe_charge_id = $4, failure_code = $5, failure_reason = $6,
+        processor_response = $7, processed_at = $8, updated_at = $8, version = version + 1
+    WHERE id = $1 AND status = 'pending' AND version = $9
+    RETURNING id
+), event AS (
+    INSERT INTO {t.SCHEMA}.outbox (event_id, subject, event_type, body) SELECT $10, $11, $12, $13 FROM settled
+), answer AS (
+    UPDATE {t.SCHEMA}.idempotency_keys
+    SET state = 'completed', response_status = 200, response_body = $16, response_media_type = 'application/json'
+    WHERE scope = $14 AND key = $15 AND EXISTS (SELECT 1 FROM settled)
+)
+SELECT count(*) AS settled FROM settled
+"""
 
 # What an external route is being paid through: the barber's processor, or the platform (it fell back).
 Channel = Literal["external", "platform"]
@@ -200,6 +251,34 @@ async def upsert_connection(session: AsyncSession, values: Values) -> None:
 
 
 # ---- routing decisions -------------------------------------------------------------------------------
+
+def decision_values(row: DecisionRow) -> Values:
+    """The columns a new decision is inserted with."""
+    return {name: getattr(row, name) for name in _DECISION_COLUMNS}
+
+
+async def open_route_and_attempt(hot: HotPath, decision: DecisionRow, payment_id: uuid.UUID,
+                                 payment_method: str) -> tuple[bool, PaymentRow | None]:
+    """`OPEN_ROUTE_AND_ATTEMPT`: (recorded now, the attempt opened or None)."""
+    values = decision_values(decision)
+    row = await hot.fetchrow_sql(OPEN_ROUTE_AND_ATTEMPT, *(values[name] for name in _DECISION_COLUMNS),
+                                 payment_id, payment_method, f"hp-pay-{payment_id}")
+    if row is None or not row["decided"]:
+        return False, None
+    attempt = dict(row)
+    del attempt["decided"]
+    return True, PaymentRow(**attempt) if attempt["id"] is not None else None
+
+
+async def settle_fresh(hot: HotPath, row: PaymentRow, opened_version: int, event: tuple[uuid.UUID, str, str, bytes],
+                       answer: tuple[str, str, bytes] | None) -> bool:
+    """`SETTLE_FRESH`: True when this settled the attempt (with its event and answer)."""
+    scope, key, body = answer if answer is not None else (None, None, None)
+    result = await hot.fetchrow_sql(
+        SETTLE_FRESH, row.id, row.status, row.stripe_payment_intent_id, row.stripe_charge_id, row.failure_code,
+        row.failure_reason, row.processor_response, row.processed_at, opened_version, *event, scope, key, body)
+    return result is not None and result["settled"] == 1
+
 
 async def insert_decision(session: AsyncSession, decision: Values) -> bool:
     return (await session.execute(INSERT_DECISION, decision)).first() is not None

@@ -1,23 +1,35 @@
-"""The ceiling for `/route`: a minimal Litestar handler doing one asyncpg `INSERT ... RETURNING` per request,
-served like the services (granian, one worker): `python -m tests.load.ceiling --port 8099 --database-url ...`.
+"""The ceilings: minimal Litestar handlers served like the services (granian, the same options):
+`python -m tests.load.ceiling --port 8099 --database-url ... [--stripe-api-base URL]`.
+
+- `POST /ceiling`, for `/route`: one asyncpg `INSERT ... RETURNING` per request.
+- `POST /pay-ceiling`, for route-and-pay: the bare minimum of the same work: one insert (the
+  pending attempt), the same PaymentIntent create through the same Stripe SDK client as the
+  router's adapter (same client options, same simulator), then one update and one outbox row
+  (one statement). No routing, no idempotency, no events relayed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
+import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
+import aiohttp
 import asyncpg
 import msgspec
+import stripe
 from litestar import Litestar, get, post
 from litestar.datastructures import State
 
 PATH = "/ceiling"
+PAY_PATH = "/pay-ceiling"
 POOL_SIZE = 10  # the services' DB_POOL_SIZE default
 _ENV_URL = "LOAD_CEILING_DATABASE_URL"
+_ENV_STRIPE = "LOAD_CEILING_STRIPE_API_BASE"
 SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS load_ceiling;
 CREATE TABLE IF NOT EXISTS load_ceiling.samples (
@@ -27,9 +39,40 @@ CREATE TABLE IF NOT EXISTS load_ceiling.samples (
     currency text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS load_ceiling.payments (
+    id uuid PRIMARY KEY,
+    appointment_id bigint NOT NULL,
+    amount numeric(12, 2) NOT NULL,
+    status text NOT NULL,
+    intent_id text,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS load_ceiling.outbox (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id uuid NOT NULL UNIQUE,
+    body bytea NOT NULL
+);
+"""
+OPEN_SQL = "INSERT INTO load_ceiling.payments (id, appointment_id, amount, status) VALUES ($1, $2, $3, 'pending')"
+SETTLE_SQL = """
+WITH settled AS (
+    UPDATE load_ceiling.payments SET status = $2, intent_id = $3 WHERE id = $1 AND status = 'pending' RETURNING id
+)
+INSERT INTO load_ceiling.outbox (event_id, body) SELECT $4, $5 FROM settled
 """
 INSERT_SQL = ("INSERT INTO load_ceiling.samples (appointment_id, amount, currency) "
               "VALUES ($1, $2, $3) RETURNING id")
+
+
+class Payment(msgspec.Struct):
+    """The route-and-pay body."""
+
+    appointment_id: int
+    amount: Decimal
+    payment_method: str
+    currency: str = "USD"
+    barber_id: int | None = None
+    client_id: int | None = None
 
 
 class Sample(msgspec.Struct):
@@ -49,6 +92,25 @@ async def record(data: Sample, state: State) -> dict[str, object]:
             "currency": data.currency}
 
 
+@post(PAY_PATH, status_code=200)
+async def pay(data: Payment, state: State) -> dict[str, object]:
+    payment_id = uuid.uuid4()
+    await state.pool.execute(OPEN_SQL, payment_id, data.appointment_id, data.amount)
+    cents = int(data.amount * 100)
+    intent = await state.stripe.v1.payment_intents.create_async(params={
+        "amount": cents, "currency": data.currency.lower(), "payment_method": data.payment_method, "confirm": True,
+        "payment_method_types": ["card"], "metadata": {"reference": str(payment_id)},
+        "application_fee_amount": cents // 10, "transfer_data": {"destination": "acct_loadceiling"},
+    }, options={"idempotency_key": f"ceiling-{payment_id}"})
+    raw = intent.to_dict()
+    event_id = uuid.uuid4()
+    body = msgspec.json.encode({"event_id": str(event_id), "transaction_id": str(payment_id), "status": raw["status"],
+                                "amount": str(data.amount)})
+    await state.pool.execute(SETTLE_SQL, payment_id, raw["status"], raw["id"], event_id, body)
+    return {"transaction_id": str(payment_id), "status": raw["status"], "external_transaction_id": raw["id"],
+            "amount": str(data.amount), "currency": data.currency}
+
+
 @get("/health/live", sync_to_thread=False)
 def live() -> dict[str, str]:
     return {"status": "ok"}
@@ -60,20 +122,29 @@ def asyncpg_dsn(url: str) -> str:
     return f"{scheme.split('+')[0]}{sep}{rest}"
 
 
-def create_app(database_url: str | None = None) -> Litestar:
+def create_app(database_url: str | None = None, stripe_api_base: str | None = None) -> Litestar:
     dsn = asyncpg_dsn(database_url or os.environ[_ENV_URL])
+    api_base = stripe_api_base or os.environ.get(_ENV_STRIPE, "http://127.0.0.1:12111")
+    logging.getLogger("stripe").setLevel(logging.WARNING)  # as the services do (shared.observability)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         pool = await asyncpg.create_pool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE)
+        # The router adapter's client, built the same way (shared/processors/stripe/adapter.py).
+        http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(total=10.0))
         try:
-            await pool.execute(SCHEMA_SQL)
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(8099)")  # two workers start together
+                await conn.execute(SCHEMA_SQL)
             app.state.pool = pool
+            app.state.stripe = stripe.StripeClient("sk_test_loadceiling", base_addresses={"api": api_base},
+                                                   http_client=http, max_network_retries=0)
             yield
         finally:
+            await http.close_async()
             await pool.close()
 
-    return Litestar(route_handlers=[record, live], lifespan=[lifespan], openapi_config=None, debug=False)
+    return Litestar(route_handlers=[record, pay, live], lifespan=[lifespan], openapi_config=None, debug=False)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,14 +153,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=8099)
     p.add_argument("--database-url", default=os.environ.get("DATABASE_URL",
                                                             "postgresql://postgres@127.0.0.1:5432/postgres"))
+    p.add_argument("--stripe-api-base", default="http://127.0.0.1:12111", help="the Stripe simulator")
+    p.add_argument("--workers", type=int, default=1, help="as the services' WEB_CONCURRENCY")
     args = p.parse_args(argv)
     from granian import Granian
     from granian.constants import Interfaces
 
     os.environ[_ENV_URL] = args.database_url  # the granian worker builds the app from it
+    os.environ[_ENV_STRIPE] = args.stripe_api_base
     # The same server options as shared.service.serve, so only the handler differs.
     Granian("tests.load.ceiling:create_app", address=args.host, port=args.port, interface=Interfaces.ASGI,
-            factory=True, log_access=False, workers=1).serve()
+            factory=True, log_access=False, workers=args.workers).serve()
 
 
 if __name__ == "__main__":

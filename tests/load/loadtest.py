@@ -1,4 +1,4 @@
-"""Drive `POST /route` (or the ceiling app) at a fixed concurrency or a fixed rate and report throughput,
+"""Drive `POST /route`, route-and-pay `POST /process` (or a ceiling app) at a fixed concurrency or a fixed rate and report throughput,
 latency percentiles and errors by kind, as a table and as JSON: `python -m tests.load.loadtest --help`.
 """
 
@@ -27,6 +27,8 @@ from rich.table import Table
 from tests.load.stats import CLIENT_OVERLOAD, Recorder, send_offsets, verdict
 
 ROUTE_PATH = "/api/v1/hybrid-payments/route"
+PROCESS_PATH = "/api/v1/hybrid-payments/process"
+WORKLOADS = ("route", "pay")
 CONFIG_PATH = "/api/v1/hybrid-payments/config"
 MODES = ("centralized", "decentralized", "hybrid")
 ADMIN_SUBJECT = 1000  # the seeding admin's id (the same operator id `make run` prints a token for)
@@ -54,6 +56,10 @@ class LoadConfig:
     random_seed: int = 1
     appointment_id_start: int = 0  # 0: derived from the clock, so ids stay unique across runs
     p95_ms: float | None = None
+    # route: `/route` bodies over a mix of modes. pay: route-and-pay bodies (`payment_method`
+    # pm_card_visa, an `Idempotency-Key` per payment) for barbers seeded centralized, so every
+    # request charges the platform's Stripe (the simulator under `make run`).
+    workload: str = "route"
 
 
 # --- the workload (pure) ---------------------------------------------------------------------
@@ -76,12 +82,24 @@ def barber_config(index: int, barber_id: int) -> dict[str, Any]:
     }
 
 
+def pay_config(index: int, barber_id: int) -> dict[str, Any]:
+    """Route-and-pay barbers: centralized, so each payment is a destination charge on the platform."""
+    return {"payment_mode": "centralized", "fallback_enabled": True,
+            "commission_rate": ("0.10", "0.15", "0.20", "0.125")[index % 4],
+            "connect_account_id": f"acct_load{barber_id}"}
+
+
 def amount_text(cents: int) -> str:
     return f"{cents // 100}.{cents % 100:02d}"
 
 
 def route_body(appointment_id: int, cents: int) -> bytes:
     body = b'{"appointment_id":%d,"amount":"%s","currency":"USD"}'
+    return body % (appointment_id, amount_text(cents).encode())
+
+
+def pay_body(appointment_id: int, cents: int) -> bytes:
+    body = b'{"appointment_id":%d,"amount":"%s","currency":"USD","payment_method":"pm_card_visa"}'
     return body % (appointment_id, amount_text(cents).encode())
 
 
@@ -134,12 +152,18 @@ class Driver:
         ]
         self.rng = random.Random(cfg.random_seed)
         self.appointment_ids = count(cfg.appointment_id_start or time.time_ns() // 1000)
+        self.pay = cfg.workload == "pay"
 
     async def send(self, started: float) -> None:
         """One request; latency runs from `started` (the scheduled time in an open loop)."""
         lag = time.perf_counter() - started
         headers = self.headers[self.rng.randrange(len(self.headers))]
-        body = route_body(next(self.appointment_ids), self.rng.randint(500, 90_000))
+        appointment_id = next(self.appointment_ids)
+        if self.pay:
+            body = pay_body(appointment_id, self.rng.randint(500, 90_000))
+            headers = {**headers, "Idempotency-Key": f"load-{appointment_id}"}
+        else:
+            body = route_body(appointment_id, self.rng.randint(500, 90_000))
         kind: str | None
         try:
             async with self.session.post(self.url, data=body, headers=headers) as resp:
@@ -195,7 +219,8 @@ async def seed_barbers(session: aiohttp.ClientSession, cfg: LoadConfig) -> None:
 
     async def put(index: int) -> str | None:
         barber_id = cfg.barber_id_start + index
-        async with gate, session.put(f"{base}/{barber_id}", json=barber_config(index, barber_id),
+        config = pay_config(index, barber_id) if cfg.workload == "pay" else barber_config(index, barber_id)
+        async with gate, session.put(f"{base}/{barber_id}", json=config,
                                      headers=headers) as resp:
             body = await resp.read()
             return None if resp.status == 200 else f"barber {barber_id}: {resp.status} {body[:300]!r}"
@@ -277,7 +302,9 @@ def render(result: dict[str, Any], console: Console, title: str | None = None) -
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.load.loadtest", description=__doc__)
     p.add_argument("--url", default="http://127.0.0.1:8000", help="base URL (loopback only)")
-    p.add_argument("--path", default=ROUTE_PATH, help="POST path (default %(default)s)")
+    p.add_argument("--workload", choices=WORKLOADS, default="route",
+                   help="route: POST /route; pay: route-and-pay POST /process, centralized (default %(default)s)")
+    p.add_argument("--path", help="POST path (default: the workload's)")
     p.add_argument("--config-path", default=CONFIG_PATH, help="admin config path used for seeding")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--concurrency", type=int, help="closed loop: this many workers (default 32)")
@@ -332,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(stderr=args.json == "-")  # keep stdout clean for `--json -`
     cfg = LoadConfig(
-        url=args.url, path=args.path, config_path=args.config_path, duration=args.duration,
+        url=args.url, path=args.path or (PROCESS_PATH if args.workload == "pay" else ROUTE_PATH),
+        workload=args.workload, config_path=args.config_path, duration=args.duration,
         warmup=args.warmup, concurrency=args.concurrency, rate=args.rate, max_inflight=args.max_inflight,
         timeout=args.timeout, barbers=args.barbers, barber_id_start=args.barber_id_start, seed=args.seed,
         jwt_secret=args.jwt_secret, random_seed=args.random_seed,
