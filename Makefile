@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.synced
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-unit test-integration test-e2e migrate downgrade load rollback backup restore import validate clean
+.PHONY: setup run test test-unit test-integration test-e2e migrate downgrade load bench rollback backup restore import validate clean
 
 setup: $(STAMP)
 
@@ -39,11 +39,16 @@ migrate: setup
 downgrade: setup
 	$(PY) -m tools.migrate downgrade
 
-# The /route benchmark against `make run` (start it in another terminal first).
+# The /route benchmark (`make bench --only route`) against `make run` (start it in another terminal first).
 # LOAD_URL: the router to measure (default the router itself, http://127.0.0.1:8001;
 # http://127.0.0.1:8000 goes through the dev gateway). LOAD_ARGS: any other bench flags.
 load: setup
-	$(PY) -m tests.load.bench $(if $(LOAD_URL),--router-url '$(LOAD_URL)') $(LOAD_ARGS)
+	$(PY) -m tests.load.bench --only route $(if $(LOAD_URL),--router-url '$(LOAD_URL)') $(LOAD_ARGS)
+
+# Every benchmark of the money path against `make run` in one go: a table of figure, value, target,
+# pass, and .run/bench-results.json (tests/load/README.md). BENCH_ARGS: e.g. --only route,pay,lag.
+bench: setup
+	$(PY) -m tests.load.bench $(BENCH_ARGS)
 
 # Dump every service schema (and LEGACY_DSN's database when given), prove the dump restores, print where.
 backup: setup

@@ -50,8 +50,11 @@ class BaseSettings(msgspec.Struct, kw_only=True, frozen=True):
     log_json: bool = True
     rate_limit_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 600
     max_payment_amount: Decimal = Decimal("100000.00")
-    # How often the outbox relay looks for events other processes wrote (seconds).
-    outbox_poll_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    # How often the outbox relay looks for events without being woken (seconds): a safety net, for
+    # every commit that writes outbox rows notifies the relay (LISTEN/NOTIFY).
+    outbox_poll_interval: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # Worker processes serving this service on its port (granian); `make run` picks it by cores.
+    web_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
 
     def __post_init__(self) -> None:
         if not self.jwt_secret and not self.jwt_public_key:

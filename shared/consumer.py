@@ -88,6 +88,7 @@ class EventConsumer:
         unit_of_work: Callable[[], UnitOfWork],
         max_attempts: int = 5,
         batch: int = 50,
+        linger: float = 0.0,
         ack_wait: float = 30.0,
         backoff_base: float = 0.5,
         backoff_cap: float = MAX_BACKOFF_SECONDS,
@@ -100,6 +101,7 @@ class EventConsumer:
         self._uow = unit_of_work
         self._max_attempts = max_attempts
         self._batch = batch
+        self._linger = linger
         self._ack_wait = ack_wait
         self._backoff = (backoff_base, backoff_cap)
         self._task: asyncio.Task | None = None
@@ -200,6 +202,11 @@ class EventConsumer:
                         else:
                             for msg in messages:
                                 await self.handle(msg)
+                        if self._linger and len(messages) < self._batch:
+                            # A trickle: wait a moment so the next fetch brings a batch, not one
+                            # event (a batch costs a few statements whatever its size).
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(self._stopping.wait(), self._linger)
                 finally:
                     with contextlib.suppress(Exception):
                         await sub.unsubscribe()

@@ -48,6 +48,10 @@ class HotPath:
         self._pool: asyncpg.Pool | None = None
         self._compiled: dict[int, tuple[str, list[str]]] = {}
 
+    @property
+    def dsn(self) -> str:
+        return self._dsn
+
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(
             self._dsn, min_size=1, max_size=self._size, init=_json_codecs, reset=_keep_session,

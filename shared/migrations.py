@@ -187,3 +187,30 @@ def create_dead_letters_v2(op, schema: str) -> None:
 
 def drop_dead_letters_v2(op, schema: str) -> None:
     op.drop_table("dead_letters", schema=schema)
+
+
+def outbox_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel a schema's outbox announces its commits on."""
+    return f"{schema}_outbox"
+
+
+def create_outbox_notify_v3(op, schema: str) -> None:
+    """Every statement that adds outbox rows (a unit of work, a hot path's CTE, the legacy import's
+    COPY) notifies `<schema>_outbox` at commit, so the relay wakes on commits in any process
+    instead of polling. Postgres folds a transaction's identical notifications into one."""
+    op.execute(f"""
+CREATE OR REPLACE FUNCTION {schema}.outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('{outbox_channel(schema)}', '');
+    RETURN NULL;
+END $$
+""")
+    op.execute(f"""
+CREATE OR REPLACE TRIGGER outbox_notify AFTER INSERT ON {schema}.outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.outbox_notify();
+""")
+
+
+def drop_outbox_notify_v3(op, schema: str) -> None:
+    op.execute(f"DROP TRIGGER outbox_notify ON {schema}.outbox")
+    op.execute(f"DROP FUNCTION {schema}.outbox_notify()")

@@ -13,6 +13,7 @@ import contextlib
 from datetime import UTC, datetime
 from typing import Any, Self
 
+import asyncpg
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -21,6 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.db import PlatformTables
 from shared.events import Event, EventPayload, encode_event, new_event
 from shared.messaging import NatsLink
+from shared.migrations import outbox_channel
+from shared.scheduler import lock_key
 from shared.observability import OUTBOX_PUBLISH_ERRORS, OUTBOX_PUBLISHED
 
 log = structlog.get_logger("outbox")
@@ -147,7 +150,16 @@ class UnitOfWork:
 
 
 class OutboxRelay:
-    """Publishes committed outbox rows, sent in id order; several replicas may run (SKIP LOCKED).
+    """Publishes committed outbox rows, sent in id order.
+
+    One relay per service leads at a time, whatever the number of workers and replicas: the one
+    that holds the service's relay lock (a session advisory lock on a connection of its own, freed
+    by Postgres when that connection or its process dies). The leader LISTENs on the outbox's
+    channel, which every commit that adds outbox rows notifies (`shared.migrations`
+    `create_outbox_notify_v3`), so it wakes on commits in any process; the poll is a safety net.
+    The others stand by and try the lock again every `standby_interval`. Publishing itself stays
+    safe with several (rows are claimed `FOR UPDATE SKIP LOCKED`; `Nats-Msg-Id` deduplicates).
+
     A row whose publish is not acknowledged stays unpublished and goes out again later, after
     rows sent behind it: consumers order a transaction's states by `sequence`, not by arrival."""
 
@@ -160,6 +172,9 @@ class OutboxRelay:
         batch_size: int = 1000,
         poll_interval: float = 1.0,
         ack_timeout: float = 5.0,
+        dsn: str | None = None,
+        standby_interval: float = 1.0,
+        coalesce: float = 0.002,
     ) -> None:
         self._sessions = sessions
         self._outbox = tables.outbox
@@ -167,7 +182,19 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._ack_timeout = ack_timeout
+        self._dsn = dsn
+        self._standby_interval = standby_interval
+        self._coalesce = coalesce
+        schema = tables.outbox.schema or "public"
+        self.channel = outbox_channel(schema)
+        self._select_sql = (f"SELECT id, event_id, subject, body FROM {schema}.outbox WHERE published_at IS NULL "
+                            "ORDER BY id LIMIT $1")
+        self._mark_sql = f"UPDATE {schema}.outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
+        self._failed_sql = f"UPDATE {schema}.outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1"
+        self.lock_key = lock_key(f"relay:{schema}")
+        self.leading = False
         self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task | None = None
 
@@ -187,22 +214,68 @@ class OutboxRelay:
             return
         self._stopping = True
         self._wake.set()
+        self._stopped.set()
         done, _ = await asyncio.wait({self._task}, timeout=3.0)
         if not done:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=2.0)
         self._task = None
 
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
     async def run(self) -> None:
+        if self._dsn is None:  # no leadership (tests that drive one relay by hand): relay from here
+            await self._relay(None)
+            return
+        conn = None
+        while not self._stopping:
+            try:
+                if conn is None or conn.is_closed():
+                    conn = await asyncpg.connect(self._dsn, server_settings={"application_name": "outbox-relay"})
+                # Standing by costs one tiny query a turn on a connection kept open.
+                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key):
+                    await conn.add_listener(self.channel, self._on_notice)
+                    self.leading = True
+                    log.info("outbox_relay_leading", channel=self.channel)
+                    await self._relay(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database went away: stand by, then try again
+                log.warning("outbox_relay_leadership_lost", error=str(exc) or type(exc).__name__)
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.terminate()
+                conn = None
+            finally:
+                if self.leading and conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):  # hand over at once, not when the socket closes
+                        await asyncio.wait_for(conn.fetchval("SELECT pg_advisory_unlock($1)", self.lock_key), 2.0)
+                        await conn.remove_listener(self.channel, self._on_notice)
+                self.leading = False
+            if not self._stopping:  # commits here do not shorten the wait: only the leader relays them
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), self._standby_interval)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2.0)
+
+    def _on_notice(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _relay(self, leader: asyncpg.Connection | None) -> None:
+        """Publish until stopped (or, as leader, until the lock's connection is lost)."""
         backoff = 0.1
         while not self._stopping:
+            if leader is not None and leader.is_closed():
+                raise ConnectionError("the relay lock's connection closed")
             self._wake.clear()
             if self._link.js is None:  # NATS not reachable yet: events wait in the outbox
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                await self._sleep(self._poll_interval)
                 continue
             try:
-                count = await self.publish_pending()
+                count = await self.publish_pending(leader)
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
@@ -213,60 +286,78 @@ class OutboxRelay:
                 continue
             if count >= self._batch_size or self._stopping:
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            await self._sleep(self._poll_interval)
+            if self._wake.is_set() and self._coalesce:
+                # Woken by a commit: let the commits landing right behind it join this batch (one
+                # batch is two statements and one JetStream round trip, however many rows it has).
+                await asyncio.sleep(self._coalesce)
 
-    async def publish_pending(self) -> int:
-        """Publish one batch; returns how many rows were published."""
+    async def publish_pending(self, leader: asyncpg.Connection | None = None) -> int:
+        """Publish one batch; returns how many rows were published. The leader reads and marks on
+        its own connection (two statements; it is the only relay, so nothing to lock); without
+        one, rows are claimed `FOR UPDATE SKIP LOCKED` in a transaction."""
         js = self._link.js
         if js is None:
             return 0
-        outbox = self._outbox
-        async with self._sessions() as session, session.begin():
-            rows = (
-                await session.execute(
-                    sa.select(outbox.c.id, outbox.c.event_id, outbox.c.subject, outbox.c.body)
-                    .where(outbox.c.published_at.is_(None))
-                    .order_by(outbox.c.id)
-                    .limit(self._batch_size)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
-            # Pipelined: every message of the batch is sent (in id order) before any ack is awaited,
-            # so a batch costs one round trip to JetStream, not one per event.
-            sent: list[tuple[Any, asyncio.Future]] = []
-            failure: tuple[int, str] | None = None
-            for row in rows:
-                try:
-                    sent.append((row, await js.publish_async(
-                        row.subject, row.body, stream=self._link.stream, headers={"Nats-Msg-Id": str(row.event_id)},
-                        wait_stall=self._ack_timeout)))
-                except Exception as exc:  # the connection went: what was sent may still be acked
-                    failure = (row.id, str(exc) or type(exc).__name__)
-                    break
-            acks = await asyncio.gather(*(asyncio.wait_for(future, self._ack_timeout) for _, future in sent),
-                                        return_exceptions=True)
-            published: list[int] = []
-            for (row, _), ack in zip(sent, acks, strict=True):
-                if isinstance(ack, BaseException):  # not acked: published again later (deduplicated by id)
-                    failure = failure or (row.id, str(ack) or type(ack).__name__)
-                    continue
-                published.append(row.id)
-                if ack.duplicate:
-                    log.info("outbox_duplicate_dropped", event_id=str(row.event_id))
+        if leader is not None:
+            rows = await leader.fetch(self._select_sql, self._batch_size)
+            published, failure = await self._send(js, rows)
+            if published:
+                await leader.execute(self._mark_sql, published)
             if failure is not None:
-                OUTBOX_PUBLISH_ERRORS.inc()
-            await self._mark_published(session, published)
-            if failure is not None:
-                await session.execute(
-                    sa.update(outbox)
-                    .where(outbox.c.id == failure[0])
-                    .values(attempts=outbox.c.attempts + 1, last_error=failure[1])
-                )
+                await leader.execute(self._failed_sql, failure[0], failure[1])
+        else:
+            outbox = self._outbox
+            async with self._sessions() as session, session.begin():
+                rows = (
+                    await session.execute(
+                        sa.select(outbox.c.id, outbox.c.event_id, outbox.c.subject, outbox.c.body)
+                        .where(outbox.c.published_at.is_(None))
+                        .order_by(outbox.c.id)
+                        .limit(self._batch_size)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).mappings().all()
+                published, failure = await self._send(js, rows)
+                await self._mark_published(session, published)
+                if failure is not None:
+                    await session.execute(
+                        sa.update(outbox)
+                        .where(outbox.c.id == failure[0])
+                        .values(attempts=outbox.c.attempts + 1, last_error=failure[1])
+                    )
+        if failure is not None:
+            OUTBOX_PUBLISH_ERRORS.inc()
         OUTBOX_PUBLISHED.inc(len(published))
         if failure is not None:
             raise RuntimeError(f"publish failed: {failure[1]}")
         return len(published)
+
+    async def _send(self, js: Any, rows: Any) -> tuple[list[int], tuple[int, str] | None]:
+        """Publish rows; the ids acknowledged, and the first failure (id, why)."""
+        # Pipelined: every message of the batch is sent (in id order) before any ack is awaited,
+        # so a batch costs one round trip to JetStream, not one per event.
+        sent: list[tuple[Any, asyncio.Future]] = []
+        failure: tuple[int, str] | None = None
+        for row in rows:
+            try:
+                sent.append((row, await js.publish_async(
+                    row["subject"], row["body"], stream=self._link.stream,
+                    headers={"Nats-Msg-Id": str(row["event_id"])}, wait_stall=self._ack_timeout)))
+            except Exception as exc:  # the connection went: what was sent may still be acked
+                failure = (row["id"], str(exc) or type(exc).__name__)
+                break
+        acks = await asyncio.gather(*(asyncio.wait_for(future, self._ack_timeout) for _, future in sent),
+                                    return_exceptions=True)
+        published: list[int] = []
+        for (row, _), ack in zip(sent, acks, strict=True):
+            if isinstance(ack, BaseException):  # not acked: published again later (deduplicated by id)
+                failure = failure or (row["id"], str(ack) or type(ack).__name__)
+                continue
+            published.append(row["id"])
+            if ack.duplicate:
+                log.info("outbox_duplicate_dropped", event_id=str(row["event_id"]))
+        return published, failure
 
     async def _mark_published(self, session: AsyncSession, ids: list[int]) -> None:
         if ids:

@@ -65,6 +65,9 @@ class ConsumerSpec:
     # Messages fetched at once. A batch handler's cost is a few statements per batch, so a large batch
     # is what lets it catch up a backlog (a legacy import's history) quickly; one-event handlers keep 50.
     batch: int = 50
+    # Seconds a batch consumer waits after a fetch that was not full, so that under a steady
+    # trickle it applies batches, not single events (added to the event lag; see tests/load/README).
+    linger: float = 0.0
 
 
 def consumer_of(service_name: str, spec: ConsumerSpec, link: NatsLink, unit_of_work: Any) -> EventConsumer:
@@ -72,7 +75,7 @@ def consumer_of(service_name: str, spec: ConsumerSpec, link: NatsLink, unit_of_w
     stream); `tools.validate` builds them the same way to know which consumers must exist."""
     return EventConsumer(name=f"{service_name}-{spec.name}", event_types=spec.event_types, handler=spec.handler,
                          batch_handler=spec.batch_handler, link=link, unit_of_work=unit_of_work,
-                         max_attempts=spec.max_attempts, batch=spec.batch)
+                         max_attempts=spec.max_attempts, batch=spec.batch, linger=spec.linger)
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,8 @@ class ServiceRuntime:
         await self.hot_path.start()
         self.idempotency = IdempotencyStore(self.sessions, self.tables, self.hot_path)
         self.relay = OutboxRelay(
-            self.sessions, self.tables, self.link, poll_interval=self.settings.outbox_poll_interval
+            self.sessions, self.tables, self.link, poll_interval=self.settings.outbox_poll_interval,
+            dsn=self.hot_path.dsn,
         )
         await self.link.start()
         if self.start_relay:
@@ -276,9 +280,11 @@ def _constant(value: Any):
 
 
 def serve(factory: str, settings: BaseSettings) -> None:
-    """Run a service app under granian (one worker; see the router README for measurements)."""
+    """Run a service app under granian with `WEB_CONCURRENCY` worker processes on one port. What
+    must happen once does, whatever the count: jobs take an advisory lock per run
+    (`shared.scheduler`), one relay leads (`shared.outbox`), consumers share durable consumers."""
     from granian import Granian
-    from granian.constants import Interfaces
+    from granian.constants import Interfaces, Loops
 
     Granian(
         factory,
@@ -287,5 +293,8 @@ def serve(factory: str, settings: BaseSettings) -> None:
         interface=Interfaces.ASGI,
         factory=True,
         log_access=False,
-        workers=1,
+        workers=settings.web_concurrency,
+        # uvloop: the asyncio loop's Python-level socket writes were a fifth of the router's CPU
+        # (py-spy under route-and-pay; tests/load/README.md).
+        loop=Loops.uvloop,
     ).serve()

@@ -243,6 +243,13 @@ def setting(config: dict[str, str], name: str, default: int) -> int:
     return port or free_port()
 
 
+def default_workers(cores: int | None = None) -> int:
+    """Worker processes per service: a quarter of the cores, at least one. Four services share the
+    machine with Postgres, NATS and the simulators; on 2 cores a second router worker measured
+    slower (186 vs 211 route-and-pay/s, tests/load/README.md), the cores being already busy."""
+    return max(1, (cores or os.cpu_count() or 1) // 4)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -340,6 +347,7 @@ class Suite:
         self.tokens: dict[str, str] = {}
         self.generated_secret: str | None = None
         self.database_url = ""
+        self.workers = "1"
 
     def start(self) -> None:
         config, host = self.config, self.host
@@ -391,7 +399,9 @@ class Suite:
                 "EXTERNAL_SERVICE_URL", f"http://127.0.0.1:{ports['external']}"
             ),
             "WEBHOOK_BASE_URL": config.get("WEBHOOK_BASE_URL", f"http://127.0.0.1:{gateway_port}"),
+            "WEB_CONCURRENCY": config.get("WEB_CONCURRENCY") or str(default_workers()),
         }
+        self.workers = env["WEB_CONCURRENCY"]
         if not config.get("JWT_SECRET") and not config.get("JWT_PUBLIC_KEY"):
             self.generated_secret = env["JWT_SECRET"] = secrets.token_urlsafe(32)
         if not config.get("CONNECTION_ENCRYPTION_KEYS"):
@@ -499,6 +509,7 @@ class Suite:
                     "urls": {c.name: c.url for c in self.children},
                     "database_url": self.database_url,
                     "nats_url": infra.nats_url,
+                    "workers_per_service": int(self.workers),
                     # The services' stream and subject prefix, so operator tools write and look where they do.
                     "event_stream": self.config.get("EVENT_STREAM") or "PAYMENTS",
                     "event_subject_prefix": self.config.get("EVENT_SUBJECT_PREFIX", ""),
@@ -530,6 +541,7 @@ class Suite:
         for child in self.children:
             table.add_row(child.name, child.url, str(child.proc.pid), os.path.relpath(child.log))
         console.print(table)
+        console.print(f"Workers per service: {self.workers} (WEB_CONCURRENCY; default a quarter of the cores)")
         console.print(
             f"Logs go to {self.run_dir / 'logs'}/<name>.log; new lines are echoed below, prefixed "
             f"with the name (RUN_FOLLOW_LOGS=0 turns that off). State: {self.state_file}"

@@ -13,6 +13,11 @@ RUN_STATE = ROOT / ".run" / "run.json"  # written by `make run`
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
+def run_state() -> dict[str, Any]:
+    """What `make run` recorded (empty when it is not running here)."""
+    return _run_state()
+
+
 def _run_state() -> dict[str, Any]:
     try:
         return json.loads(RUN_STATE.read_text())

@@ -27,7 +27,7 @@ def create_app(settings: settings_module.AnalyticsSettings | None = None, *,
     projections, reports = analytics.projections, analytics.reports
     runtime.consumer_specs = [
         ConsumerSpec("transactions", ["transaction.recorded"], projections.apply_transaction_recorded,
-                     batch_handler=projections.apply_transactions, batch=500),
+                     batch_handler=projections.apply_transactions, batch=500, linger=0.05),
         ConsumerSpec("collections-due", ["collection.due"], projections.apply_collection_due),
         ConsumerSpec("collections-settled", ["collection.settled"], projections.apply_collection_settled),
     ]

@@ -8,11 +8,14 @@ itself in integer cents from what the gateway answered:
 - collections accrued, for each barber, exactly the commission kept on its own processors;
 - `POST /run` with `force` collects it on the platform account, and for every barber
   collections + unbilled == accrued, and analytics' collected and outstanding agree.
+
+It runs twice: one worker process per service, and two (`WEB_CONCURRENCY=2`).
 """
 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -25,9 +28,17 @@ from tests.support import eventually
 
 _ids = itertools.count(1)
 
-@pytest.fixture(scope="module")
-def suite(service_env, tmp_path_factory):
-    with make_run(service_env, tmp_path_factory.mktemp("conserve")) as running:
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-worker", "2-workers"])
+def suite(request, service_env, tmp_path_factory):
+    """The suite with one worker process per service, then with two (`WEB_CONCURRENCY=2`): with
+    two, consumers share durable consumers, one relay of each service leads, jobs take their lock
+    per run, and every sum below must still come out exact."""
+    env = {**service_env, "WEB_CONCURRENCY": str(request.param)}
+    with make_run(env, tmp_path_factory.mktemp(f"conserve{request.param}")) as running:
+        for service in ("router", "external", "collections", "analytics"):  # granian's workers, forked
+            pid = running.state["children"][service]
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            assert len(children) == request.param, f"{service}: {len(children)} workers"
         yield running
 
 

@@ -16,9 +16,20 @@ from services.router.settings import RouterSettings
 from shared.config import normalise_database_url
 from shared.db import session_factory
 from shared.messaging import NatsLink
+from shared.migrations import create_outbox_notify_v3
 from tests.integration.platform_support import SCHEMA, metadata
 
 _stream_numbers = itertools.count(1)
+
+
+class _Op:
+    """What a migration helper needs of alembic's `op`, on a plain connection."""
+
+    def __init__(self, connection) -> None:
+        self.connection = connection
+
+    def execute(self, sql: str) -> None:
+        self.connection.exec_driver_sql(sql)
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +38,7 @@ async def platform_engine(database_url):
     async with engine.begin() as conn:
         await conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
         await conn.run_sync(metadata.create_all)
+        await conn.run_sync(lambda sync: create_outbox_notify_v3(_Op(sync), SCHEMA))
     yield engine
     await engine.dispose()
 

@@ -20,6 +20,7 @@ from shared.consumer import EventConsumer, is_transient
 from shared.db import session_factory
 from shared.events import Event, encode_event, new_event
 from shared.observability import EVENTS_DEAD_LETTERED
+from shared.outbox import OutboxRelay
 from tests.integration.platform_support import (
     SCHEMA,
     make_relay,
@@ -56,6 +57,39 @@ async def test_event_is_published_once_after_commit(sessions, link):
         assert msgspec.json.decode(msg.data)["payload"] == {"widget": "committed", "amount": "10.00"}
     finally:
         await relay.stop()
+
+
+async def test_one_relay_leads_and_a_commit_in_any_process_wakes_it(sessions, link, database_url):
+    """Two relays (two workers, or two replicas): one leads; a commit made where no relay runs
+    wakes it through NOTIFY (its poll is a minute away); when it stops, the other takes over."""
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    relays = [OutboxRelay(sessions, tables, link, poll_interval=60, dsn=dsn, standby_interval=0.2)
+              for _ in range(2)]
+    for relay in relays:
+        relay.start()
+    try:
+        await eventually(lambda: any(r.leading for r in relays))
+        await asyncio.sleep(0.6)  # several stand-by turns later
+        assert [r.leading for r in relays].count(True) == 1
+        async with make_uow(sessions, link) as uow:  # no relay in this "process" to tell
+            await add_widget_with_event(uow, "elsewhere")
+            await uow.commit()
+        await eventually(lambda: _count_is(link, 1), timeout=5)
+        leader = next(r for r in relays if r.leading)
+        other = next(r for r in relays if r is not leader)
+        await leader.stop()
+        await eventually(lambda: other.leading, timeout=5)
+        async with make_uow(sessions, link) as uow:
+            await add_widget_with_event(uow, "after the hand-over")
+            await uow.commit()
+        await eventually(lambda: _count_is(link, 2), timeout=5)
+    finally:
+        for relay in relays:
+            await relay.stop()
+
+
+async def _count_is(link, n: int) -> bool:
+    return await stream_messages(link) == n
 
 
 async def test_rolled_back_change_publishes_nothing(sessions, link):

@@ -157,13 +157,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=1, help="as the services' WEB_CONCURRENCY")
     args = p.parse_args(argv)
     from granian import Granian
-    from granian.constants import Interfaces
+    from granian.constants import Interfaces, Loops
 
     os.environ[_ENV_URL] = args.database_url  # the granian worker builds the app from it
     os.environ[_ENV_STRIPE] = args.stripe_api_base
     # The same server options as shared.service.serve, so only the handler differs.
     Granian("tests.load.ceiling:create_app", address=args.host, port=args.port, interface=Interfaces.ASGI,
-            factory=True, log_access=False, workers=args.workers).serve()
+            factory=True, log_access=False, workers=args.workers, loop=Loops.uvloop).serve()
 
 
 if __name__ == "__main__":

@@ -91,28 +91,50 @@ def test_verdict_needs_999_per_mille_and_the_p95_bound():
     assert stats.verdict(_summary(1000, p95=12.5), p95_ms=12.0) == ["p95 12.50 ms is over 12 ms"]
 
 
-def test_compare_checks_the_issue_targets():
+def test_route_checks_hold_the_issue_targets():
     ceiling = _summary(30_000, p99=40.0, rps=3000.0)
-    route = _summary(21_000, p99=60.0, rps=2100.0)
+    route = _summary(30_000, p99=48.0, rps=3000.0)
     at_rate = _summary(5000, p99=9.9)
-    rows = {r["check"]: r for r in stats.compare(ceiling, route, at_rate, rate=500)}
-    assert rows["throughput route / ceiling"]["value"] == 0.7 and rows["throughput route / ceiling"]["passed"]
-    assert rows["p99 route / ceiling"]["value"] == 1.5 and rows["p99 route / ceiling"]["passed"]
-    assert rows["p99 at 500 req/s (ms)"]["passed"]
+    rows = {r["check"]: r for r in stats.route_checks(ceiling, route, at_rate, rate=500)}
+    assert rows["/route / ceiling, throughput"]["value"] == 1.0 and rows["/route / ceiling, throughput"]["passed"]
+    assert rows["/route / ceiling, p99"]["value"] == 1.2 and rows["/route / ceiling, p99"]["passed"]
     assert all(r["passed"] for r in rows.values())
 
-    slow = stats.compare(ceiling, _summary(20_000, p99=61.0, rps=2000.0), _summary(5000, p99=10.0), rate=500)
+    slow = stats.route_checks(ceiling, _summary(29_000, p99=49.0, rps=2990.0), _summary(5000, p99=10.0), rate=500)
     assert [r["check"] for r in slow if not r["passed"]] == [
-        "throughput route / ceiling", "p99 route / ceiling", "p99 at 500 req/s (ms)"]
+        "/route / ceiling, throughput", "/route / ceiling, p99", "/route at 500 req/s: p99 (ms)"]
 
 
-def test_compare_fails_without_a_baseline_or_with_errors():
+def test_route_checks_fail_without_a_baseline_or_with_errors():
     empty = stats.summarize([], 0, {}, 10.0)
-    rows = stats.compare(empty, _summary(100), _summary(100, errors=1), rate=500)
+    rows = stats.route_checks(empty, _summary(100), _summary(100, errors=1), rate=500)
     failed = {r["check"] for r in rows if not r["passed"]}
-    assert failed == {"throughput route / ceiling", "p99 route / ceiling", "success rate, ceiling",
-                      "success rate, route at 500 req/s"}
-    assert next(r for r in rows if r["check"] == "throughput route / ceiling")["value"] is None
+    assert failed == {"/route / ceiling, throughput", "/route / ceiling, p99", "success rate, ceiling",
+                      "success rate, /route at 500 req/s"}
+    assert next(r for r in rows if r["check"] == "/route / ceiling, throughput")["value"] is None
+
+
+def test_pay_checks_compare_with_the_pay_ceiling_and_count_every_error():
+    ceiling = _summary(3000, rps=300.0)
+    rows = {r["check"]: r for r in stats.pay_checks(ceiling, _summary(1800, rps=180.0),
+                                                    _summary(12_000, p95=240.0, p99=499.0), rate=400)}
+    assert rows["route-and-pay / pay ceiling, throughput"]["value"] == 0.6
+    assert all(r["passed"] for r in rows.values())
+    rows = {r["check"]: r for r in stats.pay_checks(ceiling, _summary(1790, rps=179.0),
+                                                    _summary(11_999, errors=1, p95=250.0, p99=500.0), rate=400)}
+    assert not any(r["passed"] for r in rows.values())
+    assert rows["route-and-pay at 400/s: errors"]["value"] == 1
+
+
+def test_a_figure_not_measured_fails():
+    assert not stats.check("x", None, ">=", 0.5)["passed"]
+    assert stats.check("x", 0.5, ">=", 0.5)["passed"] and not stats.check("x", 3.0, "<", 3.0)["passed"]
+
+
+def test_cpu_percent_of_one_core_from_ticks():
+    # 100 ticks a second; two processes used 30 + 6 ticks in 60 s, a third started and used 4.
+    assert stats.cpu_percent({1: 1000, 2: 50}, {1: 1030, 2: 56, 3: 4}, seconds=60, ticks_per_second=100) == 0.67
+    assert stats.cpu_percent({1: 10}, {}, seconds=10, ticks_per_second=100) == 0.0  # it ended: nothing counted
 
 
 def test_workload_bodies_and_configs():
