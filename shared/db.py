@@ -7,6 +7,7 @@ first migration in its own schema.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeVar
 
 import asyncpg
@@ -34,19 +35,16 @@ def create_engine(settings: BaseSettings) -> AsyncEngine:
 
 
 class HotPath:
-    """Plain asyncpg for self-contained single-statement writes on a hot path.
-
-    The statements are still SQLAlchemy Core (one source of truth for the SQL), compiled once to
-    asyncpg's `$n` form; this skips the ORM session, greenlet hops and per-call compilation that
-    measured as most of `/route`'s database cost.
-    """
+    """Plain asyncpg for a hot path's statements: each write whose parts must be atomic is one
+    statement (a CTE) in autocommit, so it costs one round trip, with no ORM session, greenlet
+    hops or per-call compilation (which measured as most of `/route`'s database cost). The SQL
+    lives in each service's store module, written for asyncpg (`$n` parameters)."""
 
     def __init__(self, settings: BaseSettings) -> None:
         self._dsn = settings.async_database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
         self._size = settings.db_pool_size
         self._application = settings.service_name
         self._pool: asyncpg.Pool | None = None
-        self._compiled: dict[int, tuple[str, list[str]]] = {}
 
     @property
     def dsn(self) -> str:
@@ -63,16 +61,6 @@ class HotPath:
             await self._pool.close()
             self._pool = None
 
-    async def fetchrow(self, statement: sa.Executable, params: dict) -> asyncpg.Record | None:
-        compiled = self._compiled.get(id(statement))
-        if compiled is None:
-            compiled = self._compiled[id(statement)] = _compile_for_asyncpg(statement, list(params))
-        sql, order = compiled
-        if self._pool is None:
-            raise RuntimeError("HotPath.start() was not awaited")
-        return await self._pool.fetchrow(sql, *(params[name] for name in order))
-
-
     async def fetchrow_sql(self, sql: str, *args: Any) -> asyncpg.Record | None:
         """One statement written for asyncpg (`$n` parameters), in autocommit: a hot path's write
         whose parts must be atomic is one statement (a CTE), so it costs one round trip. Prepared
@@ -80,6 +68,64 @@ class HotPath:
         if self._pool is None:
             raise RuntimeError("HotPath.start() was not awaited")
         return await self._pool.fetchrow(sql, *args)
+
+
+    async def fetch_sql(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        if self._pool is None:
+            raise RuntimeError("HotPath.start() was not awaited")
+        return await self._pool.fetch(sql, *args)
+
+
+class GroupCommit:
+    """Group commit for a hot path's single-row inserts. A row is written at once when fewer than
+    `in_flight` writes are under way; rows that arrive meanwhile wait and go together, in one
+    statement, as soon as one finishes (so an idle service adds no delay, and a busy one writes
+    many rows per round trip). Each caller resumes only once the statement holding its row has
+    committed, so an answer never gets ahead of its row. `sql` takes one array per column
+    (`INSERT ... SELECT * FROM unnest($1::uuid[], ...) ON CONFLICT DO NOTHING RETURNING key`);
+    `insert` answers whether its row went in (False: its key was there already). A failing batch
+    is written again row by row, so a bad row fails only its own caller."""
+
+    def __init__(self, hot: HotPath, sql: str, *, in_flight: int = 2, max_rows: int = 1000) -> None:
+        self._hot = hot
+        self._sql = sql
+        self._in_flight = in_flight
+        self._max_rows = max_rows
+        self._pending: list[tuple[tuple, Any, asyncio.Future]] = []
+        self._writing: set[asyncio.Task] = set()
+
+    async def insert(self, row: tuple, key: Any) -> bool:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((row, key, future))
+        if len(self._writing) < self._in_flight:
+            self._flush()
+        return await asyncio.shield(future)  # a caller that gives up does not unwrite its row
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending[:self._max_rows], self._pending[self._max_rows:]
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._write(batch))
+            self._writing.add(task)
+            task.add_done_callback(self._written)
+
+    def _written(self, task: asyncio.Task) -> None:
+        self._writing.discard(task)
+        if self._pending and len(self._writing) < self._in_flight:
+            self._flush()
+
+    async def _write(self, batch: list[tuple[tuple, Any, asyncio.Future]]) -> None:
+        try:
+            rows = await self._hot.fetch_sql(self._sql, *(list(column) for column in zip(*(r for r, _, _ in batch))))
+        except Exception as exc:
+            if len(batch) > 1:
+                await asyncio.gather(*(self._write([item]) for item in batch))
+            elif not batch[0][2].done():
+                batch[0][2].set_exception(exc)
+            return
+        inserted = {row[0] for row in rows}
+        for _, key, future in batch:
+            if not future.done():
+                future.set_result(key in inserted)
 
 
 async def _json_codecs(conn: asyncpg.Connection) -> None:
@@ -96,14 +142,6 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """No reset when a connection goes back to the pool. asyncpg's default sends `RESET ALL;
     UNLISTEN *; CLOSE ALL; pg_advisory_unlock_all()`, one more round trip per statement; the hot
     path runs single autocommit statements that leave no session state to reset."""
-
-
-def _compile_for_asyncpg(statement: sa.Executable, names: list[str]) -> tuple[str, list[str]]:
-    from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
-
-    bound = statement.values({name: sa.bindparam(name) for name in names})  # type: ignore[attr-defined]
-    compiled = bound.compile(dialect=asyncpg_dialect.dialect())
-    return str(compiled), list(compiled.positiontup or [])
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker:

@@ -175,12 +175,6 @@ class ServiceRuntime:
             except TimeoutError:
                 log.warning("shutdown_step_timed_out", step=name, seconds=SHUTDOWN_STEP_TIMEOUT)
 
-    async def write_one(self, statement: Any, params: dict[str, Any]) -> Any:  # -> first row or None
-        """One self-contained INSERT in autocommit, on the hot-path pool: for a write that is atomic
-        by itself and announces nothing (no outbox event), e.g. recording a routing decision.
-        One round trip instead of BEGIN/statement/COMMIT."""
-        return await self.hot_path.fetchrow(statement, params)
-
     def uow(self) -> UnitOfWork:
         return UnitOfWork(
             self.sessions, self.tables, subject_prefix=self.settings.event_subject_prefix, relay=self.relay

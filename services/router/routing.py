@@ -29,6 +29,7 @@ from services.router.store import ConfigRow, ConnectionRow, DecisionRow
 from services.router.wire import RouteIn, RouteOut
 from shared.auth import Principal, acting_barber_id
 from shared.circuit import CircuitBoard
+from shared.db import GroupCommit
 from shared.errors import ProblemError, not_found, validation_error
 from shared.idempotency import Claim
 from shared.money import format_amount, format_rate
@@ -94,6 +95,7 @@ class RoutingService:
         self.settings = settings
         self.contexts = contexts
         self.circuits = circuits
+        self._decisions: GroupCommit | None = None
 
     async def route_payment(
         self, principal: Principal, body: RouteIn, claim: Claim | None, *, route_id: uuid.UUID | None = None
@@ -145,10 +147,13 @@ class RoutingService:
 
     async def record(self, decided: Decided, claim: Claim | None) -> bool:
         """Write the decision; False when its route id was recorded before (nothing written)."""
-        values = store.decision_values(decided.row)
         if claim is None:
-            # The hot path: one insert, nothing else to keep atomic with it.
-            return await self.rt.write_one(store.INSERT_DECISION, values) is not None
+            # The hot path: nothing else to keep atomic with it, so it is group-committed with the
+            # decisions of concurrent requests (one statement for all; answered once durable).
+            if self._decisions is None:
+                self._decisions = GroupCommit(self.rt.hot_path, store.INSERT_DECISIONS)
+            return await self._decisions.insert(store.decision_tuple(decided.row), decided.row.route_id)
+        values = store.decision_values(decided.row)
         async with self.rt.uow() as uow:
             inserted = await store.insert_decision(uow.session, values)
             if inserted:

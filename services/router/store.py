@@ -69,6 +69,22 @@ WITH decision AS (
 SELECT (SELECT count(*) FROM decision) AS decided, attempt.* FROM (SELECT 1) AS one LEFT JOIN attempt ON true
 """
 
+# `/route`'s decisions, group-committed (`shared.db.GroupCommit`): one array per column.
+_DECISION_TYPES = ("uuid", "integer", "bigint", "bigint", "numeric", "text", "text", "text", "integer", "numeric",
+                   "numeric", "numeric", "numeric", "text", "boolean", "timestamptz")
+INSERT_DECISIONS = f"""
+INSERT INTO {t.SCHEMA}.routing_decisions ({", ".join(_DECISION_COLUMNS)})
+SELECT * FROM unnest({", ".join(f"${i}::{kind}[]" for i, kind in enumerate(_DECISION_TYPES, 1))})
+ON CONFLICT DO NOTHING
+RETURNING route_id
+"""
+
+
+def decision_tuple(row: DecisionRow) -> tuple:
+    """A decision as `INSERT_DECISIONS` takes it, column by column."""
+    return tuple(getattr(row, name) for name in _DECISION_COLUMNS)
+
+
 # Settle a fresh attempt, its event and its remembered answer in one statement. The caller built
 # the event and the answer from the row it opened plus these values; `version` guards that
 # prediction: if anyone touched the row since, nothing is written and the general path settles.

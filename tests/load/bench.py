@@ -192,8 +192,18 @@ async def _route(args: argparse.Namespace, ceiling_url: str, secret: str) -> tup
     console.rule(f"/route at {args.rate:g} req/s")
     runs["route_at_rate"] = await run_load(replace(route, concurrency=None, rate=args.rate, seed=False), console)
     render(runs["route_at_rate"], console, title="/route")
+    # Not a check: what this machine gives the bare insert at the same rate right now (its floor).
+    console.rule(f"ceiling at {args.rate:g} req/s (reference)")
+    runs["ceiling_at_rate"] = await run_load(replace(route, url=ceiling_url, path=CEILING_PATH, seed=False,
+                                                     concurrency=None, rate=args.rate), console)
+    render(runs["ceiling_at_rate"], console, title="ceiling")
     summaries = [runs[name]["summary"] for name in ("ceiling", "route", "route_at_rate")]
-    return runs, route_checks(*summaries, rate=args.rate)
+    rows = route_checks(*summaries, rate=args.rate)
+    floor = runs["ceiling_at_rate"]["summary"]["latency_ms"]["p99"]
+    for row in rows:
+        if row["check"].startswith(f"/route at {args.rate:g}"):
+            row["note"] = f"the ceiling at the same rate: {floor:.1f} ms"
+    return runs, rows
 
 
 async def _pay(args: argparse.Namespace, ceiling_url: str, secret: str) -> tuple[dict, list]:
