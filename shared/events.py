@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 import structlog
@@ -95,6 +95,20 @@ class TransactionRecorded(EventPayload):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.commission_rate = Decimal(format_rate(self.commission_rate))
+
+
+# Legacy payments per `transaction.imported` event (the contract's bound).
+IMPORTED_PER_EVENT = 500
+
+
+class TransactionImported(EventPayload):
+    """Up to 500 imported legacy payments in one event, each as its `transaction.recorded` payload
+    (source `legacy`): the bulk import's own subject, applied by consumers as one batch. One event
+    per payment made the legacy import's event pipeline the bottleneck (tests/load/README.md)."""
+
+    event_type: ClassVar[str] = "transaction.imported"
+
+    transactions: Annotated[list[TransactionRecorded], msgspec.Meta(min_length=1, max_length=IMPORTED_PER_EVENT)]
 
 
 class ProcessingFees(msgspec.Struct, kw_only=True):

@@ -9,8 +9,9 @@ What it carries over, and what it skips, is `services.router.legacy` (pure). Thi
    a config in the suite keeps it: the import never undoes a change made after the migration.
 2. Payments, in legacy id order, in batches: each batch is one transaction of the router's
    database: the payments (bulk `COPY` into a session-local table, then one `INSERT ... ON CONFLICT
-   (legacy_id)`), a `transaction.recorded` outbox row for each one that is new or changed in the
-   legacy database since the last run (bulk `COPY`), the skipped rows with their reasons, and the
+   (legacy_id)`), a `transaction.imported` outbox row per 500 of them that are new or changed in the
+   legacy database since the last run (each carrying their `transaction.recorded` payloads, source
+   `legacy`; bulk `COPY`), the skipped rows with their reasons, and the
    run's checkpoint (the last legacy id of the batch). A crash loses nothing and doubles nothing:
    the next run resumes after the checkpoint of the unfinished run, and a finished run's re-run
    rewrites nothing that has not changed (rows are keyed on the legacy id, their transaction ids
@@ -69,7 +70,7 @@ from services.router.routing import default_config_row
 from services.router.settings import RouterSettings
 from services.router.store import ConfigRow
 from shared.config import SettingsError, libpq_url, load_settings
-from shared.events import EventPayload, encode_event, new_event
+from shared.events import IMPORTED_PER_EVENT, EventPayload, TransactionImported, encode_event, new_event
 from shared.money import minor_unit_exponent, normalise_currency
 from shared.scheduler import lock_key
 from tools.runstate import ROOT, pick_database_url, pick_event_names
@@ -229,9 +230,10 @@ class LegacyImport:
                      p.refunded_amount, p.currency, p.status, p.commission_rate, p.commission_amount, p.processor_fee,
                      p.stripe_payment_intent_id, p.processed_at, 1) for p in payments.values()])
                 written = await self.suite.fetch(UPSERT)
+                recorded = [transaction_recorded(payments[r["legacy_id"]], r["version"]) for r in written]
                 await self._write_outbox([
-                    outbox_record(transaction_recorded(payments[r["legacy_id"]], r["version"]), self.prefix)
-                    for r in written])
+                    outbox_record(TransactionImported(transactions=recorded[i:i + IMPORTED_PER_EVENT]), self.prefix)
+                    for i in range(0, len(recorded), IMPORTED_PER_EVENT)])
             await self._write_skips(run_id, skips)
             await self.suite.execute(
                 "UPDATE router.legacy_imports SET checkpoint = $2, updated_at = now() WHERE id = $1",

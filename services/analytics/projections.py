@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from services.analytics import store
 from services.analytics.domain import NONE, Fact, Measures, RollupKey, rollup_deltas
 from services.analytics.store import FactRow
-from shared.events import CollectionDue, CollectionSettled, Event, TransactionRecorded
+from shared.events import CollectionDue, CollectionSettled, Event, TransactionImported, TransactionRecorded
 from shared.observability import EVENT_LAG
 from shared.outbox import UnitOfWork
 
@@ -49,9 +49,21 @@ class Projections:
         """A batch of `transaction.recorded`: per transaction its highest state wins (in the batch
         and against the fact held), the rollups move by the sum of the deltas, in three statements
         whatever the batch's size."""
+        await self._apply_recorded(uow, [(event, event.decode(TransactionRecorded)) for event in events])
+
+    async def apply_transactions_imported(self, uow: UnitOfWork, event: Event) -> None:
+        """`transaction.imported`: up to 500 legacy payments, applied as one batch of their
+        `transaction.recorded` payloads."""
+        await self._apply_recorded(uow, [(event, tx) for tx in event.decode(TransactionImported).transactions])
+
+    async def apply_imports(self, uow: UnitOfWork, events: list[Event]) -> None:
+        """Several `transaction.imported` events at once: one batch of every payment they carry."""
+        await self._apply_recorded(uow, [(event, tx) for event in events
+                                         for tx in event.decode(TransactionImported).transactions])
+
+    async def _apply_recorded(self, uow: UnitOfWork, recorded: list[tuple[Event, TransactionRecorded]]) -> None:
         latest: dict[str, tuple[Event, TransactionRecorded]] = {}
-        for event in events:
-            tx = event.decode(TransactionRecorded)
+        for event, tx in recorded:
             held = latest.get(tx.transaction_id)
             if held is None or tx.sequence > held[1].sequence:
                 latest[tx.transaction_id] = (event, tx)
@@ -70,7 +82,7 @@ class Projections:
             facts.append(values)
         await store.add_to_daily_payments(session, {k: d for k, d in deltas.items() if not d.is_zero()})
         await store.save_facts(session, facts)
-        for event, _ in latest.values():
+        for event in {id(event): event for event, _ in latest.values()}.values():
             _lag(event)
 
     async def apply_collection_due(self, uow: UnitOfWork, event: Event) -> None:

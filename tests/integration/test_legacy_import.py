@@ -24,7 +24,7 @@ import msgspec
 import pytest
 
 from shared.config import libpq_url
-from shared.events import TransactionRecorded, decode_event
+from shared.events import TransactionImported, TransactionRecorded, decode_event
 from tests import legacy_db
 from tests.conftest import ROOT, RUN_ID
 from tests.support import scratch_database
@@ -73,8 +73,11 @@ async def imported_by_barber(suite: str) -> dict[int, tuple[int, Decimal, Decima
 
 
 async def legacy_events(suite: str) -> list[TransactionRecorded]:
-    rows = await fetch(suite, "SELECT body FROM router.outbox WHERE event_type = 'transaction.recorded' ORDER BY id")
-    return [decode_event(r["body"]).decode(TransactionRecorded) for r in rows]
+    rows = await fetch(suite, "SELECT body FROM router.outbox WHERE event_type = 'transaction.imported' ORDER BY id")
+    batches = [decode_event(r["body"]).decode(TransactionImported).transactions for r in rows]
+    assert all(1 <= len(batch) <= 500 for batch in batches)
+    assert not await fetch(suite, "SELECT 1 FROM router.outbox WHERE event_type = 'transaction.recorded'")
+    return [tx for batch in batches for tx in batch]
 
 
 async def test_import_carries_over_exactly_what_it_should(legacy, suite_db):
@@ -85,7 +88,8 @@ async def test_import_carries_over_exactly_what_it_should(legacy, suite_db):
 
     expected = data.expected()
     assert await imported_by_barber(suite_db) == expected
-    # One event per imported payment, as the contract's transaction.recorded, source legacy.
+    # Every imported payment once, as the contract's transaction.recorded payload (source legacy),
+    # carried 500 at most per transaction.imported event.
     events = await legacy_events(suite_db)
     assert len(events) == sum(c for c, _, _ in expected.values())
     assert {e.source for e in events} == {"legacy"} and {e.payment_type for e in events} == {"centralized"}

@@ -127,7 +127,7 @@ async def sql(suite: Suite, statement: str, *args) -> None:
 
 
 DURABLES = {"router-connections", "external-rates", "collections-accruals", "collections-settings",
-            "collections-collecting", "analytics-transactions", "analytics-collections-due",
+            "collections-collecting", "analytics-transactions", "analytics-imports", "analytics-collections-due",
             "analytics-collections-settled"}
 
 
