@@ -48,6 +48,7 @@ from tests.load.loadtest import (
 )
 from tests.load.stats import (
     IDLE_TARGET_PERCENT,
+    MIN_SUCCESS_RATE,
     IMPORT_CATCH_UP_S,
     IMPORT_TARGET_PER_S,
     LAG_P99_MS,
@@ -278,11 +279,25 @@ def _idle(args: argparse.Namespace) -> tuple[dict, list]:
                    f"{len(pids)} processes over {args.idle_seconds:g} s (Postgres and NATS not counted)")])
 
 
-def _webhooks() -> tuple[dict, list]:
-    # Not run: since webhooks became notices (issue 14) the tool's events name payments the
-    # simulator never made, so every one is ignored; it must create them first (tests/load/README.md).
-    return {}, [check("webhooks / ceiling, applied per second", None, ">=", WEBHOOK_TARGET_RATIO,
-                      "not measured: tests/load/webhooks.py predates webhooks-as-notices")]
+async def _webhooks(args: argparse.Namespace, ceiling_url: str, secret: str) -> tuple[dict, list]:
+    """Signed Stripe and Square notices about payments made at the simulators beforehand, 10 %
+    redeliveries, against the one-insert ceiling (tests.load.webhooks)."""
+    from tests.load.webhooks import DEFAULT_URL, WebhookConfig, measure, webhook_checks
+
+    external = run_state().get("urls", {}).get("external", DEFAULT_URL)
+    cfg = WebhookConfig(url=external, duration=args.duration, warmup=args.warmup, concurrency=args.concurrency,
+                        jwt_secret=secret)
+    measured = await measure(cfg, ceiling_url, console)
+    summary = measured["runs"]["webhooks"]["summary"]
+    ceiling = measured["runs"]["ceiling"]["summary"]
+    rows = webhook_checks(summary, ceiling, duplicate_ratio=cfg.duplicate_ratio, closed_loop=True)
+    spot = measured["spot_check"]
+    return {"webhooks": measured}, [
+        check("webhooks / ceiling, applied per second", rows[0]["value"], ">=", WEBHOOK_TARGET_RATIO,
+              f"{summary['applied_rps']:.0f} applied/s vs {ceiling['success_rps']:.0f} req/s"),
+        check("webhooks answered applied or duplicate", rows[1]["value"], ">=", MIN_SUCCESS_RATE,
+              f"spot check {spot['matched']} of {spot['checked']} read back"),
+    ]
 
 
 def _import(args: argparse.Namespace) -> tuple[dict, list]:
@@ -319,12 +334,12 @@ def main(argv: list[str] | None = None) -> int:
             more_runs, more_rows = _idle(args)
             runs |= more_runs
             rows += more_rows
-        if {"route", "pay"} & set(args.stages):
+        if {"route", "pay", "webhooks"} & set(args.stages):
             database_url, db_source = pick_database_url(args.database_url)
             console.print(f"[dim]ceiling database from {db_source}[/]")
             with ceiling_app(database_url, ROOT / ".run" / "logs" / "load-ceiling.log") as ceiling_url:
                 # The ceiling stays up (idle) during the router runs; it is stopped when they end.
-                for stage, measure in (("route", _route), ("pay", _pay)):
+                for stage, measure in (("route", _route), ("pay", _pay), ("webhooks", _webhooks)):
                     if stage in args.stages:
                         more_runs, more_rows = asyncio.run(measure(args, ceiling_url, secret))
                         runs |= more_runs
@@ -333,11 +348,10 @@ def main(argv: list[str] | None = None) -> int:
             more_runs, more_rows = asyncio.run(_lag(args, secret))
             runs |= more_runs
             rows += more_rows
-        for stage, measure in (("webhooks", lambda: _webhooks()), ("import", lambda: _import(args))):
-            if stage in args.stages:
-                more_runs, more_rows = measure()
-                runs |= more_runs
-                rows += more_rows
+        if "import" in args.stages:
+            more_runs, more_rows = _import(args)
+            runs |= more_runs
+            rows += more_rows
     except LoadError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         return 2

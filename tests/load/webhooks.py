@@ -57,7 +57,7 @@ from tests.load.loadtest import (
     write_json,
 )
 from tests.load.stats import MIN_SUCCESS_RATE, Recorder, summarize, verdict
-from tools.runstate import pick_database_url, pick_jwt_secret
+from tools.runstate import pick_database_url, pick_jwt_secret, run_state
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_URL = "http://127.0.0.1:8002"  # the external service under `make run`
@@ -212,20 +212,42 @@ def signed_headers(event: Event, now: float) -> dict[str, str]:
 
 
 class EventFactory:
-    """New events with fresh ids (never reused across runs) and amounts from a seeded generator."""
+    """New events with fresh ids (never reused across runs) and amounts from a seeded generator.
 
-    def __init__(self, rng: random.Random, token: Callable[[int], str] = secrets.token_hex) -> None:
+    With a `pool` (payments made at the simulators beforehand, per connection), each event names
+    one of them, as a processor's notice does: the service re-fetches what a notice names, so a
+    notice about a payment the processor never made is ignored (webhooks are notices, issue 14).
+    Each pooled payment is announced once; `pick` chooses among connections with some left."""
+
+    def __init__(self, rng: random.Random, token: Callable[[int], str] = secrets.token_hex,
+                 pool: dict[int, list[tuple[str, int]]] | None = None) -> None:
         self.rng = rng
         self.token = token
+        self.pool = pool
+
+    def pick(self, endpoints: list[Endpoint]) -> Endpoint:
+        if self.pool is None:
+            return endpoints[self.rng.randrange(len(endpoints))]
+        left = [ep for ep in endpoints if self.pool.get(ep.connection_id)]
+        if not left:
+            raise LoadError("every payment made for the run was announced: raise --payments-per-connection")
+        return left[self.rng.randrange(len(left))]
 
     def new(self, endpoint: Endpoint, now: float) -> Event:
         cents = self.rng.randint(500, 90_000)
+        made = self.pool[endpoint.connection_id].pop() if self.pool is not None else None
+        if made is not None:
+            payment, cents = made
         if endpoint.processor == "stripe":
             event_id, payment_id = "evt_" + self.token(12), "pi_" + self.token(12)
+            if made is not None:
+                payment_id = payment
             body = json.dumps(stripe_event(event_id, payment_id, cents, int(now)), indent=2).encode()
         else:
             event_id = str(uuid.UUID(self.token(16), version=4))
             payment_id = "".join(_SQUARE_ID_ALPHABET[b % 62] for b in bytes.fromhex(self.token(29)))
+            if made is not None:
+                payment_id = payment
             body = json.dumps(square_event(
                 event_id, payment_id, cents, datetime.fromtimestamp(now, UTC),
                 merchant_id=square_merchant_id(endpoint.barber_id),
@@ -393,6 +415,16 @@ class WebhookConfig:
     barber_id_start: int = DEFAULT_BARBER_ID_START
     jwt_secret: str = ""
     random_seed: int = 1
+    # Payments made at the simulators per connection before the run, each announced once.
+    payments_per_connection: int = 60
+    stripe_api_base: str | None = None  # default: the simulators `make run` recorded
+    square_api_base: str | None = None
+
+
+def simulator_urls(cfg: WebhookConfig) -> dict[str, str]:
+    urls = run_state().get("urls", {})
+    return {"stripe": cfg.stripe_api_base or urls.get("stripe-sim", "http://127.0.0.1:12111"),
+            "square": cfg.square_api_base or urls.get("square-sim", "http://127.0.0.1:12112")}
 
 
 # --- set-up (I/O) ------------------------------------------------------------------------------
@@ -473,6 +505,38 @@ async def deliver(session: aiohttp.ClientSession, base: str, event: Event, *, re
         return _exception_kind(exc)
 
 
+async def make_payments(session: aiohttp.ClientSession, endpoints: list[Endpoint], per_connection: int,
+                        sims: Mapping[str, str], rng: random.Random) -> dict[int, list[tuple[str, int]]]:
+    """Payments made at the simulators with each load barber's own credentials, as its clients
+    would pay it: what the run's notices then announce. (payment id, amount in cents) per connection."""
+    gate = asyncio.Semaphore(32)
+
+    async def one(ep: Endpoint) -> tuple[int, tuple[str, int]]:
+        cents = rng.randint(500, 90_000)
+        async with gate:
+            if ep.processor == "stripe":
+                request = session.post(sims["stripe"] + "/v1/payment_intents", data=[
+                    ("amount", str(cents)), ("currency", CURRENCY.lower()), ("payment_method", "pm_card_visa"),
+                    ("confirm", "true"), ("payment_method_types[0]", "card")],
+                    headers={"Authorization": f"Bearer sk_test_hpload{ep.barber_id}"})
+            else:
+                request = session.post(sims["square"] + "/v2/payments", json={
+                    "source_id": "cnon:card-nonce-ok", "idempotency_key": secrets.token_hex(16),
+                    "amount_money": {"amount": cents, "currency": CURRENCY},
+                    "location_id": square_location_id(ep.barber_id)},
+                    headers={"Authorization": f"Bearer {square_access_token(ep.barber_id)}"})
+            async with request as resp:
+                body = await resp.json(content_type=None)
+                if resp.status != 200:
+                    raise LoadError(f"the {ep.processor} simulator refused a payment: {resp.status} {body}")
+        return ep.connection_id, (body["id"] if ep.processor == "stripe" else body["payment"]["id"], cents)
+
+    pool: dict[int, list[tuple[str, int]]] = {ep.connection_id: [] for ep in endpoints}
+    for connection_id, made in await asyncio.gather(*(one(ep) for ep in endpoints for _ in range(per_connection))):
+        pool[connection_id].append(made)
+    return pool
+
+
 async def preflight(session: aiohttp.ClientSession, base: str, endpoints: list[Endpoint],
                     factory: EventFactory) -> list[Event]:
     """One fresh event and its redelivery per connection, before the load: each must be applied,
@@ -519,7 +583,7 @@ class WebhookDriver(Driver):
     async def send(self, started: float) -> None:
         lag = time.perf_counter() - started
         again = self.schedule.next()
-        event = again or self.factory.new(self.endpoints[self.rng.randrange(len(self.endpoints))], time.time())
+        event = again or self.factory.new(self.factory.pick(self.endpoints), time.time())
         kind = await deliver(self.session, self.base, event, redelivery=again is not None)
         if kind is None:
             self.schedule.remember(event)
@@ -553,11 +617,12 @@ def _spot_sample(events: list[Event], per_processor: int = 3) -> list[Event]:
 
 
 async def run_webhooks(cfg: WebhookConfig, endpoints: list[Endpoint], session: aiohttp.ClientSession,
-                       console: Console | None = None) -> tuple[dict[str, Any], list[Event]]:
+                       console: Console | None = None, pool: dict[int, list[tuple[str, int]]] | None = None,
+                       ) -> tuple[dict[str, Any], list[Event]]:
     """Drive the deliveries for warmup + duration; the result document and the last applied events."""
     rng = random.Random(cfg.random_seed)
     driver = WebhookDriver(session, cfg.url.rstrip("/"), endpoints, DuplicateSchedule(cfg.duplicate_ratio, rng),
-                           EventFactory(rng), rng)
+                           EventFactory(rng, pool=pool), rng)
     if console is not None:
         how = f"{cfg.concurrency} workers" if cfg.concurrency else f"{cfg.rate:g} webhooks/s"
         console.print(f"[dim]{driver.url}: {how}, {cfg.warmup:g} s warmup + {cfg.duration:g} s measured, "
@@ -600,7 +665,12 @@ async def measure(cfg: WebhookConfig, ceiling_url: str | None, console: Console)
         if set(setup["statuses"]) - {"active"}:
             console.print("[yellow]note:[/] not every connection is active (the processor did not accept or "
                           "could not check its credentials); webhooks are verified all the same")
-        checked = await preflight(session, base, endpoints, EventFactory(random.Random(cfg.random_seed + 1)))
+        sims = simulator_urls(cfg)
+        made = await make_payments(session, endpoints, cfg.payments_per_connection + 1, sims,
+                                   random.Random(cfg.random_seed + 2))
+        console.print(f"payments made at the simulators to announce: {sum(map(len, made.values())):,}")
+        checked = await preflight(session, base, endpoints, EventFactory(random.Random(cfg.random_seed + 1),
+                                                                          pool=made))
         setup["preflight"] = f"{len(checked)} connections: applied, then answered duplicate"
         console.print(f"pre-flight: {setup['preflight']}")
         runs: dict[str, Any] = {}
@@ -612,7 +682,7 @@ async def measure(cfg: WebhookConfig, ceiling_url: str | None, console: Console)
             runs["ceiling"] = await run_load(ceiling_cfg, console)
             render(runs["ceiling"], console, title="ceiling")
         console.rule("webhooks")
-        runs["webhooks"], applied = await run_webhooks(cfg, endpoints, session, console)
+        runs["webhooks"], applied = await run_webhooks(cfg, endpoints, session, console, pool=made)
         render_webhooks(runs["webhooks"], console)
         spot = await spot_check(session, base, cfg.jwt_secret, _spot_sample(checked + applied))
     return {"setup": setup, "runs": runs, "spot_check": spot}
@@ -681,6 +751,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--database-url", help="the ceiling's database (default: as bench.py picks it)")
     p.add_argument("--no-ceiling", action="store_true", help="skip the ceiling app (no ratio)")
     p.add_argument("--random-seed", type=int, default=1)
+    p.add_argument("--payments-per-connection", type=int, default=60,
+                   help="payments made at the simulators per connection before the run, each announced once "
+                        "(default %(default)s; the run stops early when they run out)")
+    p.add_argument("--stripe-api-base", help="the Stripe simulator (default: as `make run` recorded it)")
+    p.add_argument("--square-api-base", help="the Square simulator (default: as `make run` recorded it)")
     p.add_argument("--json", default=str(DEFAULT_JSON), metavar="FILE",
                    help="the result document (default .run/webhook-load-results.json; '-' for stdout)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a check is missed (default: report only)")
@@ -688,7 +763,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.rate is None and args.concurrency is None:
         args.concurrency = 32
-    for name in ("duration", "timeout", "rate", "concurrency", "connections", "max_inflight"):
+    for name in ("duration", "timeout", "rate", "concurrency", "connections", "max_inflight",
+                 "payments_per_connection"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
@@ -707,7 +783,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = WebhookConfig(url=args.url, duration=args.duration, warmup=args.warmup, concurrency=args.concurrency,
                         rate=args.rate, max_inflight=args.max_inflight, timeout=args.timeout,
                         duplicate_ratio=args.duplicate_ratio, connections=args.connections,
-                        barber_id_start=args.barber_id_start, random_seed=args.random_seed)
+                        barber_id_start=args.barber_id_start, random_seed=args.random_seed,
+                        payments_per_connection=args.payments_per_connection,
+                        stripe_api_base=args.stripe_api_base, square_api_base=args.square_api_base)
     try:
         check_target(cfg.url, args.allow_remote)
         if (why := reachable(cfg.url)) is not None:
