@@ -505,6 +505,7 @@ class Suite:
             json.dumps(
                 {
                     "pid": os.getpid(),
+                    "started_at": time.time(),
                     "children": {c.name: c.proc.pid for c in self.children},
                     "urls": {c.name: c.url for c in self.children},
                     "database_url": self.database_url,

@@ -268,6 +268,12 @@ def _ticks(pids: list[int]) -> dict[int, int]:
 
 def _idle(args: argparse.Namespace) -> tuple[dict, list]:
     console.rule(f"the suite idle for {args.idle_seconds:g} s")
+    # A suite just started is not idle yet (first job runs, consumers being created): let it settle.
+    started = run_state().get("started_at")
+    settle = 20.0 - (time.time() - started) if started else 0.0
+    if settle > 0:
+        console.print(f"[dim]waiting {settle:.0f} s for the suite to settle after its start[/]")
+        time.sleep(settle)
     pids = _suite_pids()
     before = _ticks(pids)
     time.sleep(args.idle_seconds)
