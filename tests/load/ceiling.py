@@ -6,6 +6,13 @@
   pending attempt), the same PaymentIntent create through the same Stripe SDK client as the
   router's adapter (same client options, same simulator), then one update and one outbox row
   (one statement). No routing, no idempotency, no events relayed.
+- `POST /api/v1/webhooks/{processor}/{connection_id}`, for webhooks (the external service's path shape,
+  so the webhook load tool drives it unchanged): the bare minimum a webhook must do once the
+  re-fetch is required (a webhook body is a claim, see services/external/webhooks.py): verify the
+  signature and fetch the payment it names through the same adapters the external service uses
+  (`shared.processors`, same SDK clients, same simulators), then one statement that claims the event
+  id and writes the payment and an outbox row. No connection lookup, no attribution, no merge.
+  The load barbers' credentials and secrets are derived as `tests.load.webhooks` derives them.
 """
 
 from __future__ import annotations
@@ -22,14 +29,23 @@ import aiohttp
 import asyncpg
 import msgspec
 import stripe
-from litestar import Litestar, get, post
+from litestar import Litestar, Request, get, post
 from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+
+from shared.processors import base as p
+from shared.processors.square.adapter import SquareCredentials, SquareProcessor
+from shared.processors.stripe.adapter import StripeCredentials, StripeProcessor
 
 PATH = "/ceiling"
 PAY_PATH = "/pay-ceiling"
 POOL_SIZE = 10  # the services' DB_POOL_SIZE default
 _ENV_URL = "LOAD_CEILING_DATABASE_URL"
 _ENV_STRIPE = "LOAD_CEILING_STRIPE_API_BASE"
+_ENV_SQUARE = "LOAD_CEILING_SQUARE_API_BASE"
+# The "connection id" is the load barber's id times ten plus 0 for Stripe, 1 for Square
+# (tests.load.webhooks.ceiling_endpoints): the ceiling has no connections to look up.
+WEBHOOK_PATH = "/api/v1/webhooks/{processor:str}/{connection_id:int}"
 SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS load_ceiling;
 CREATE TABLE IF NOT EXISTS load_ceiling.samples (
@@ -52,6 +68,9 @@ CREATE TABLE IF NOT EXISTS load_ceiling.outbox (
     event_id uuid NOT NULL UNIQUE,
     body bytea NOT NULL
 );
+CREATE TABLE IF NOT EXISTS load_ceiling.webhook_events (
+    event_id text PRIMARY KEY
+);
 """
 OPEN_SQL = "INSERT INTO load_ceiling.payments (id, appointment_id, amount, status) VALUES ($1, $2, $3, 'pending')"
 SETTLE_SQL = """
@@ -59,6 +78,15 @@ WITH settled AS (
     UPDATE load_ceiling.payments SET status = $2, intent_id = $3 WHERE id = $1 AND status = 'pending' RETURNING id
 )
 INSERT INTO load_ceiling.outbox (event_id, body) SELECT $4, $5 FROM settled
+"""
+WEBHOOK_SQL = """
+WITH claimed AS (
+    INSERT INTO load_ceiling.webhook_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING event_id
+), recorded AS (
+    INSERT INTO load_ceiling.payments (id, appointment_id, amount, status, intent_id)
+    SELECT $2, 0, $3, $4, $5 FROM claimed RETURNING id
+)
+INSERT INTO load_ceiling.outbox (event_id, body) SELECT $6, $7 FROM recorded RETURNING id
 """
 INSERT_SQL = ("INSERT INTO load_ceiling.samples (appointment_id, amount, currency) "
               "VALUES ($1, $2, $3) RETURNING id")
@@ -111,6 +139,27 @@ async def pay(data: Payment, state: State) -> dict[str, object]:
             "amount": str(data.amount), "currency": data.currency}
 
 
+@post(WEBHOOK_PATH, status_code=200)
+async def webhook(processor: str, connection_id: int, request: Request, state: State) -> dict[str, object]:
+    adapter, secret = state.webhook_adapter(processor, connection_id // 10)
+    body = await request.body()
+    try:
+        await adapter.verify_webhook(body, request.headers, secret=secret, url=str(request.url))
+        event = adapter.parse_webhook(body)
+    except p.ProcessorError as exc:
+        raise HTTPException(status_code=400, detail=exc.message) from None
+    if event.payment_id is None:
+        return {"event_id": event.event_id, "duplicate": False, "ignored": True, "outcome": "ignored"}
+    payment = await adapter.retrieve_payment(event.payment_id)
+    payment_id, event_id = uuid.uuid4(), uuid.uuid4()
+    recorded = msgspec.json.encode({"event_id": str(event_id), "transaction_id": str(payment_id),
+                                    "status": payment.status, "amount": str(payment.amount)})
+    row = await state.pool.fetchval(WEBHOOK_SQL, event.event_id, payment_id, payment.amount, payment.status,
+                                    payment.processor_payment_id, event_id, recorded)
+    outcome = "applied" if row is not None else "duplicate"
+    return {"event_id": event.event_id, "duplicate": row is None, "ignored": False, "outcome": outcome}
+
+
 @get("/health/live", sync_to_thread=False)
 def live() -> dict[str, str]:
     return {"status": "ok"}
@@ -122,9 +171,28 @@ def asyncpg_dsn(url: str) -> str:
     return f"{scheme.split('+')[0]}{sep}{rest}"
 
 
-def create_app(database_url: str | None = None, stripe_api_base: str | None = None) -> Litestar:
+def create_app(database_url: str | None = None, stripe_api_base: str | None = None,
+               square_api_base: str | None = None) -> Litestar:
+    from tests.load import webhooks as load  # the load barbers' credentials (imports this module)
+
     dsn = asyncpg_dsn(database_url or os.environ[_ENV_URL])
     api_base = stripe_api_base or os.environ.get(_ENV_STRIPE, "http://127.0.0.1:12111")
+    square_base = square_api_base or os.environ.get(_ENV_SQUARE, "http://127.0.0.1:12112")
+    adapters: dict[tuple[str, int], tuple[p.PaymentProcessor, p.Secret]] = {}
+
+    def webhook_adapter(processor: str, barber_id: int) -> tuple[p.PaymentProcessor, p.Secret]:
+        """A load barber's adapter, built once, as the external service keeps one per connection."""
+        if (processor, barber_id) not in adapters:
+            if processor == "stripe":
+                adapter: p.PaymentProcessor = StripeProcessor(
+                    StripeCredentials(p.Secret(f"sk_test_hpload{barber_id}")), api_base=api_base)
+            elif processor == "square":
+                adapter = SquareProcessor(SquareCredentials(p.Secret(load.square_access_token(barber_id)),
+                                                            load.square_location_id(barber_id)), api_base=square_base)
+            else:
+                raise HTTPException(status_code=404, detail=f"no {processor} webhooks here")
+            adapters[processor, barber_id] = adapter, p.Secret(load.webhook_secret(processor, barber_id))
+        return adapters[processor, barber_id]
     logging.getLogger("stripe").setLevel(logging.WARNING)  # as the services do (shared.observability)
 
     @contextlib.asynccontextmanager
@@ -139,28 +207,33 @@ def create_app(database_url: str | None = None, stripe_api_base: str | None = No
             app.state.pool = pool
             app.state.stripe = stripe.StripeClient("sk_test_loadceiling", base_addresses={"api": api_base},
                                                    http_client=http, max_network_retries=0)
+            app.state.webhook_adapter = webhook_adapter
             yield
         finally:
+            for adapter, _ in adapters.values():
+                await adapter.close()
             await http.close_async()
             await pool.close()
 
-    return Litestar(route_handlers=[record, pay, live], lifespan=[lifespan], openapi_config=None, debug=False)
+    return Litestar(route_handlers=[record, pay, webhook, live], lifespan=[lifespan], openapi_config=None, debug=False)
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m tests.load.ceiling", description=__doc__)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8099)
-    p.add_argument("--database-url", default=os.environ.get("DATABASE_URL",
+    parser = argparse.ArgumentParser(prog="python -m tests.load.ceiling", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8099)
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL",
                                                             "postgresql://postgres@127.0.0.1:5432/postgres"))
-    p.add_argument("--stripe-api-base", default="http://127.0.0.1:12111", help="the Stripe simulator")
-    p.add_argument("--workers", type=int, default=1, help="as the services' WEB_CONCURRENCY")
-    args = p.parse_args(argv)
+    parser.add_argument("--stripe-api-base", default="http://127.0.0.1:12111", help="the Stripe simulator")
+    parser.add_argument("--square-api-base", default="http://127.0.0.1:12112", help="the Square simulator")
+    parser.add_argument("--workers", type=int, default=1, help="as the services' WEB_CONCURRENCY")
+    args = parser.parse_args(argv)
     from granian import Granian
     from granian.constants import Interfaces, Loops
 
     os.environ[_ENV_URL] = args.database_url  # the granian worker builds the app from it
     os.environ[_ENV_STRIPE] = args.stripe_api_base
+    os.environ[_ENV_SQUARE] = args.square_api_base
     # The same server options as shared.service.serve, so only the handler differs.
     Granian("tests.load.ceiling:create_app", address=args.host, port=args.port, interface=Interfaces.ASGI,
             factory=True, log_access=False, workers=args.workers, loop=Loops.uvloop).serve()

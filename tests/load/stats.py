@@ -133,6 +133,12 @@ def check(name: str, value: float | None, op: str, target: float, note: str = ""
     return {"check": name, "value": value, "target": f"{op} {target:g}", "passed": bool(passed), "note": note}
 
 
+def shown(name: str, value: float | None, note: str = "") -> dict[str, Any]:
+    """A figure that is only shown beside the checks (a bound, a ratio to explain one): it has no
+    target and neither passes nor fails a run."""
+    return {"check": name, "value": value, "target": "(shown)", "passed": None, "note": note}
+
+
 def pay_checks(ceiling: dict[str, Any], pay: dict[str, Any], pay_at_rate: dict[str, Any], *,
                rate: float) -> list[dict[str, Any]]:
     """Route-and-pay against the pay ceiling (same run), and at a fixed rate."""

@@ -319,6 +319,26 @@ def test_checks_without_a_ceiling_or_in_an_open_loop_only_show_the_ratio():
     assert rows[0]["value"] == 0.25 and rows[0]["passed"] is None
 
 
+def test_the_webhook_ceiling_is_shown_beside_the_checks_and_never_decides_them():
+    rows = wh.webhook_checks(summary(150.0), {"success_rps": 3000.0}, duplicate_ratio=0.1, closed_loop=True,
+                             webhook_ceiling=summary(600.0))
+    shown = {r["check"]: r for r in rows if r["passed"] is None}
+    assert shown["applied webhooks/s / webhook ceiling's"]["value"] == 0.25
+    assert shown["webhook ceiling / one-insert ceiling"]["value"] == 0.2
+    assert rows[0]["passed"] is False  # the target stays the one-insert ceiling's
+    assert len(wh.webhook_checks(summary(1.0), None, duplicate_ratio=0.1, closed_loop=True,
+                                 webhook_ceiling=summary(0.0))) == 3  # nothing to divide by: not shown
+
+
+def test_ceiling_endpoints_name_the_barber_and_processor_in_the_connection_id():
+    endpoints = [wh.Endpoint("stripe", 17, 960001, "whsec_x", "http://svc/a"),
+                 wh.Endpoint("square", 18, 960001, "key", "http://svc/b")]
+    stripe, square = wh.ceiling_endpoints(endpoints, "http://127.0.0.1:9/")
+    assert (stripe.connection_id, square.connection_id) == (9600010, 9600011)
+    assert square.url == "http://127.0.0.1:9/api/v1/webhooks/square/9600011" == "http://127.0.0.1:9" + square.path
+    assert (stripe.secret, square.secret, stripe.barber_id) == ("whsec_x", "key", 960001)
+
+
 def test_arguments_default_to_the_brief_and_refuse_nonsense():
     args = wh.parse_args([])
     assert (args.url, args.concurrency, args.rate, args.duplicate_ratio) == (wh.DEFAULT_URL, 32, None, 0.1)

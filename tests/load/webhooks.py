@@ -377,9 +377,11 @@ def webhook_summary(rec: WebhookRecorder) -> dict[str, Any]:
 
 
 def webhook_checks(webhooks: dict[str, Any], ceiling: dict[str, Any] | None, *, duplicate_ratio: float,
-                   closed_loop: bool, target: float = TARGET_RATIO) -> list[dict[str, Any]]:
+                   closed_loop: bool, target: float = TARGET_RATIO,
+                   webhook_ceiling: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Rows (check, value, target, passed); passed is None for what is only shown (no ceiling
-    measured, or an open loop, whose throughput is the rate asked for)."""
+    measured, or an open loop, whose throughput is the rate asked for, or the webhook ceiling's
+    ratios, which show how much of the gap the required processor re-fetch accounts for)."""
     rows: list[dict[str, Any]] = []
     if ceiling is None:
         rows.append({"check": "applied webhooks/s / ceiling req/s", "value": None,
@@ -396,7 +398,27 @@ def webhook_checks(webhooks: dict[str, Any], ceiling: dict[str, Any] | None, *, 
     rows.append({"check": "duplicate share of answers", "value": webhooks["duplicate_share"],
                  "target": f"{duplicate_ratio:g} ± 0.02",
                  "passed": abs(webhooks["duplicate_share"] - duplicate_ratio) <= 0.02})
+    if webhook_ceiling is not None and webhook_ceiling["applied_rps"] > 0:
+        rows.append({"check": "applied webhooks/s / webhook ceiling's",
+                     "value": round(webhooks["applied_rps"] / webhook_ceiling["applied_rps"], 3),
+                     "target": "(shown)", "passed": None})
+        if ceiling is not None and ceiling["success_rps"] > 0:
+            rows.append({"check": "webhook ceiling / one-insert ceiling",
+                         "value": round(webhook_ceiling["applied_rps"] / ceiling["success_rps"], 3),
+                         "target": "(shown: the most a re-fetching webhook can reach)", "passed": None})
     return rows
+
+
+def ceiling_endpoints(endpoints: list[Endpoint], ceiling_url: str) -> list[Endpoint]:
+    """The same load barbers, delivered to the ceiling app (tests.load.ceiling), which has no
+    connections: its "connection id" is the barber id and the processor (barber * 10 + 0 for
+    Stripe, + 1 for Square), from which it derives the barber's credentials and secret."""
+    out = []
+    for ep in endpoints:
+        key = ep.barber_id * 10 + PROCESSORS.index(ep.processor)
+        path = WEBHOOK_PATH.format(processor=ep.processor, connection_id=key)
+        out.append(replace(ep, connection_id=key, url=ceiling_url.rstrip("/") + path))
+    return out
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -681,6 +703,15 @@ async def measure(cfg: WebhookConfig, ceiling_url: str | None, console: Console)
                                      jwt_secret=cfg.jwt_secret)
             runs["ceiling"] = await run_load(ceiling_cfg, console)
             render(runs["ceiling"], console, title="ceiling")
+            # The webhook ceiling: verify, re-fetch through the same adapters, one statement. Its
+            # notices name payments made for it (more of them: it goes faster than the service).
+            console.rule("webhook ceiling")
+            targets = ceiling_endpoints(endpoints, ceiling_url)
+            made_for_ceiling = await make_payments(session, targets, cfg.payments_per_connection * 3, sims,
+                                                   random.Random(cfg.random_seed + 3))
+            runs["webhook_ceiling"], _ = await run_webhooks(replace(cfg, url=ceiling_url), targets, session, console,
+                                                            pool=made_for_ceiling)
+            render_webhooks(runs["webhook_ceiling"], console)
         console.rule("webhooks")
         runs["webhooks"], applied = await run_webhooks(cfg, endpoints, session, console, pool=made)
         render_webhooks(runs["webhooks"], console)
@@ -808,7 +839,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = measured["runs"]
     ceiling = runs["ceiling"]["summary"] if "ceiling" in runs else None
     rows = webhook_checks(runs["webhooks"]["summary"], ceiling, duplicate_ratio=cfg.duplicate_ratio,
-                          closed_loop=cfg.concurrency is not None)
+                          closed_loop=cfg.concurrency is not None,
+                          webhook_ceiling=runs["webhook_ceiling"]["summary"] if "webhook_ceiling" in runs else None)
     render_checks(rows, console)
     spot = measured["spot_check"]
     console.print(f"spot check: {spot['matched']} of {spot['checked']} applied payments read back as completed "

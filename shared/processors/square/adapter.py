@@ -3,7 +3,7 @@ interface.
 
 One adapter per Square seller account and location: a barber's own account (external payments).
 The API base is configurable so tests and the sandbox talk to the local simulator. Every call
-goes through the SDK; nothing here needed raw HTTP.
+goes through the SDK's client (its base URL, auth and `Square-Version` headers, its httpx transport).
 
 What differs from Stripe, and why:
 - `platform_fee` / `destination` (and `reverse_platform_fee` on refunds) are not sent: a barber's
@@ -17,6 +17,10 @@ What differs from Stripe, and why:
   ListPaymentRefunds cannot filter by payment.
 - The SDK retries 429/408/409/5xx by itself; that is turned off (`max_retries=0`) because retries
   are ours, with our idempotency keys, and errors must reach us as they happened.
+- Reads on the webhook path (GetPayment, GetRefund) are sent through the SDK's own HTTP client and
+  their JSON read as it came: the SDK would build a pydantic model of every field (resolving type
+  hints per call) that `_wire` then turns straight back into JSON, which was half the CPU of a
+  Square webhook under load (tests/load/README.md). Errors are raised as the SDK raises them.
 - A 409 (Square's answer while another request with the same key is still running) is
   `OutcomeUnknown`, not a request error: the first request may yet succeed.
 """
@@ -207,8 +211,8 @@ class SquareProcessor:
 
     async def retrieve_refund(self, processor_refund_id: str) -> RefundResult:
         refund_id = _checked_id(processor_refund_id, "refund")
-        response = await self._call("retrieve_refund", lambda c: c.refunds.get(refund_id, request_options=_NO_RETRIES))
-        return tf.refund_result(_wire(response).get("refund") or {})
+        answer = await self._call("retrieve_refund", lambda c: _get(c, f"v2/refunds/{refund_id}"))
+        return tf.refund_result(answer.get("refund") or {})
 
     async def list_refunds(self, processor_payment_id: str) -> list[RefundResult]:
         payment = await self._payment(processor_payment_id)
@@ -287,9 +291,8 @@ class SquareProcessor:
 
     async def _payment(self, processor_payment_id: str) -> dict[str, Any]:
         payment_id = _checked_id(processor_payment_id, "payment")
-        response = await self._call("retrieve_payment",
-                                    lambda c: c.payments.get(payment_id, request_options=_NO_RETRIES))
-        payment = _wire(response).get("payment")
+        answer = await self._call("retrieve_payment", lambda c: _get(c, f"v2/payments/{payment_id}"))
+        payment = answer.get("payment")
         if not payment:
             raise ProcessorRequestError(f"Square answered GetPayment without payment {payment_id}")
         return payment
@@ -361,6 +364,22 @@ def square_idempotency_key(key: str) -> str:
     if len(key) <= tf.IDEMPOTENCY_KEY_MAX:
         return key
     return "hp-" + hashlib.sha256(key.encode()).hexdigest()[:tf.IDEMPOTENCY_KEY_MAX - 3]
+
+
+async def _get(client: AsyncSquare, path: str) -> dict[str, Any]:
+    """GET `path` through the SDK's own HTTP client (as its `payments.get` / `refunds.get` do) and
+    return Square's JSON as sent, raising `ApiError` for a non-2xx answer as the SDK does."""
+    response = await client._client_wrapper.httpx_client.request(path, method="GET", request_options=_NO_RETRIES)
+    try:
+        body = response.json()
+    except json.JSONDecodeError:
+        raise ApiError(status_code=response.status_code, headers=dict(response.headers), body=response.text) \
+            from None
+    if not 200 <= response.status_code < 300:
+        raise ApiError(status_code=response.status_code, headers=dict(response.headers), body=body)
+    if not isinstance(body, dict):
+        raise ApiError(status_code=response.status_code, headers=dict(response.headers), body=response.text)
+    return body
 
 
 def _wire(model: Any) -> dict[str, Any]:
