@@ -8,6 +8,8 @@ first migration in its own schema.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import asyncpg
@@ -74,6 +76,16 @@ class HotPath:
         if self._pool is None:
             raise RuntimeError("HotPath.start() was not awaited")
         return await self._pool.fetch(sql, *args)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """One connection in a transaction, for a hot path that must hold a lock across two
+        statements (the second reads what committed while the first waited). Raising inside rolls
+        back; the statements are the store module's, as with `fetchrow_sql`."""
+        if self._pool is None:
+            raise RuntimeError("HotPath.start() was not awaited")
+        async with self._pool.acquire() as connection, connection.transaction():
+            yield connection
 
 
 class GroupCommit:

@@ -51,7 +51,8 @@ class _Foreign(enum.Enum):
 _FOREIGN = _Foreign.ROW
 
 
-def _uuid(value: str | None) -> uuid.UUID | None:
+def as_uuid(value: str | None) -> uuid.UUID | None:
+    """Our reference (an id of ours) in what a processor reports, or None when it is not one."""
     try:
         return uuid.UUID(value) if value else None
     except ValueError:
@@ -94,7 +95,7 @@ class Ledger:
         """Our row for this payment: by our reference, else by the processor's id. `_FOREIGN` when
         the row is another processor account's (never moved by this connection's reports)."""
         row = None
-        if (ours := _uuid(report.reference)) is not None:
+        if (ours := as_uuid(report.reference)) is not None:
             row = await store.load_transaction(session, ours, lock=True)
         if row is None:
             row = await store.transaction_by_processor_id(session, connection.processor_type,
@@ -168,25 +169,31 @@ class Ledger:
         """A payment the barber took on its account that we did not start: recorded with the
         barber's commission rate (from `config.changed`, else the platform default). None when a
         concurrent report recorded it first."""
-        session = uow.session
-        rate = await store.barber_rate(session, connection.barber_id) or self.settings.default_commission_rate
+        rate = await store.barber_rate(uow.session, connection.barber_id)
+        values = self.learned_values(connection, report, rate, origin=origin, now=now, heard_at=heard_at)
+        # A concurrent report of the same payment may insert it first (ON CONFLICT waits for it).
+        return await store.insert_learned_transaction(uow.session, values)
+
+    def learned_values(self, connection: ConnectionRow, report: PaymentResult, rate: Decimal | None, *,
+                       origin: str, now: datetime, heard_at: datetime | None) -> dict[str, Any]:
+        """The row of a payment we learn of (`store.LEARNED_COLUMNS`), with the barber's commission
+        rate (None: the platform default). Pure: the webhook's one-transaction path writes the same."""
+        rate = self.settings.default_commission_rate if rate is None else rate  # 0 is a rate
         currency, amount = report.currency, report.amount
         status = merged_status(None, report.status)
-        settled = status != "pending"
-        values = dict(
+        failed = status in ("failed", "canceled")
+        return dict(
             id=uuid.uuid4(), connection_id=connection.id, processor_type=connection.processor_type,
             external_transaction_id=report.processor_payment_id, amount=amount, refunded_amount=Decimal(0),
             currency=currency, status=status, barber_id=connection.barber_id,
             external_metadata={"learned_from": origin}, commission_rate=rate,
             commission_amount=commission_for(amount, rate, currency),
             processor_fees=processor_fee(connection.processor_type, fees_of(connection), amount, currency),
-            origin=origin, failure_code=report.failure_code if status in ("failed", "canceled") else None,
-            failure_reason=report.failure_message if status in ("failed", "canceled") else None,
-            processed_at=processed_at_of(report.created_at, heard_at, now) if settled else None,
+            origin=origin, failure_code=report.failure_code if failed else None,
+            failure_reason=report.failure_message if failed else None,
+            processed_at=processed_at_of(report.created_at, heard_at, now) if status != "pending" else None,
             created_at=now, updated_at=now, version=1,
         )
-        # A concurrent report of the same payment may insert it first (ON CONFLICT waits for it).
-        return await store.insert_learned_transaction(session, values)
 
     async def attribute(self, uow: UnitOfWork, connection: ConnectionRow, report: PaymentResult, *,
                         now: datetime) -> TransactionRow:
@@ -215,7 +222,7 @@ class Ledger:
         if payment is not None and not await self._same_account(session, connection, payment):
             return None
         existing = await store.refund_by_processor_id(session, processor, report.processor_refund_id)
-        if existing is None and (ours := _uuid(report.reference)) is not None:
+        if existing is None and (ours := as_uuid(report.reference)) is not None:
             existing = await store.load_refund(session, ours)
             if existing is not None and payment is not None and existing.transaction_id != payment.id:
                 existing = None  # a reference that is not a refund of this payment

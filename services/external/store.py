@@ -10,6 +10,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+import asyncpg
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.external import tables as t
 from shared import attempts
+from shared.db import HotPath
 from shared.db import all_rows as _all
 from shared.db import one_row as _one
 from shared.db import only_row as _only
@@ -462,6 +464,84 @@ async def list_unattributed(session: AsyncSession, *, waiting_only: bool, cursor
     return _all(await session.execute(sa.select(ua).where(*where)
                                       .order_by(ua.c.first_heard_at.desc(), ua.c.id.desc()).limit(limit + 1)),
                 UnattributedRow)
+
+
+# ---- a webhook's fresh payment in one short transaction (services/external/webhooks.py) ------------------
+
+LEARNED_COLUMNS = (
+    "id", "connection_id", "processor_type", "external_transaction_id", "amount", "refunded_amount", "currency",
+    "status", "barber_id", "external_metadata", "commission_rate", "commission_amount", "processor_fees", "origin",
+    "failure_code", "failure_reason", "processed_at", "created_at", "updated_at", "version",
+)
+# What the table gives a learned row that `LEARNED_COLUMNS` leaves out (its defaults).
+LEARNED_DEFAULTS: Values = dict(
+    appointment_id=None, client_id=None, route_id=None, external_customer_id=None, payment_method=None,
+    processor_idempotency_key=None, reconciled_at=None, reconciliation_status=None, flagged=None,
+    next_check_at=None, check_failures=0)
+_CLAIM_COLUMNS = ("processor_type", "event_id", "connection_id", "event_type", "understood", "received_at")
+# The lock every report of one processor payment takes (`lock_processor_payment`), and the barber's rate.
+LOCK_AND_RATE = f"""
+SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0)) AS locked,
+       (SELECT commission_rate FROM {t.SCHEMA}.barber_rates WHERE barber_id = $2) AS rate
+"""
+_N = len(LEARNED_COLUMNS)
+# Run after LOCK_AND_RATE in the same transaction, so it sees every report that committed before the
+# lock was granted. It writes the payment, the claim and the event only when the ledger would have
+# learned the payment with nothing else to do: no row has it (by the processor's id or our reference),
+# no other barber connected the account (attribution), no refund of it waits to be adopted.
+# Otherwise it writes nothing and the ledger decides.
+LEARN_FRESH = f"""
+WITH known AS (
+    SELECT 1 FROM {t.SCHEMA}.external_transactions
+    WHERE (processor_type = $3 AND external_transaction_id = $4) OR id = ${_N + 1}::uuid
+), shared AS (
+    SELECT 1 FROM {t.SCHEMA}.payment_processor_connections
+    WHERE ${_N + 2}::text IS NOT NULL AND processor_type = $3 AND processor_account = ${_N + 2}::text
+      AND status <> 'disconnected' AND barber_id <> $9
+), waiting AS (
+    SELECT 1 FROM {t.SCHEMA}.external_refunds
+    WHERE transaction_id IS NULL AND processor_type = $3 AND processor_payment_id = $4
+), learned AS (
+    INSERT INTO {t.SCHEMA}.external_transactions ({", ".join(LEARNED_COLUMNS)})
+    SELECT {", ".join(f"${i + 1}" for i in range(_N))}
+    WHERE NOT EXISTS (SELECT 1 FROM known) AND NOT EXISTS (SELECT 1 FROM shared)
+      AND NOT EXISTS (SELECT 1 FROM waiting)
+    ON CONFLICT (processor_type, external_transaction_id) WHERE external_transaction_id IS NOT NULL DO NOTHING
+    RETURNING id
+), claimed AS (
+    INSERT INTO {t.SCHEMA}.webhook_events ({", ".join(_CLAIM_COLUMNS)}, outcome)
+    SELECT {", ".join(f"${_N + 3 + i}" for i in range(len(_CLAIM_COLUMNS)))}, 'applied' FROM learned
+    ON CONFLICT ON CONSTRAINT webhook_events_once_per_connection DO NOTHING
+    RETURNING id
+), event AS (
+    INSERT INTO {t.SCHEMA}.outbox (event_id, subject, event_type, body)
+    SELECT ${_N + 9}, ${_N + 10}, ${_N + 11}, ${_N + 12} FROM learned WHERE ${_N + 9}::uuid IS NOT NULL
+)
+SELECT (SELECT count(*) FROM learned) AS learned, (SELECT count(*) FROM claimed) AS claimed
+"""
+EVENT_SEEN = f"SELECT 1 FROM {t.SCHEMA}.webhook_events WHERE connection_id = $1 AND event_id = $2"
+
+
+async def event_seen(hot: HotPath, connection_id: int, event_id: str) -> bool:
+    """`webhook_event_seen` as one autocommit statement (asked before the processor is)."""
+    return await hot.fetchrow_sql(EVENT_SEEN, connection_id, event_id) is not None
+
+
+async def lock_and_rate(conn: asyncpg.Connection, processor: str, processor_payment_id: str,
+                        barber_id: int) -> Decimal | None:
+    """Take the processor payment's lock for this transaction; the barber's commission rate."""
+    row = await conn.fetchrow(LOCK_AND_RATE, f"{processor}:{processor_payment_id}", barber_id)
+    return row["rate"] if row is not None else None
+
+
+async def learn_fresh(conn: asyncpg.Connection, values: Values, reference: uuid.UUID | None,
+                      processor_account: str | None, claim: Values,
+                      event: tuple[Any, str, str, bytes] | None) -> bool:
+    """`LEARN_FRESH`: True when it wrote the payment, the claim and the event (all three)."""
+    row = await conn.fetchrow(
+        LEARN_FRESH, *(values[k] for k in LEARNED_COLUMNS), reference, processor_account,
+        *(claim[k] for k in _CLAIM_COLUMNS), *(event or (None, None, None, None)))
+    return row is not None and row["learned"] == 1 and row["claimed"] == 1
 
 
 async def insert_learned_transaction(session: AsyncSession, values: Values) -> TransactionRow | None:

@@ -15,17 +15,21 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
 from services.external import store
-from services.external.ledger import Ledger
+from services.external.ledger import Ledger, as_uuid
+from services.external.mapping import transaction_recorded
 from services.external.processors import Adapters
 from services.external.settings import ExternalSettings
 from services.external.store import ConnectionRow
 from services.external.wire import WebhookAck, WebhookOutcome
 from shared.errors import ProblemError, not_found
+from shared.events import new_event
 from shared.observability import WEBHOOKS_RECEIVED
+from shared.outbox import outbox_row
 from shared.processors import base as p
 from shared.service import ServiceRuntime
 
@@ -56,6 +60,10 @@ async def fetch_news(adapter: p.PaymentProcessor, event: p.WebhookEvent) -> News
         return News()
     payment = await adapter.retrieve_payment(event.payment_id)
     return News(payment, await adapter.list_refunds(event.payment_id) if event.refunds_of_payment else [])
+
+
+class _NotFresh(Exception):
+    """Rolls back `_learn_fresh`'s transaction: the ledger decides this notice."""
 
 
 def _unreadable(event: p.WebhookEvent) -> str | None:
@@ -124,9 +132,8 @@ class WebhookService:
         news = None
         outcome: WebhookOutcome = "ignored"
         if event.understood:
-            async with self.rt.uow() as uow:  # a redelivery is answered without asking the processor again
-                seen = await store.webhook_event_seen(uow.session, connection_id, event.event_id)
-            if seen:
+            # A redelivery is answered without asking the processor again.
+            if await store.event_seen(self.rt.hot_path, connection_id, event.event_id):
                 return self._ack(processor, event, "duplicate")
             try:
                 news = await fetch_news(adapter, event)
@@ -145,10 +152,12 @@ class WebhookService:
             except p.ProcessorError as exc:
                 raise self._unavailable(processor, exc) from None
         now = datetime.now(UTC)
+        claim = dict(processor_type=processor, event_id=event.event_id, connection_id=connection_id,
+                     event_type=event.event_type, understood=event.understood, outcome=outcome, received_at=now)
+        if news is not None and await self._learn_fresh(connection, news, event, claim, now):
+            return self._ack(processor, event, "applied")
         async with self.rt.uow() as uow:
-            claimed = await store.claim_webhook_event(uow.session, dict(
-                processor_type=processor, event_id=event.event_id, connection_id=connection_id,
-                event_type=event.event_type, understood=event.understood, outcome=outcome, received_at=now))
+            claimed = await store.claim_webhook_event(uow.session, claim)
             if claimed is None:
                 outcome = "duplicate"
             elif news is not None:
@@ -157,6 +166,34 @@ class WebhookService:
                     await store.set_webhook_outcome(uow.session, claimed, outcome)
             await uow.commit()
         return self._ack(processor, event, outcome)
+
+    async def _learn_fresh(self, connection: ConnectionRow, news: News, event: p.WebhookEvent,
+                           claim: dict[str, Any], now: datetime) -> bool:
+        """The usual notice, a payment the barber took that nobody recorded yet, written in one short
+        transaction (the payment lock, then one statement: payment, claim and event), without the
+        ledger's dozen ORM statements: the same row (`Ledger.learned_values`), claim and event.
+        False, having written nothing, whenever the ledger has more to decide (a payment on record,
+        a shared account, refunds waiting, an event claimed meanwhile): then `_apply` does."""
+        report = news.payment
+        if report is None or news.refunds:
+            return False
+        try:
+            async with self.rt.hot_path.transaction() as conn:
+                rate = await store.lock_and_rate(conn, connection.processor_type, report.processor_payment_id,
+                                                 connection.barber_id)
+                values = self.ledger.learned_values(connection, report, rate, origin="webhook", now=now,
+                                                    heard_at=event.occurred_at)
+                row = store.TransactionRow(**values, **store.LEARNED_DEFAULTS)
+                recorded = None if row.status == "pending" else \
+                    outbox_row(new_event(transaction_recorded(row)), self.settings.event_subject_prefix)
+                if not await store.learn_fresh(conn, values, as_uuid(report.reference), connection.processor_account,
+                                               claim, recorded):
+                    raise _NotFresh
+        except _NotFresh:
+            return False
+        if recorded is not None and self.rt.relay is not None:
+            self.rt.relay.notify()
+        return True
 
     async def _apply(self, uow, connection: ConnectionRow, news: News, event: p.WebhookEvent,
                      now: datetime) -> WebhookOutcome:

@@ -34,9 +34,10 @@ from shared import attempts
 from shared.auth import Principal
 from shared.circuit import PLATFORM, CircuitBoard, connection_circuit
 from shared.errors import ProblemError, not_found
-from shared.events import encode_event, new_event
+from shared.events import new_event
 from shared.idempotency import ANSWER, Claim
 from shared.lifecycle import settled_status
+from shared.outbox import outbox_row
 from shared.processors.base import (
     PaymentDeclined,
     PaymentProcessor,
@@ -326,9 +327,7 @@ class PaymentService:
         event = new_event(transaction_recorded(row))
         prefix = self.settings.event_subject_prefix
         answer = (claim.scope, claim.key, ANSWER.encode(process_out(row, decision))) if claim else None
-        if not await store.settle_fresh(self.rt.hot_path, row, payment.version,
-                                        (event.event_id, prefix + event.event_type, event.event_type,
-                                         encode_event(event)), answer):
+        if not await store.settle_fresh(self.rt.hot_path, row, payment.version, outbox_row(event, prefix), answer):
             return None
         if claim is not None:
             claim.completed = True

@@ -306,6 +306,76 @@ async def test_a_refund_notice_heard_before_its_payment_cannot_refund_another_ba
         victims["id"], "completed", Decimal("0.0000"))
 
 
+async def test_a_payment_notice_adopts_the_refunds_that_waited_for_it(http, db, stripe_sim):
+    """A refund of the barber's payment was kept aside before the payment was on record (heard
+    through this connection). The payment's own notice (the one-transaction path for a payment
+    nobody recorded) must not bypass them: the payment is recorded with the refund adopted."""
+    b = next_barber()
+    secret = f"whsec_waiting_{b}"
+    connection = await connect_stripe(http, b, webhook_secret=secret)
+    intent = await sdk(stripe_sim, stripe_key(b)).v1.payment_intents.create_async(params={
+        "amount": 5000, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True})
+    refund = await sdk(stripe_sim, stripe_key(b)).v1.refunds.create_async(params={
+        "payment_intent": intent.id, "amount": 1500})
+    now = datetime.now(UTC)
+    async with db.begin() as conn:
+        await conn.execute(sa.insert(et.refunds).values(
+            id=uuid.uuid4(), transaction_id=None, processor_type="stripe", connection_id=connection["id"],
+            processor_payment_id=intent.id, processor_refund_id=refund.id, amount=Decimal("15.00"), currency="USD",
+            status="succeeded", created_at=now, updated_at=now))
+    status, ack = await post_stripe_notice(http, connection["id"], secret, {
+        "id": f"evt_waited_{b}", "type": "payment_intent.succeeded", "data": {"object": {
+            "id": intent.id, "object": "payment_intent", "amount": 5000, "currency": "usd",
+            "status": "succeeded", "metadata": {}}}})
+    assert (status, ack["outcome"]) == (200, "applied"), ack
+    [row] = await rows(db, sa.select(et.transactions).where(et.transactions.c.external_transaction_id == intent.id))
+    assert (row["status"], row["refunded_amount"]) == ("partially_refunded", Decimal("15.0000"))
+    [waited] = await rows(db, sa.select(et.refunds).where(et.refunds.c.processor_refund_id == refund.id))
+    assert waited["transaction_id"] == row["id"]
+
+
+async def test_a_fresh_payment_notice_writes_the_payment_its_claim_and_its_event_once(http, db, stripe_sim):
+    """The usual notice (a payment the barber took, nobody recorded): one row with the barber's
+    commission, the event id claimed once, one transaction.recorded; a redelivery changes nothing."""
+    b = next_barber()
+    secret = f"whsec_fresh_{b}"
+    connection = await connect_stripe(http, b, webhook_secret=secret)
+    intent = await sdk(stripe_sim, stripe_key(b)).v1.payment_intents.create_async(params={
+        "amount": 12345, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True})
+    notice = {"id": f"evt_fresh_{b}", "type": "payment_intent.succeeded", "data": {"object": {
+        "id": intent.id, "object": "payment_intent", "amount": 1, "currency": "usd", "status": "succeeded",
+        "metadata": {}}}}  # the body's amount is a claim: the processor's 123.45 is recorded
+    acks = [await post_stripe_notice(http, connection["id"], secret, notice) for _ in range(2)]
+    assert [(s, a["outcome"]) for s, a in acks] == [(200, "applied"), (200, "duplicate")]
+    [row] = await rows(db, sa.select(et.transactions).where(et.transactions.c.external_transaction_id == intent.id))
+    assert (row["status"], row["amount"], row["commission_amount"], row["origin"], row["version"]) == (
+        "completed", Decimal("123.4500"), Decimal("24.6900"), "webhook", 1)
+    claims = await rows(db, sa.select(et.webhook_events).where(et.webhook_events.c.event_id == notice["id"]))
+    assert [(c["connection_id"], c["outcome"]) for c in claims] == [(connection["id"], "applied")]
+    recorded = await events(db, "transaction.recorded", "transaction_id", str(row["id"]))
+    assert [(e["status"], e["amount"], e["commission_amount"], e["sequence"]) for e in recorded] == [
+        ("completed", "123.45", "24.69", 1)]
+
+
+async def test_a_barber_whose_commission_rate_is_zero_owes_none_on_a_payment_it_took(http, db, stripe_sim):
+    """A rate of 0 (set by an operator, heard through config.changed) is a rate, not a missing one:
+    it was once replaced by the platform default."""
+    b = next_barber()
+    secret = f"whsec_zero_{b}"
+    connection = await connect_stripe(http, b, webhook_secret=secret)
+    async with db.begin() as conn:
+        await conn.execute(sa.insert(et.barber_rates).values(barber_id=b, commission_rate=Decimal(0),
+                                                             config_version=1, updated_at=datetime.now(UTC)))
+    intent = await sdk(stripe_sim, stripe_key(b)).v1.payment_intents.create_async(params={
+        "amount": 4000, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True})
+    status, ack = await post_stripe_notice(http, connection["id"], secret, {
+        "id": f"evt_zero_{b}", "type": "payment_intent.succeeded", "data": {"object": {
+            "id": intent.id, "object": "payment_intent", "status": "succeeded", "metadata": {}}}})
+    assert (status, ack["outcome"]) == (200, "applied"), ack
+    [row] = await rows(db, sa.select(et.transactions).where(et.transactions.c.external_transaction_id == intent.id))
+    assert (row["commission_rate"], row["commission_amount"]) == (Decimal(0), Decimal(0))
+
+
 # ---- 12: one row's trouble never starves the sweep ----------------------------------------------------
 
 async def test_rows_whose_look_ups_fail_back_off_and_never_starve_the_others(http, db, make_settings, stripe_sim):
