@@ -1,7 +1,8 @@
 """`Idempotency-Key` handling for writes that move or promise money.
 
 A key is claimed in its own short transaction (so a concurrent duplicate sees it in flight
-and gets 409). The handler's own unit of work stores the response in the same transaction
+and gets 409), or, for an action run with `deferred=True`, in that action's own first statement
+(the router's route-and-pay claims the key, records the route and opens the attempt in one). The handler's own unit of work stores the response in the same transaction
 as its effect, so "done" and "answer remembered" commit together. 4xx answers are
 remembered too; a 5xx (or a crash) releases the key so the retry runs again — safe, because
 processor calls below carry idempotency keys derived from ours.
@@ -40,6 +41,9 @@ class Claim(msgspec.Struct):
     key: str
     fingerprint: str
     completed: bool = False
+    # False while the key is not written yet (`run_idempotent(deferred=True)`): the action claims it
+    # in its own first statement, or calls `IdempotencyStore.take` before it does anything else.
+    held: bool = True
 
     def record(self, uow: UnitOfWork, status: int, body: Any, media_type: str = "application/json") -> None:
         """Remember `body` as this key's answer, in `uow`'s transaction."""
@@ -55,6 +59,11 @@ class Claim(msgspec.Struct):
             )
         )
         self.completed = True
+
+
+class ClaimTaken(Exception):
+    """A deferred claim found its key taken: `run_idempotent` claims it the usual way and answers
+    (a replay, a 409 while in flight, a 422 for another body)."""
 
 
 class Replay(msgspec.Struct):
@@ -129,19 +138,47 @@ class IdempotencyStore:
             )
             return Claim(scope, key, fp)
 
+    async def take(self, claim: Claim) -> None:
+        """Hold a deferred claim now, before an action does anything else; `ClaimTaken` when the
+        key is there already."""
+        if claim.held:
+            return
+        now = datetime.now(UTC)
+        if self._hot is not None:
+            claimed = await self._hot.fetchrow_sql(self._claim_new, claim.scope, claim.key, claim.fingerprint, now)
+        else:
+            t = self._table
+            async with self._sessions() as session, session.begin():
+                claimed = (await session.execute(
+                    pg_insert(t).values(scope=claim.scope, key=claim.key, fingerprint=claim.fingerprint,
+                                        state="in_progress", created_at=now, locked_at=now)
+                    .on_conflict_do_nothing().returning(t.c.key))).first()
+        if claimed is None:
+            raise ClaimTaken
+        claim.held = True
+
     async def save(self, claim: Claim, status: int, body: Any, media_type: str) -> None:
         """Remember an answer outside a business transaction (errors, read-only outcomes)."""
         t = self._table
+        encoded = body if isinstance(body, bytes) else _encoder.encode(body)
         async with self._sessions() as session, session.begin():
+            if not claim.held:  # refused before it claimed the key: the answer is the claim
+                now = datetime.now(UTC)
+                await session.execute(pg_insert(t).values(
+                    scope=claim.scope, key=claim.key, fingerprint=claim.fingerprint, state="completed",
+                    created_at=now, locked_at=now, response_status=status, response_body=encoded,
+                    response_media_type=media_type).on_conflict_do_nothing())
+                return
             await session.execute(
                 sa.update(t)
                 .where(t.c.scope == claim.scope, t.c.key == claim.key, t.c.state == "in_progress")
-                .values(state="completed", response_status=status,
-                        response_body=body if isinstance(body, bytes) else _encoder.encode(body),
+                .values(state="completed", response_status=status, response_body=encoded,
                         response_media_type=media_type)
             )
 
     async def release(self, claim: Claim) -> None:
+        if not claim.held:
+            return
         t = self._table
         async with self._sessions() as session, session.begin():
             await session.execute(
@@ -181,21 +218,40 @@ async def run_idempotent(
     action: Callable[[Claim | None], Awaitable[Any]],
     *,
     status_code: int = 200,
+    deferred: bool = False,
 ) -> Any:
     """Run `action` at most once per (caller, Idempotency-Key).
 
     `action` receives the claim (None without a key) and should call `claim.record(uow, ...)`
-    inside its unit of work so its effect and its remembered answer commit together.
+    inside its unit of work so its effect and its remembered answer commit together. With
+    `deferred`, the claim reaches the action unwritten (`held` False), for an action that writes
+    it in its own first statement (one round trip fewer) or else calls `store.take(claim)` first;
+    either raises `ClaimTaken` when the key is there, and the key is then claimed here as usual.
     """
     key = idempotency_key(request)
     if key is None:
         return await action(None)
-    outcome = await store.claim(caller_scope(request), key, fingerprint(request.method, request.url.path, body))
+    scope, fp = caller_scope(request), fingerprint(request.method, request.url.path, body)
+    if deferred:
+        try:
+            return await _run_claimed(store, Claim(scope, key, fp, held=False), action, status_code)
+        except ClaimTaken:
+            pass
+    outcome = await store.claim(scope, key, fp)
     if isinstance(outcome, Replay):
         return outcome.response()
-    claim = outcome
+    return await _run_claimed(store, outcome, action, status_code)
+
+
+async def _run_claimed(store: IdempotencyStore, claim: Claim, action: Callable[[Claim | None], Awaitable[Any]],
+                       status_code: int) -> Any:
     try:
         result = await action(claim)
+    except ClaimTaken:
+        if claim.held:  # only an unwritten claim may be taken by someone else
+            await store.release(claim)
+            raise RuntimeError("an action raised ClaimTaken for a claim it held") from None
+        raise
     except ProblemError as problem:
         if problem.status < 500:
             await store.save(claim, problem.status, problem.to_dict(), PROBLEM_MEDIA_TYPE)

@@ -74,7 +74,8 @@ class HybridPaymentsController(Controller):
     @post("/process", guards=any_caller, status_code=200)
     async def process(self, request: Caller, data: JSONBody[ProcessIn], router: Router) -> ProcessOut:
         return await run_idempotent(
-            router.idempotency, request, data, lambda claim: router.payments.process_payment(request.user, data, claim)
+            router.idempotency, request, data, lambda claim: router.payments.process_payment(request.user, data, claim),
+            deferred=True,  # route-and-pay claims the key in its first statement (PaymentService._hold)
         )
 
     @get("/transactions/{transaction_id:uuid}", guards=any_caller)

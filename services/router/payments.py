@@ -97,6 +97,7 @@ class PaymentService:
 
     async def process_payment(self, principal: Principal, body: ProcessIn, claim: Claim | None) -> ProcessOut:
         if body.route_id is not None:
+            await self._hold(claim)
             decision = await self.routing.load_decision(principal, body.route_id)
         else:
             # Route and pay at once. Under an Idempotency-Key the route id is derived from the key
@@ -108,10 +109,17 @@ class PaymentService:
             paid = await self._route_and_pay_on_platform(principal, body, derived, claim)
             if paid is not None:
                 return paid
+            await self._hold(claim)
             decision = await self._route_again_or_anew(principal, body, derived)
         if decision.payment_type == "external":
             return await self._charge_external(decision, body.payment_method, claim)
         return await self._charge_centralized(decision, body.payment_method, claim)
+
+    async def _hold(self, claim: Claim | None) -> None:
+        """The controller defers the claim to route-and-pay's first statement
+        (`run_idempotent(deferred=True)`); any other path holds it before doing anything."""
+        if claim is not None:
+            await self.rt.idempotency.take(claim)
 
     async def _route_and_pay_on_platform(self, principal: Principal, body: ProcessIn, route_id: uuid.UUID | None,
                                          claim: Claim | None) -> ProcessOut | None:
@@ -131,7 +139,7 @@ class PaymentService:
         if decision.payment_type != "centralized":
             return None
         recorded, payment = await store.open_route_and_attempt(self.rt.hot_path, decision, uuid.uuid4(),
-                                                               body.payment_method)
+                                                               body.payment_method, claim)
         if not recorded:
             return None
         if payment is None:

@@ -26,6 +26,7 @@ from shared.db import HotPath
 from shared.db import all_rows as _all
 from shared.db import one_row as _one
 from shared.db import only_row as _only
+from shared.idempotency import Claim, ClaimTaken
 from shared.lifecycle import PaymentStatus, RefundStatus
 from shared.pagination import after_cursor
 
@@ -47,10 +48,19 @@ INSERT_DECISION = pg_insert(rd).on_conflict_do_nothing().returning(rd.c.route_id
 _DECISION_COLUMNS = ("route_id", "barber_id", "appointment_id", "client_id", "amount", "currency", "payment_type",
                      "processor", "connection_id", "commission_rate", "commission_amount",
                      "estimated_processor_fee", "barber_net", "reason", "fallback_used", "decided_at")
+_N_DECISION = len(_DECISION_COLUMNS)  # $16 is decided_at
+# Claim the Idempotency-Key (when $20 is given: a deferred claim, `shared.idempotency`), record the
+# decision and open its pending attempt, in one statement. With the key taken, nothing is written.
 OPEN_ROUTE_AND_ATTEMPT = f"""
-WITH decision AS (
+WITH claim AS (
+    INSERT INTO {t.SCHEMA}.idempotency_keys (scope, key, fingerprint, state, created_at, locked_at)
+    SELECT $20, $21, $22, 'in_progress', ${_N_DECISION}, ${_N_DECISION} WHERE $20::text IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING key
+), decision AS (
     INSERT INTO {t.SCHEMA}.routing_decisions ({", ".join(_DECISION_COLUMNS)})
-    VALUES ({", ".join(f"${i}" for i in range(1, len(_DECISION_COLUMNS) + 1))})
+    SELECT {", ".join(f"${i}" for i in range(1, _N_DECISION + 1))}
+    WHERE $20::text IS NULL OR EXISTS (SELECT 1 FROM claim)
     ON CONFLICT DO NOTHING
     RETURNING *
 ), payout AS (
@@ -66,7 +76,8 @@ WITH decision AS (
     FROM decision AS d CROSS JOIN payout
     RETURNING *
 )
-SELECT (SELECT count(*) FROM decision) AS decided, attempt.* FROM (SELECT 1) AS one LEFT JOIN attempt ON true
+SELECT (SELECT count(*) FROM claim) AS claimed, (SELECT count(*) FROM decision) AS decided, attempt.*
+FROM (SELECT 1) AS one LEFT JOIN attempt ON true
 """
 
 # `/route`'s decisions, group-committed (`shared.db.GroupCommit`): one array per column.
@@ -273,16 +284,23 @@ def decision_values(row: DecisionRow) -> Values:
     return {name: getattr(row, name) for name in _DECISION_COLUMNS}
 
 
-async def open_route_and_attempt(hot: HotPath, decision: DecisionRow, payment_id: uuid.UUID,
-                                 payment_method: str) -> tuple[bool, PaymentRow | None]:
-    """`OPEN_ROUTE_AND_ATTEMPT`: (recorded now, the attempt opened or None)."""
+async def open_route_and_attempt(hot: HotPath, decision: DecisionRow, payment_id: uuid.UUID, payment_method: str,
+                                 claim: Claim | None) -> tuple[bool, PaymentRow | None]:
+    """`OPEN_ROUTE_AND_ATTEMPT`: (recorded now, the attempt opened or None). An unheld `claim` is
+    claimed by the same statement (then held), or `ClaimTaken` is raised, nothing written."""
     values = decision_values(decision)
+    deferred = claim is not None and not claim.held
+    key = (claim.scope, claim.key, claim.fingerprint) if deferred and claim is not None else (None, None, None)
     row = await hot.fetchrow_sql(OPEN_ROUTE_AND_ATTEMPT, *(values[name] for name in _DECISION_COLUMNS),
-                                 payment_id, payment_method, f"hp-pay-{payment_id}")
+                                 payment_id, payment_method, f"hp-pay-{payment_id}", *key)
+    if deferred and claim is not None:
+        if row is None or not row["claimed"]:
+            raise ClaimTaken
+        claim.held = True
     if row is None or not row["decided"]:
         return False, None
     attempt = dict(row)
-    del attempt["decided"]
+    del attempt["decided"], attempt["claimed"]
     return True, PaymentRow(**attempt) if attempt["id"] is not None else None
 
 

@@ -373,6 +373,35 @@ async def test_process_of_another_barbers_route_is_404(client):
     assert response.status_code == 404
 
 
+async def test_route_and_pay_remembers_each_answer_under_its_key(client, db, stripe_sim):
+    """Route-and-pay claims its key in the statement that records the route (one round trip fewer):
+    a paid answer, a decline and a refusal (no payout account: the route is kept, nothing charged)
+    are each given again for the same key and body, never paid twice; another body under a used key
+    is refused."""
+    b = await paying_barber(client)
+    owes_nothing = next_barber()  # centralized with no payout account: refused, nothing charged
+    await set_config(client, owes_nothing, payment_mode="centralized")
+    cases = [
+        (b, "paid", {"appointment_id": 5001, "amount": "61.00", "payment_method": "pm_card_visa"}, 200),
+        (b, "declined", {"appointment_id": 5002, "amount": "62.00", "payment_method": "pm_card_chargeDeclined"}, 402),
+        (owes_nothing, "refused", {"appointment_id": 5003, "amount": "63.00", "payment_method": "pm_card_visa"}, 422),
+    ]
+    for who, name, body, status in cases:
+        headers = {**barber(who), "Idempotency-Key": f"remember-{name}-{who}"}
+        first = await client.post(f"{BASE}/process", headers=headers, json=body)
+        again = await client.post(f"{BASE}/process", headers=headers, json=body)
+        assert (first.status_code, again.status_code) == (status, status), (name, first.text)
+        assert again.json() == first.json() and again.headers.get("idempotent-replayed") == "true", name
+        assert "idempotent-replayed" not in first.headers
+        other = await client.post(f"{BASE}/process", headers=headers, json={**body, "amount": "1.00"})
+        assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused", name
+    payments = await rows(db, sa.select(t.platform_payments).where(t.platform_payments.c.barber_id == b))
+    assert sorted(p["status"] for p in payments) == ["completed", "failed"]
+    assert len([pi for pi in await sim_intents(stripe_sim) if pi["metadata"].get("barber_id") == str(b)]) == 2
+    assert await scalar(db, sa.select(sa.func.count()).where(t.routing_decisions.c.barber_id == owes_nothing)) == 1
+    assert await scalar(db, sa.select(sa.func.count()).where(t.platform_payments.c.barber_id == owes_nothing)) == 0
+
+
 async def test_money_is_conserved_across_many_payments(client, db, stripe_sim):
     """Every cent charged is recorded once and every commission once: sums agree three ways."""
     b = await paying_barber(client)
