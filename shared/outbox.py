@@ -175,7 +175,7 @@ class OutboxRelay:
         ack_timeout: float = 5.0,
         dsn: str | None = None,
         standby_interval: float = 1.0,
-        coalesce: float = 0.002,
+        coalesce: float = 0.010,
     ) -> None:
         self._sessions = sessions
         self._outbox = tables.outbox
@@ -291,6 +291,9 @@ class OutboxRelay:
             if self._wake.is_set() and self._coalesce:
                 # Woken by a commit: let the commits landing right behind it join this batch (one
                 # batch is two statements and one JetStream round trip, however many rows it has).
+                # 10 ms, not 2: socket writes are what a route-and-pay costs most on this machine
+                # (py-spy --native: 40 % of the router's GIL time in write()), and fewer batches
+                # gave +5 % payments/s for at most 10 ms more event lag (tests/load/README.md).
                 await asyncio.sleep(self._coalesce)
 
     async def publish_pending(self, leader: asyncpg.Connection | None = None) -> int:
