@@ -86,7 +86,10 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
     )
     # The Stripe SDK logs every request and response at INFO: two lines per payment, a tenth of
     # the router's CPU under load (py-spy, tests/load/README.md). Our own lines say what happened.
-    logging.getLogger("stripe").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+    # httpx (the Square SDK's transport) logs every request at INFO the same way: one line per
+    # Square call, on the webhook path and in reconciliation's listing pages.
+    for chatty in ("stripe", "httpx"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
 
 
 def request_context_middleware(service: str):

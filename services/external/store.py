@@ -321,6 +321,16 @@ async def mark_reconciled(session: AsyncSession, transaction_id: uuid.UUID, stat
                           .values(reconciliation_status=status, reconciled_at=now))
 
 
+async def mark_many_reconciled(session: AsyncSession, statuses: dict[uuid.UUID, str], now: datetime) -> None:
+    """`mark_reconciled` for many rows: one statement per verdict."""
+    by_status: dict[str, list[uuid.UUID]] = {}
+    for transaction_id, status in statuses.items():
+        by_status.setdefault(status, []).append(transaction_id)
+    for status, ids in by_status.items():
+        await session.execute(sa.update(tx).where(tx.c.id.in_(ids)).values(reconciliation_status=status,
+                                                                           reconciled_at=now))
+
+
 async def list_transactions(session: AsyncSession, *, barber_id: int | None, status: str | None,
                             processor: str | None, external_transaction_id: str | None, since: datetime | None,
                             until: datetime | None, cursor: str | None, limit: int) -> list[TransactionRow]:

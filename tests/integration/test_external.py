@@ -36,6 +36,7 @@ from tests.integration.external_support import (  # noqa: F401 (fixtures)
     rows,
     sdk,
     stripe_key,
+    transaction,
     wait_applied,
     webhook_events_of,
 )
@@ -362,8 +363,12 @@ async def test_reconciliation_finds_a_missing_payment_and_a_mismatched_amount(ht
         "completed", Decimal("25.0000"), "missing_local", "reconciliation")
     assert [e["status"] for e in await events(db, "transaction.recorded", "transaction_id", str(learned["id"]))] == [
         "completed"]
+    drifted = await transaction(db, ours["id"])  # marked with the rows that needed nothing merged
+    assert (drifted["reconciliation_status"], drifted["amount"]) == ("mismatch", Decimal("61.0000"))
     status, again = await call(http, "POST", f"{BASE}/reconcile", admin(), {"connection_id": connection["id"]})
     assert {f["external_transaction_id"] for f in again["findings"]} == {ours["external_transaction_id"]}
+    relearned = await transaction(db, str(learned["id"]))
+    assert relearned["reconciliation_status"] == "matched" and relearned["reconciled_at"] > learned["reconciled_at"]
     status, _ = await call(http, "POST", f"{BASE}/reconcile", barber(b), {})
     assert status == 403
 
