@@ -144,10 +144,32 @@ def _rollup_upsert() -> Any:
 _SAVE_FACTS, _ADD_TO_ROLLUPS = _fact_upsert(), _rollup_upsert()
 
 
+FACT_COLUMNS = tuple(FactRow.__struct_fields__)
+# Big batches (the legacy import's `transaction.imported`, 10,000 payments a transaction) are
+# COPYed into a temporary table and upserted from it in one statement: a row-by-row upsert spent
+# most of the catch-up after a 1,000,000-payment import in Postgres's per-row execution.
+COPY_FROM = 200
+_FACTS_STAGE = (f"CREATE TEMP TABLE IF NOT EXISTS facts_in (LIKE {t.SCHEMA}.transaction_facts) "
+                "ON COMMIT DELETE ROWS")
+_FACTS_FROM_STAGE = (
+    f"INSERT INTO {t.SCHEMA}.transaction_facts ({', '.join(FACT_COLUMNS)}) "
+    f"SELECT {', '.join(FACT_COLUMNS)} FROM facts_in ORDER BY transaction_id "
+    "ON CONFLICT (transaction_id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in FACT_COLUMNS if c != "transaction_id"))
+
+
 async def save_facts(session: AsyncSession, rows: list[FactRow]) -> None:
-    if rows:
-        await session.execute(_SAVE_FACTS, [msgspec.structs.asdict(r) for r in
-                                            sorted(rows, key=lambda r: r.transaction_id)])
+    ordered = sorted(rows, key=lambda r: r.transaction_id)
+    if len(ordered) < COPY_FROM:
+        if ordered:
+            await session.execute(_SAVE_FACTS, [msgspec.structs.asdict(r) for r in ordered])
+        return
+    # The session's own connection, inside its transaction: the COPY commits or rolls back with it.
+    raw = (await (await session.connection()).get_raw_connection()).driver_connection
+    await raw.execute(_FACTS_STAGE)
+    await raw.copy_records_to_table("facts_in", columns=FACT_COLUMNS, records=[
+        tuple(getattr(r, c) for c in FACT_COLUMNS) for r in ordered])
+    await raw.execute(_FACTS_FROM_STAGE)
 
 
 async def add_to_daily_payments(session: AsyncSession, deltas: dict[RollupKey, Measures]) -> None:

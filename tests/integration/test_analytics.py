@@ -17,6 +17,7 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+import msgspec
 import nats
 import pytest
 import sqlalchemy as sa
@@ -29,6 +30,7 @@ from shared.db import PlatformTables
 from shared.events import (
     CollectionDue,
     CollectionSettled,
+    TransactionImported,
     TransactionRecorded,
     encode_event,
     new_event,
@@ -41,6 +43,7 @@ _ids = itertools.count(1)
 platform = PlatformTables(at.metadata)
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
 MARCH = date(2031, 3, 1)
+APRIL = date(2031, 4, 1)
 TYPES, PROCESSORS = ("centralized", "external"), ("stripe", "square", "paypal")
 
 
@@ -222,6 +225,40 @@ async def test_every_dashboard_number_is_the_sum_of_what_was_sent(client, db, js
     before = (await client.get(f"{BASE}/dashboard", headers=admin(),
                                params={"from": "2031-02-01", "to": "2031-02-28"})).json()
     assert before["totals"] == as_wire(zero) and len(before["daily"]) == 28
+
+
+async def test_a_bulk_import_counts_every_legacy_payment_once(client, db, js, event_names):
+    """`transaction.imported` batches big enough for the bulk (COPY) write: 3 events of 450 legacy
+    payments, one of them delivered again under another message id, and one payment repeated in a
+    later event with an older sequence. Every figure equals a sum computed here, each payment once."""
+    rnd = random.Random(20261205)
+    barbers = [next_barber() for _ in range(3)]
+    final = []
+    for n in range(1350):
+        amount = rnd.randint(100, 50_000)
+        final.append(dict(tx=f"bulk-{barbers[0]}-{n}", barber=rnd.choice(barbers), payment_type="centralized",
+                          processor="stripe", amount=amount, commission=amount * 15 // 100, fee=amount * 29 // 1000 + 30,
+                          day=APRIL + timedelta(days=rnd.randint(0, 9)), client=rnd.choice([None, 1, 2]),
+                          source="legacy", status=rnd.choice(["completed"] * 9 + ["refunded"]), refunded=0))
+        if final[-1]["status"] == "refunded":
+            final[-1]["refunded"] = amount
+    payloads = [event_of(state, 2).decode(TransactionRecorded) for state in final]
+    batches = [new_event(TransactionImported(transactions=payloads[i:i + 450])) for i in range(0, 1350, 450)]
+    stale = msgspec.structs.replace(payloads[0], sequence=1, status="pending", refunded_amount=Decimal(0))
+    late = new_event(TransactionImported(transactions=[stale]))  # older than what the first batch holds
+    for event in batches:
+        await publish(js, event_names, event)
+    await publish(js, event_names, batches[1], again=True)
+    await publish(js, event_names, late)
+    await all_applied(db, [*batches, late])
+    await drained(js, event_names, "analytics-imports")
+    expected = expected_figures(final)
+    period = {"from": "2031-04-01", "to": "2031-04-10"}  # April: March's all-barbers figures stay exact
+    for b in barbers:
+        board = (await client.get(f"{BASE}/dashboard", headers=admin(), params={**period, "barber_id": b})).json()
+        assert board["totals"] == as_wire(expected[(b, "totals")]), b
+        assert board["daily"] == [{"date": d.isoformat(), **as_wire(expected.get((b, "day", d), [0] * 8))}
+                                  for d in (APRIL + timedelta(days=n) for n in range(10))], b
 
 
 async def test_commission_collected_and_outstanding_follow_the_collections(client, db, js, event_names):
