@@ -2,8 +2,8 @@
 
 A key is claimed in its own short transaction (so a concurrent duplicate sees it in flight
 and gets 409), or, for an action run with `deferred=True`, in that action's own first statement
-(the router's route-and-pay claims the key, records the route and opens the attempt in one). The handler's own unit of work stores the response in the same transaction
-as its effect, so "done" and "answer remembered" commit together. 4xx answers are
+(the router's route-and-pay claims the key, records the route and opens the attempt in one).
+The handler's own unit of work stores the response in the same transaction as its effect, so "done" and "answer remembered" commit together. 4xx answers are
 remembered too; a 5xx (or a crash) releases the key so the retry runs again — safe, because
 processor calls below carry idempotency keys derived from ours.
 """
@@ -95,16 +95,11 @@ class IdempotencyStore:
 
     async def claim(self, scope: str, key: str, fp: str, *, now: datetime | None = None) -> Claim | Replay:
         now = now or datetime.now(UTC)
-        if self._hot is not None and await self._hot.fetchrow_sql(self._claim_new, scope, key, fp, now) is not None:
+        if self._hot is not None and await self._claimed_new(scope, key, fp, now):
             return Claim(scope, key, fp)
         t = self._table
         async with self._sessions() as session, session.begin():
-            inserted = await session.execute(
-                pg_insert(t)
-                .values(scope=scope, key=key, fingerprint=fp, state="in_progress", created_at=now, locked_at=now)
-                .on_conflict_do_nothing()
-                .returning(t.c.key)
-            )
+            inserted = await session.execute(self._insert_new(scope, key, fp, now))
             if inserted.first() is not None:
                 return Claim(scope, key, fp)
             row = (
@@ -143,19 +138,22 @@ class IdempotencyStore:
         key is there already."""
         if claim.held:
             return
-        now = datetime.now(UTC)
-        if self._hot is not None:
-            claimed = await self._hot.fetchrow_sql(self._claim_new, claim.scope, claim.key, claim.fingerprint, now)
-        else:
-            t = self._table
-            async with self._sessions() as session, session.begin():
-                claimed = (await session.execute(
-                    pg_insert(t).values(scope=claim.scope, key=claim.key, fingerprint=claim.fingerprint,
-                                        state="in_progress", created_at=now, locked_at=now)
-                    .on_conflict_do_nothing().returning(t.c.key))).first()
-        if claimed is None:
+        if not await self._claimed_new(claim.scope, claim.key, claim.fingerprint, datetime.now(UTC)):
             raise ClaimTaken
         claim.held = True
+
+    def _insert_new(self, scope: str, key: str, fp: str, now: datetime) -> Any:
+        return (pg_insert(self._table)
+                .values(scope=scope, key=key, fingerprint=fp, state="in_progress", created_at=now, locked_at=now)
+                .on_conflict_do_nothing().returning(self._table.c.key))
+
+    async def _claimed_new(self, scope: str, key: str, fp: str, now: datetime) -> bool:
+        """Claim a key nobody holds: True, or False when it is there. One autocommit statement on
+        the hot path (the common case), else a short transaction."""
+        if self._hot is not None:
+            return await self._hot.fetchrow_sql(self._claim_new, scope, key, fp, now) is not None
+        async with self._sessions() as session, session.begin():
+            return (await session.execute(self._insert_new(scope, key, fp, now))).first() is not None
 
     async def save(self, claim: Claim, status: int, body: Any, media_type: str) -> None:
         """Remember an answer outside a business transaction (errors, read-only outcomes)."""

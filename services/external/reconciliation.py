@@ -113,10 +113,7 @@ class ReconcileService:
             if (row is not None and not (verdict.apply and verdict.processor_payment_id in by_id)
                     and verdict.processor_payment_id not in refunds_of):
                 marks[row.id] = verdict.status
-                findings.append(ReconcileFinding(
-                    connection_id=connection.id, processor=processor,
-                    external_transaction_id=verdict.processor_payment_id, verdict=verdict.status,
-                    reason=verdict.reason, transaction_id=str(row.id)))
+                findings.append(_finding(connection, verdict.processor_payment_id, verdict.status, verdict.reason, row))
                 continue
             try:
                 findings.append(await self._settle(connection, verdict, by_id.get(verdict.processor_payment_id),
@@ -165,9 +162,14 @@ class ReconcileService:
             if row is not None:
                 await store.mark_reconciled(uow.session, row.id, status, now)
             await uow.commit()
-        return ReconcileFinding(connection_id=connection.id, processor=connection.processor_type,
-                                external_transaction_id=verdict.processor_payment_id, verdict=status,
-                                reason=reason, transaction_id=str(row.id) if row else None)
+        return _finding(connection, verdict.processor_payment_id, status, reason, row)
 
     async def scheduled(self, now: datetime) -> None:
         await self.run(ReconcileIn(), now=now)
+
+
+def _finding(connection: ConnectionRow, processor_payment_id: str, verdict: VerdictStatus, reason: str | None,
+             row: TransactionRow | None) -> ReconcileFinding:
+    return ReconcileFinding(connection_id=connection.id, processor=connection.processor_type,
+                            external_transaction_id=processor_payment_id, verdict=verdict, reason=reason,
+                            transaction_id=str(row.id) if row else None)

@@ -22,6 +22,7 @@ from shared.db import HotPath
 from shared.db import all_rows as _all
 from shared.db import one_row as _one
 from shared.db import only_row as _only
+from shared.outbox import OUTBOX_COLUMNS
 from shared.pagination import after_cursor
 from shared.processors.base import ProcessorName
 
@@ -230,10 +231,16 @@ async def integrity_counts(session: AsyncSession) -> list[IntegrityCount]:
 
 # ---- transactions ------------------------------------------------------------------------------------
 
+def payment_lock_name(processor: str, processor_payment_id: str) -> str:
+    """What every report about one processor payment (and its refunds) locks, hashed to an
+    advisory lock key (`lock_processor_payment`, `LOCK_AND_RATE`)."""
+    return f"{processor}:{processor_payment_id}"
+
+
 async def lock_processor_payment(session: AsyncSession, processor: str, processor_payment_id: str) -> None:
     """Serialise every report about one processor payment (and its refunds) in this transaction."""
     await session.execute(sa.select(sa.func.pg_advisory_xact_lock(
-        sa.func.hashtextextended(sa.literal(f"{processor}:{processor_payment_id}"), 0))))
+        sa.func.hashtextextended(sa.literal(payment_lock_name(processor, processor_payment_id)), 0))))
 
 
 async def load_transaction(session: AsyncSession, transaction_id: uuid.UUID, *,
@@ -419,8 +426,6 @@ async def touch_pending_refund(session: AsyncSession, refund_id: uuid.UUID, now:
 # measured as a large part of a webhook's cost.
 _CLAIM_EVENT = pg_insert(we).on_conflict_do_nothing(constraint="webhook_events_once_per_connection").returning(
     we.c.id)
-_EVENT_SEEN = sa.select(we.c.id).where(we.c.connection_id == sa.bindparam("connection_id"),
-                                       we.c.event_id == sa.bindparam("event_id"))
 _BY_PROCESSOR_ID = sa.select(tx).where(tx.c.processor_type == sa.bindparam("processor"),
                                        tx.c.external_transaction_id == sa.bindparam("processor_payment_id"))
 _BY_PROCESSOR_ID_LOCKED = _BY_PROCESSOR_ID.with_for_update()
@@ -433,11 +438,6 @@ async def claim_webhook_event(session: AsyncSession, values: Values) -> int | No
     """Record a processor event id for this connection; its row id, or None when it was taken
     before (a redelivery)."""
     return (await session.execute(_CLAIM_EVENT, values)).scalar()
-
-
-async def webhook_event_seen(session: AsyncSession, connection_id: int, event_id: str) -> bool:
-    return (await session.execute(_EVENT_SEEN, {"connection_id": connection_id, "event_id": event_id})).first() \
-        is not None
 
 
 async def set_webhook_outcome(session: AsyncSession, row_id: int, outcome: str) -> None:
@@ -494,7 +494,11 @@ LOCK_AND_RATE = f"""
 SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0)) AS locked,
        (SELECT commission_rate FROM {t.SCHEMA}.barber_rates WHERE barber_id = $2) AS rate
 """
-_N = len(LEARNED_COLUMNS)
+# Parameter positions of LEARN_FRESH: the row's columns, then our reference and the processor
+# account, then the claim's columns, then the outbox row's.
+_ARG = {name: f"${i}" for i, name in enumerate(
+    (*LEARNED_COLUMNS, "reference", "processor_account", *(f"claim_{c}" for c in _CLAIM_COLUMNS),
+     *(f"event_{c}" for c in OUTBOX_COLUMNS)), start=1)}
 # Run after LOCK_AND_RATE in the same transaction, so it sees every report that committed before the
 # lock was granted. It writes the payment, the claim and the event only when the ledger would have
 # learned the payment with nothing else to do: no row has it (by the processor's id or our reference),
@@ -503,29 +507,33 @@ _N = len(LEARNED_COLUMNS)
 LEARN_FRESH = f"""
 WITH known AS (
     SELECT 1 FROM {t.SCHEMA}.external_transactions
-    WHERE (processor_type = $3 AND external_transaction_id = $4) OR id = ${_N + 1}::uuid
+    WHERE (processor_type = {_ARG["processor_type"]} AND external_transaction_id = {_ARG["external_transaction_id"]})
+       OR id = {_ARG["reference"]}::uuid
 ), shared AS (
     SELECT 1 FROM {t.SCHEMA}.payment_processor_connections
-    WHERE ${_N + 2}::text IS NOT NULL AND processor_type = $3 AND processor_account = ${_N + 2}::text
-      AND status <> 'disconnected' AND barber_id <> $9
+    WHERE {_ARG["processor_account"]}::text IS NOT NULL AND processor_type = {_ARG["processor_type"]}
+      AND processor_account = {_ARG["processor_account"]}::text AND status <> 'disconnected'
+      AND barber_id <> {_ARG["barber_id"]}
 ), waiting AS (
     SELECT 1 FROM {t.SCHEMA}.external_refunds
-    WHERE transaction_id IS NULL AND processor_type = $3 AND processor_payment_id = $4
+    WHERE transaction_id IS NULL AND processor_type = {_ARG["processor_type"]}
+      AND processor_payment_id = {_ARG["external_transaction_id"]}
 ), learned AS (
     INSERT INTO {t.SCHEMA}.external_transactions ({", ".join(LEARNED_COLUMNS)})
-    SELECT {", ".join(f"${i + 1}" for i in range(_N))}
+    SELECT {", ".join(_ARG[c] for c in LEARNED_COLUMNS)}
     WHERE NOT EXISTS (SELECT 1 FROM known) AND NOT EXISTS (SELECT 1 FROM shared)
       AND NOT EXISTS (SELECT 1 FROM waiting)
     ON CONFLICT (processor_type, external_transaction_id) WHERE external_transaction_id IS NOT NULL DO NOTHING
     RETURNING id
 ), claimed AS (
     INSERT INTO {t.SCHEMA}.webhook_events ({", ".join(_CLAIM_COLUMNS)}, outcome)
-    SELECT {", ".join(f"${_N + 3 + i}" for i in range(len(_CLAIM_COLUMNS)))}, 'applied' FROM learned
+    SELECT {", ".join(_ARG[f"claim_{c}"] for c in _CLAIM_COLUMNS)}, 'applied' FROM learned
     ON CONFLICT ON CONSTRAINT webhook_events_once_per_connection DO NOTHING
     RETURNING id
 ), event AS (
-    INSERT INTO {t.SCHEMA}.outbox (event_id, subject, event_type, body)
-    SELECT ${_N + 9}, ${_N + 10}, ${_N + 11}, ${_N + 12} FROM learned WHERE ${_N + 9}::uuid IS NOT NULL
+    INSERT INTO {t.SCHEMA}.outbox ({", ".join(OUTBOX_COLUMNS)})
+    SELECT {", ".join(_ARG[f"event_{c}"] for c in OUTBOX_COLUMNS)} FROM learned
+    WHERE {_ARG["event_event_id"]}::uuid IS NOT NULL
 )
 SELECT (SELECT count(*) FROM learned) AS learned, (SELECT count(*) FROM claimed) AS claimed
 """
@@ -533,14 +541,15 @@ EVENT_SEEN = f"SELECT 1 FROM {t.SCHEMA}.webhook_events WHERE connection_id = $1 
 
 
 async def event_seen(hot: HotPath, connection_id: int, event_id: str) -> bool:
-    """`webhook_event_seen` as one autocommit statement (asked before the processor is)."""
+    """Whether this connection applied the event already: one autocommit statement, asked before
+    the processor is."""
     return await hot.fetchrow_sql(EVENT_SEEN, connection_id, event_id) is not None
 
 
 async def lock_and_rate(conn: asyncpg.Connection, processor: str, processor_payment_id: str,
                         barber_id: int) -> Decimal | None:
     """Take the processor payment's lock for this transaction; the barber's commission rate."""
-    row = await conn.fetchrow(LOCK_AND_RATE, f"{processor}:{processor_payment_id}", barber_id)
+    row = await conn.fetchrow(LOCK_AND_RATE, payment_lock_name(processor, processor_payment_id), barber_id)
     return row["rate"] if row is not None else None
 
 

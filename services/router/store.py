@@ -289,14 +289,14 @@ async def open_route_and_attempt(hot: HotPath, decision: DecisionRow, payment_id
     """`OPEN_ROUTE_AND_ATTEMPT`: (recorded now, the attempt opened or None). An unheld `claim` is
     claimed by the same statement (then held), or `ClaimTaken` is raised, nothing written."""
     values = decision_values(decision)
-    deferred = claim is not None and not claim.held
-    key = (claim.scope, claim.key, claim.fingerprint) if deferred and claim is not None else (None, None, None)
+    deferred = claim if claim is not None and not claim.held else None
+    key = (deferred.scope, deferred.key, deferred.fingerprint) if deferred else (None, None, None)
     row = await hot.fetchrow_sql(OPEN_ROUTE_AND_ATTEMPT, *(values[name] for name in _DECISION_COLUMNS),
                                  payment_id, payment_method, f"hp-pay-{payment_id}", *key)
-    if deferred and claim is not None:
+    if deferred is not None:
         if row is None or not row["claimed"]:
             raise ClaimTaken
-        claim.held = True
+        deferred.held = True
     if row is None or not row["decided"]:
         return False, None
     attempt = dict(row)
