@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.synced
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-unit test-integration test-e2e migrate downgrade load bench rollback backup restore import validate clean
+.PHONY: setup vendor openapi run test test-unit test-integration test-e2e migrate downgrade load bench rollback backup restore import validate clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,14 @@ $(STAMP): pyproject.toml uv.lock
 	@test -x $(UV) || $(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --inexact --quiet
 	@touch $(STAMP)
+
+# Refresh the vendored front-end assets (docs pages, console) from npm at the versions pinned in vendor.json.
+vendor: setup
+	$(PY) -m tools.vendor
+
+# Export each service's OpenAPI document from its create_app() into clients/openapi/ (commit them).
+openapi: setup
+	$(PY) -m tools.openapi
 
 run: setup
 	$(PY) -m tools.run

@@ -19,6 +19,7 @@ from services.collections.wire import (
     RunOut,
 )
 from shared.auth import MAX_USER_ID, Principal, require_roles
+from shared.docs import IdempotentOperation
 from shared.idempotency import run_idempotent
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, time_filter
 from shared.requests import Id, optional_body
@@ -82,7 +83,7 @@ class PlatformCollectionsController(Controller):
                              currency: Currency = "USD") -> BalanceOut:
         return await collections.lookups.balance(barber_id, currency)
 
-    @post("/run", guards=admin_only, status_code=200)
+    @post("/run", guards=admin_only, status_code=200, operation_class=IdempotentOperation)
     async def run(self, request: Caller, collections: Collections) -> RunOut:
         """Aggregate now: `{"barber_id"?: int, "force"?: bool}` (see the service README). Takes an
         `Idempotency-Key`: a retry is answered what the first run made."""
@@ -90,7 +91,8 @@ class PlatformCollectionsController(Controller):
         return await run_idempotent(collections.idempotency, request, body, lambda claim: collections.aggregation.run(
             barber_id=body.barber_id, force=body.force, claim=claim))
 
-    @post("/{collection_id:uuid}/retry", guards=admin_only, status_code=200)
+    @post("/{collection_id:uuid}/retry", guards=admin_only, status_code=200,
+          operation_class=IdempotentOperation)
     async def retry(self, request: Caller, collection_id: FromPath[uuid.UUID],
                     collections: Collections) -> CollectionOut:
         """Try a failed or overdue collection again now (takes an `Idempotency-Key`)."""

@@ -22,6 +22,7 @@ from services.external.wire import (
     WebhookAck,
 )
 from shared.auth import MAX_USER_ID, Principal, require_roles
+from shared.docs import IdempotentOperation, PUBLIC
 from shared.idempotency import run_idempotent
 from shared.internal_api import ChargeRequest, ExternalTransactionOut, RefundOutcome, RefundRequest
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, time_filter
@@ -43,7 +44,7 @@ class ExternalPaymentsController(Controller):
     path = "/api/v1/external-payments"
     tags = ["external-payments"]
 
-    @post("/connections", guards=people, status_code=201)
+    @post("/connections", guards=people, status_code=201, operation_class=IdempotentOperation)
     async def create_connection(self, request: Caller, data: JSONBody[ConnectionIn], external: External
                                 ) -> ConnectionOut:
         """Connect a barber's own processor account. Answers 201 with the connection `active` when the
@@ -118,7 +119,8 @@ class WebhooksController(Controller):
     tags = ["webhooks"]
 
     # Processors send a few kilobytes; anything much larger is not a webhook (413).
-    @post("/{processor:str}/{connection_id:int}", status_code=200, request_max_body_size=256 * 1024)
+    @post("/{processor:str}/{connection_id:int}", status_code=200, request_max_body_size=256 * 1024,
+          security=PUBLIC)
     async def receive(self, request: Request, processor: FromPath[Processor], connection_id: Id,
                       external: External) -> WebhookAck:
         """A processor's signed notification about this connection (no token: the signature is the auth)."""

@@ -23,6 +23,7 @@ from services.router.wire import (
     TransactionPage,
 )
 from shared.auth import MAX_USER_ID, Principal, require_roles
+from shared.docs import IdempotentOperation
 from shared.idempotency import run_idempotent
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, time_filter
 from shared.requests import Id, optional_body
@@ -61,7 +62,7 @@ class HybridPaymentsController(Controller):
     ) -> ConfigOut:
         return await router.configs.update_config(request.user, barber_id, data, None)
 
-    @post("/route", guards=any_caller, status_code=200)
+    @post("/route", guards=any_caller, status_code=200, operation_class=IdempotentOperation)
     async def route(self, request: Caller, data: JSONBody[RouteIn], router: Router) -> RouteOut:
         return await run_idempotent(
             router.idempotency, request, data, lambda claim: router.routing.route_payment(request.user, data, claim)
@@ -71,7 +72,7 @@ class HybridPaymentsController(Controller):
     async def get_route(self, request: Caller, route_id: FromPath[uuid.UUID], router: Router) -> RouteOut:
         return await router.routing.get_route(request.user, route_id)
 
-    @post("/process", guards=any_caller, status_code=200)
+    @post("/process", guards=any_caller, status_code=200, operation_class=IdempotentOperation)
     async def process(self, request: Caller, data: JSONBody[ProcessIn], router: Router) -> ProcessOut:
         return await run_idempotent(
             router.idempotency, request, data, lambda claim: router.payments.process_payment(request.user, data, claim),
@@ -102,7 +103,8 @@ class HybridPaymentsController(Controller):
             until=time_filter("to", until), cursor=cursor, limit=limit,
         )
 
-    @post("/transactions/{transaction_id:uuid}/refund", guards=any_caller, status_code=200)
+    @post("/transactions/{transaction_id:uuid}/refund", guards=any_caller, status_code=200,
+          operation_class=IdempotentOperation)
     async def refund(self, request: Caller, transaction_id: FromPath[uuid.UUID],
                      router: Router) -> Response[RefundOut]:
         """Full refund without a body (or `{}`), partial with `{"amount": ...}`. 200 when the

@@ -3,7 +3,8 @@ served by granian (the services' server), the gateway in front on a real socket.
 
 What must hold: `/docs` links every service; `/docs/<service>/` is that service's docs page, and the
 spec URL written into the page, resolved against the gateway URL the browser used, is that
-service's OpenAPI document (not another service's, not the gateway's).
+service's OpenAPI document (not another service's, not the gateway's); the page's script and
+stylesheet resolve the same way to the vendored files, and it names no other origin.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ SERVICES = {
     "router": ("Router API", "/api/v1/hybrid-payments/ping"),
     "external": ("External API", "/api/v1/external-payments/ping"),
 }
-SPEC_URL = re.compile(r'data-url="([^"]+)"')
+SPEC_URL = re.compile(r'"url": "([^"]+)"')
+ASSET_URL = re.compile(r'(?:src|href)="([^"]+)"')
 
 
 def _free_port() -> int:
@@ -146,7 +148,7 @@ async def test_a_services_docs_page_through_the_gateway_loads_that_services_docu
 ) -> None:
     async with _gateway(docs_apps) as (client, gateway):
         for name, (title, route) in SERVICES.items():
-            for page in (f"/docs/{name}/", f"/docs/{name}/scalar"):
+            for page in (f"/docs/{name}/", f"/docs/{name}/swagger"):
                 spec = await _spec_through(client, gateway + page)
                 assert spec["info"]["title"] == title, (page, spec["info"])
                 assert list(spec["paths"]) == [route], page
@@ -161,17 +163,30 @@ async def test_a_services_docs_page_through_the_gateway_loads_that_services_docu
 async def test_the_same_pages_work_on_the_service_itself(docs_apps: dict[str, str]) -> None:
     async with aiohttp.ClientSession() as client:
         base = docs_apps["router"]
-        for page in ("/schema", "/schema/", "/schema/scalar", "/schema/scalar/"):
+        for page in ("/schema", "/schema/", "/schema/swagger", "/schema/swagger/"):
             spec = await _spec_through(client, base + page)
             assert spec["info"]["title"] == "Router API", page
 
 
-async def test_swagger_ui_is_served_with_the_document_inlined(docs_apps: dict[str, str]) -> None:
+async def test_the_pages_assets_are_the_vendored_files_and_nothing_is_from_another_origin(
+    docs_apps: dict[str, str],
+) -> None:
+    vendored = ROOT / "shared" / "static" / "swagger-ui"
     async with _gateway(docs_apps) as (client, gateway):
-        async with client.get(gateway + "/docs/external/swagger") as resp:
-            assert resp.status == 200 and resp.content_type == "text/html"
-            page = await resp.text()
-    assert "SwaggerUIBundle" in page and '"title":"External API"' in page
+        for page_url in (gateway + "/docs/external/", gateway + "/docs/external/swagger",
+                         docs_apps["router"] + "/schema", docs_apps["router"] + "/schema/swagger/"):
+            async with client.get(page_url) as resp:
+                page = await resp.text()
+            assert "SwaggerUIBundle" in page
+            urls = ASSET_URL.findall(page)
+            assert {u.rsplit("/", 1)[-1] for u in urls} >= {"swagger-ui.css", "swagger-ui-bundle.js"}, page
+            for url in urls:
+                if url.startswith("data:"):
+                    continue
+                assert "//" not in url and not url.startswith("/"), f"{page_url} names {url}"
+                async with client.get(urljoin(page_url, url)) as resp:
+                    assert resp.status == 200, (page_url, url)
+                    assert await resp.read() == (vendored / url.rsplit("/", 1)[-1]).read_bytes()
 
 
 async def test_the_docs_index_links_every_service(docs_apps: dict[str, str]) -> None:
