@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from shared.config import BaseSettings
@@ -161,7 +161,7 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker:
 
 
 class PlatformTables:
-    """The outbox, processed-events and idempotency tables of one service schema."""
+    """The outbox, processed-events, idempotency, dead-letter and audit tables of one service schema."""
 
     def __new__(cls, metadata: sa.MetaData) -> PlatformTables:
         # One set per MetaData: a runtime and a test may both ask for the same schema's tables.
@@ -231,6 +231,19 @@ class PlatformTables:
             sa.Column("note", sa.Text),
             sa.Index("dead_letters_one_per_event", "consumer", "event_id", unique=True,
                      postgresql_where=sa.text("event_id IS NOT NULL")),
+        )
+        self.audit_log = sa.Table(
+            "audit_log",
+            metadata,
+            sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+            sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+            sa.Column("actor_role", sa.Text, nullable=False),
+            sa.Column("actor_id", sa.BigInteger, nullable=False),
+            sa.Column("action", sa.Text, nullable=False),
+            sa.Column("subject", sa.Text, nullable=False),
+            sa.Column("before", JSONB),
+            sa.Column("after", JSONB),
+            sa.Index("audit_log_subject", "subject", "id"),
         )
 
 

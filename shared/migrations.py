@@ -214,3 +214,25 @@ CREATE OR REPLACE TRIGGER outbox_notify AFTER INSERT ON {schema}.outbox
 def drop_outbox_notify_v3(op, schema: str) -> None:
     op.execute(f"DROP TRIGGER outbox_notify ON {schema}.outbox")
     op.execute(f"DROP FUNCTION {schema}.outbox_notify()")
+
+
+def create_audit_log_v4(op, schema: str) -> None:
+    """Every service: operator actions (who, what, before, after, when), written in the same
+    transaction as the action (`shared.operations`)."""
+    op.create_table(
+        "audit_log",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("actor_role", sa.Text, nullable=False),
+        sa.Column("actor_id", sa.BigInteger, nullable=False),
+        sa.Column("action", sa.Text, nullable=False),
+        sa.Column("subject", sa.Text, nullable=False),
+        sa.Column("before", sa.dialects.postgresql.JSONB),
+        sa.Column("after", sa.dialects.postgresql.JSONB),
+        schema=schema,
+    )
+    op.create_index("audit_log_subject", "audit_log", ["subject", "id"], schema=schema)
+
+
+def drop_audit_log_v4(op, schema: str) -> None:
+    op.drop_table("audit_log", schema=schema)

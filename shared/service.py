@@ -38,6 +38,7 @@ from shared.observability import (
     metrics_payload,
     request_context_middleware,
 )
+from shared.operations import operations_controller, pipeline_status
 from shared.outbox import OutboxRelay, UnitOfWork
 from shared.ratelimit import rate_limit_middleware
 from shared.requests import TYPE_DECODERS, ExactJSONRequest, PlainDecimalSchema
@@ -138,26 +139,18 @@ class ServiceRuntime:
                 job.start()
 
     async def refresh_pipeline_metrics(self, now: Any = None) -> None:
-        """The event pipeline as Prometheus sees it: events committed but not yet published (outbox
-        backlog), events waiting for each of this service's consumers (consumer lag), and parked
-        events neither replayed nor discarded yet (dead letters)."""
-        name = self.settings.service_name
-        outbox, parked = self.tables.outbox, self.tables.dead_letters
+        """The event pipeline as Prometheus sees it (`shared.operations.pipeline_status`, which the
+        operators' `/operations/status` answers too): events committed but not yet published (outbox
+        backlog), events waiting for each of this service's consumers (consumer lag; a consumer NATS
+        did not answer for keeps its last value), parked events neither replayed nor discarded."""
         if self.engine is None:
             raise RuntimeError("the runtime is not started")
-        async with self.engine.connect() as conn:
-            OUTBOX_BACKLOG.labels(name).set(await conn.scalar(
-                sa.select(sa.func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))))
-            DEAD_LETTERS_WAITING.labels(name).set(await conn.scalar(
-                sa.select(sa.func.count()).select_from(parked)
-                .where(parked.c.replayed_at.is_(None), parked.c.discarded_at.is_(None))))
-        js = self.link.js
-        for consumer in self.consumers if js is not None else []:
-            try:
-                info = await js.consumer_info(self.link.stream, consumer.durable)
-            except Exception:  # not created yet, or NATS away: leave the last value
-                continue
-            CONSUMER_LAG.labels(consumer.name).set(info.num_pending + info.num_ack_pending)
+        status = await pipeline_status(self)
+        OUTBOX_BACKLOG.labels(status.service).set(status.outbox_backlog)
+        DEAD_LETTERS_WAITING.labels(status.service).set(status.dead_letters_waiting)
+        for lag in status.consumers:
+            if lag.reachable:
+                CONSUMER_LAG.labels(lag.consumer).set(lag.pending + lag.unacked)
 
     async def stop(self) -> None:
         """Stop in dependency order; a step that hangs is logged and left behind, so shutdown
@@ -218,13 +211,15 @@ def build_app(
     settings: BaseSettings,
     runtime: ServiceRuntime,
     route_handlers: Sequence[Any],
+    api_prefix: str,
     title: str,
     description: str = "",
     rate_limit_key=None,
     dependencies: dict[str, Any] | None = None,
     lifespans: Sequence[Any] = (),
 ) -> Litestar:
-    """The Litestar app of one service; `lifespans` run inside the runtime's (after it started)."""
+    """The Litestar app of one service; `lifespans` run inside the runtime's (after it started).
+    `api_prefix` is where its operator endpoints go (`<api_prefix>/operations`, `shared.operations`)."""
     configure_logging(settings.log_level, json=settings.log_json)
     verifier = TokenVerifier(secret=settings.jwt_secret, public_key=settings.jwt_public_key)
 
@@ -245,7 +240,7 @@ def build_app(
             log.info("service_stopped", service=settings.service_name)
 
     app = Litestar(
-        route_handlers=[health_live, health_ready, metrics, *route_handlers],
+        route_handlers=[health_live, health_ready, metrics, *route_handlers, operations_controller(api_prefix)],
         dependencies={
             "runtime": Provide(lambda: runtime, sync_to_thread=False),
             **{name: Provide(_constant(value), sync_to_thread=False) for name, value in (dependencies or {}).items()},

@@ -15,7 +15,9 @@ from services.collections.domain import due_date, window_ends
 from services.collections.mapping import collection_due, collection_out
 from services.collections.settings import CollectionsSettings
 from services.collections.wire import RunOut
+from shared.auth import Principal
 from shared.idempotency import Claim
+from shared.operations import audit
 from shared.service import ServiceRuntime
 
 log = structlog.get_logger("collections.aggregation")
@@ -28,8 +30,9 @@ class AggregationService:
         self.clock = clock
 
     async def run(self, *, barber_id: int | None = None, force: bool = False, now: datetime | None = None,
-                  claim: Claim | None = None) -> RunOut:
-        """Aggregate now; under an Idempotency-Key the answer is remembered with the collections it made."""
+                  claim: Claim | None = None, actor: Principal | None = None) -> RunOut:
+        """Aggregate now; under an Idempotency-Key the answer is remembered with the collections it made.
+        An operator's run (`actor`) is audited with what it made."""
         now = now or self.clock()
         s = self.settings
         async with self.rt.uow() as uow:
@@ -40,6 +43,10 @@ class AggregationService:
             for row in rows:
                 uow.emit(collection_due(row, attempt=1))
             out = RunOut(created=[collection_out(r) for r in rows], accruals_billed=billed)
+            if actor is not None:
+                audit(uow, actor, "collections.run", f"barber:{barber_id}" if barber_id else "collections",
+                      {"barber_id": barber_id, "force": force},
+                      {"created": [str(c.id) for c in out.created], "accruals_billed": billed})
             if claim:
                 claim.record(uow, 200, out)
             await uow.commit()

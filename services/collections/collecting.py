@@ -28,10 +28,12 @@ from services.collections.settings import CollectionsSettings
 from services.collections.store import AttemptRow, BarberSettingsRow, ChargeMethod, CollectionRow, PaymentMethodRow
 from services.collections.wire import CollectionOut
 from shared import attempts
+from shared.auth import Principal
 from shared.errors import ProblemError, not_found
 from shared.events import CollectionDue, Event
 from shared.idempotency import Claim
 from shared.observability import COLLECTION_ATTEMPTS
+from shared.operations import audit
 from shared.outbox import UnitOfWork
 from shared.processors import base as p
 from shared.processors.base import key_lifetime
@@ -218,7 +220,8 @@ class CollectingService:
             await uow.commit()
         return len(due)
 
-    async def retry(self, collection_id: uuid.UUID, claim: Claim | None = None) -> CollectionOut:
+    async def retry(self, collection_id: uuid.UUID, claim: Claim | None = None,
+                    actor: Principal | None = None) -> CollectionOut:
         """An operator's "try again now" for a failed or overdue collection; under an
         Idempotency-Key the answer is remembered with the attempt it asked for."""
         now = self.clock()
@@ -234,6 +237,9 @@ class CollectingService:
                                                                              "updated_at": now})
                 uow.emit(collection_due(row, attempt=row.attempts + 1))
             out = collection_out(row)
+            if actor is not None:
+                audit(uow, actor, "collection.retry", f"collection:{collection_id}", {"status": row.status,
+                      "attempts": row.attempts}, {"attempt_asked": row.attempts + 1, "already_pending": pending is not None})
             if claim:
                 claim.record(uow, 200, out)
             await uow.commit()

@@ -89,7 +89,7 @@ class PlatformCollectionsController(Controller):
         `Idempotency-Key`: a retry is answered what the first run made."""
         body = await optional_body(request, RunIn)
         return await run_idempotent(collections.idempotency, request, body, lambda claim: collections.aggregation.run(
-            barber_id=body.barber_id, force=body.force, claim=claim))
+            barber_id=body.barber_id, force=body.force, claim=claim, actor=request.user))
 
     @post("/{collection_id:uuid}/retry", guards=admin_only, status_code=200,
           operation_class=IdempotentOperation)
@@ -97,4 +97,4 @@ class PlatformCollectionsController(Controller):
                     collections: Collections) -> CollectionOut:
         """Try a failed or overdue collection again now (takes an `Idempotency-Key`)."""
         return await run_idempotent(collections.idempotency, request, None,
-                                    lambda claim: collections.collecting.retry(collection_id, claim))
+                                    lambda claim: collections.collecting.retry(collection_id, claim, request.user))

@@ -76,6 +76,7 @@ def create_app(settings: settings_module.ExternalSettings | None = None) -> Lite
         settings=settings,
         runtime=runtime,
         route_handlers=[ExternalPaymentsController, WebhooksController, InternalController],
+        api_prefix="/api/v1/external-payments",
         title="Hybrid Payments — external",
         description=(package.__doc__ or "").strip(),
         dependencies={"external": external},

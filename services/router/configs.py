@@ -20,6 +20,7 @@ from services.router.settings import RouterSettings
 from services.router.store import ConfigRow
 from services.router.wire import (
     ConfigOut,
+    ConfigPage,
     ConfigUpdate,
     MyOptions,
     ProcessorOption,
@@ -30,6 +31,8 @@ from shared.circuit import CircuitBoard
 from shared.errors import ProblemError
 from shared.idempotency import Claim
 from shared.money import format_rate
+from shared.operations import audit
+from shared.pagination import page_of
 from shared.service import ServiceRuntime
 
 CONFIG_FIELDS = (
@@ -96,11 +99,22 @@ class ConfigService:
                 saved = await store.update_config(uow.session, barber_id, row.version, {**values, "updated_at": now})
             out = config_out(saved, is_default=False)
             uow.emit(config_changed(out))
+            audit(uow, principal, "config.update", f"barber:{barber_id}",
+                  config_out(row or current, is_default=row is None), out)
             if claim:
                 claim.record(uow, 200, out)
             await uow.commit()
         self.contexts.invalidate(barber_id)
         return out
+
+    async def list_configs(self, *, payment_mode: str | None, processor: str | None,
+                           fallback_enabled: bool | None, cursor: str | None, limit: int) -> ConfigPage:
+        async with self.rt.uow() as uow:
+            rows = await store.list_configs(uow.session, payment_mode=payment_mode, processor=processor,
+                                            fallback_enabled=fallback_enabled, cursor=cursor, limit=limit)
+        page, next_cursor = page_of(rows, limit, lambda row: (row.created_at, row.barber_id))
+        return ConfigPage(items=[config_out(row, is_default=False) for row in page], next_cursor=next_cursor,
+                          hybrid_payments_enabled=self.settings.hybrid_payments_enabled)
 
     async def my_options(self, barber_id: int) -> MyOptions:
         context = await self.contexts.get(barber_id, fresh=True)

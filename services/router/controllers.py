@@ -11,6 +11,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter, SkipV
 from services.router.usecases import RouterUseCases
 from services.router.wire import (
     ConfigOut,
+    ConfigPage,
     ConfigUpdate,
     MyOptions,
     ProcessIn,
@@ -51,6 +52,21 @@ class HybridPaymentsController(Controller):
     @put("/config", guards=barber_only)
     async def update_own_config(self, request: Caller, data: JSONBody[ConfigUpdate], router: Router) -> ConfigOut:
         return await router.configs.update_config(request.user, request.user.user_id, data, None)
+
+    @get("/configs", guards=admin_only)
+    async def list_configs(
+        self,
+        router: Router,
+        payment_mode: FromQuery[Literal["centralized", "decentralized", "hybrid"] | None] = None,
+        processor: FromQuery[Literal["stripe", "square", "paypal"] | None] = None,
+        fallback_enabled: FromQuery[bool | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+        cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+    ) -> ConfigPage:
+        """Barbers' configs, newest first, filtered by mode, preferred processor and fallback; with
+        the kill switch's state. Each change is in `/operations/audit?subject=barber:<id>`."""
+        return await router.configs.list_configs(payment_mode=payment_mode, processor=processor,
+                                                 fallback_enabled=fallback_enabled, cursor=cursor, limit=limit)
 
     @get("/config/{barber_id:int}", guards=admin_only)
     async def barber_config(self, barber_id: Id, router: Router) -> ConfigOut:

@@ -259,6 +259,20 @@ async def update_config(session: AsyncSession, barber_id: int, version: int, val
         .values(**values, version=c.c.version + 1).returning(c)), ConfigRow)
 
 
+async def list_configs(session: AsyncSession, *, payment_mode: str | None, processor: str | None,
+                       fallback_enabled: bool | None, cursor: str | None, limit: int) -> list[ConfigRow]:
+    """Barbers with a config row, newest first; `limit + 1` rows so the caller knows whether there
+    is a next page. `processor` matches the preferred processor."""
+    where = [clause for clause in (
+        c.c.payment_mode == payment_mode if payment_mode is not None else None,
+        c.c.preferred_processor == processor if processor is not None else None,
+        c.c.fallback_enabled == fallback_enabled if fallback_enabled is not None else None,
+        after_cursor(c.c.created_at, c.c.barber_id, cursor, int),
+    ) if clause is not None]
+    return _all(await session.execute(
+        sa.select(c).where(*where).order_by(c.c.created_at.desc(), c.c.barber_id.desc()).limit(limit + 1)), ConfigRow)
+
+
 # ---- connections read model --------------------------------------------------------------------------
 
 async def load_connections(session: AsyncSession, barber_id: int) -> list[ConnectionRow]:

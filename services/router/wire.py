@@ -103,6 +103,15 @@ class ConfigOut(ConfigChanged, kw_only=True):
     is_default: bool
 
 
+class ConfigPage(msgspec.Struct, kw_only=True):
+    """Barbers' configs (only barbers with a row: the others have the platform defaults), and the
+    kill switch: with `hybrid_payments_enabled` false every barber is routed centralized."""
+
+    items: list[ConfigOut]
+    next_cursor: str | None
+    hybrid_payments_enabled: bool
+
+
 class RouteIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     appointment_id: PositiveId
     amount: PlainDecimal

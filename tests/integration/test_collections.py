@@ -492,3 +492,12 @@ async def test_run_and_retry_honour_an_idempotency_key(client, db, js, event_nam
     assert retried.status_code == 200, retried.text
     replayed = await client.post(f"{BASE}/{failed['id']}/retry", headers=retry_headers)
     assert replayed.headers.get("idempotent-replayed") == "true" and replayed.json() == retried.json()
+    # Each operator action is audited once, with what it made; the replays added nothing.
+    trail = (await client.get(f"{BASE}/operations/audit", params={"subject": f"barber:{b}"},
+                              headers=admin())).json()["items"]
+    assert [(e["action"], e["actor_role"]) for e in trail] == [("collections.run", "admin")]
+    assert trail[0]["after"]["created"] == [first.json()["created"][0]["id"]]
+    assert trail[0]["before"] == {"barber_id": b, "force": True}
+    retry_trail = (await client.get(f"{BASE}/operations/audit", params={"subject": f"collection:{failed['id']}"},
+                                    headers=admin())).json()["items"]
+    assert [e["action"] for e in retry_trail] == ["collection.retry"]

@@ -73,7 +73,8 @@ async def admin_only() -> dict[str, bool]:
 
 def make_app(settings: RouterSettings):
     runtime = ServiceRuntime(settings=settings, metadata=metadata)
-    return build_app(settings=settings, runtime=runtime, route_handlers=[create_widget, admin_only], title="test")
+    return build_app(settings=settings, runtime=runtime, route_handlers=[create_widget, admin_only],
+                     api_prefix="/api/v1/widgets", title="test")
 
 
 @pytest.fixture
