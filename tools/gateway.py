@@ -1,7 +1,7 @@
 """Development gateway: an aiohttp reverse proxy that routes the contract's path prefixes to the
 four services (`make run` starts it; production uses deploy/nginx/hybrid-payments.conf instead).
 
-Besides the API prefixes it serves each service's API docs: `GET /docs` is an index,
+`/console` goes to the console (services/console). Besides the API prefixes it serves each service's API docs: `GET /docs` is an index,
 `/docs/<service>/...` is that service's `/schema/...` (its docs page, and `openapi.json`).
 
 Every error the gateway produces itself is an RFC 9457 problem (`application/problem+json`), also
@@ -40,8 +40,11 @@ PREFIXES: dict[str, str] = {
     "/api/v1/webhooks": "external",
     "/api/v1/platform-collections": "collections",
     "/api/v1/unified-payment-analytics": "analytics",
+    "/console": "console",
 }
-DEFAULT_PORTS = {"router": 8001, "external": 8002, "collections": 8003, "analytics": 8004}
+DEFAULT_PORTS = {"router": 8001, "external": 8002, "collections": 8003, "analytics": 8004, "console": 8005}
+# Upstreams that serve no API docs (the console is pages, not an API).
+NO_DOCS = frozenset({"console"})
 # RFC 9110 §7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset(
     {
@@ -338,8 +341,10 @@ def create_gateway_app(
         # raw_path keeps the client's exact encoding of path and query.
         return await forward(request, base, request.raw_path)
 
+    documented = {name: base for name, base in routes.items() if name not in NO_DOCS}
+
     async def docs_index(request: web.Request) -> web.Response:
-        services = list(routes)
+        services = list(documented)
         accept = request.headers.get("Accept", "")
         if "json" in accept and "html" not in accept:  # a script asking where the documents are
             return web.json_response(
@@ -354,14 +359,14 @@ def create_gateway_app(
         return web.Response(text=_docs_index(services), content_type="text/html")
 
     def unknown_service(name: str) -> web.Response:
-        known = ", ".join(routes)
+        known = ", ".join(documented)
         return problem(404, detail=f"no service named {name!r} (known: {known}); see {DOCS_PATH}")
 
     async def docs_slash(request: web.Request) -> web.StreamResponse:
         # The docs page loads its spec by a relative URL, which resolves right only under the
         # trailing slash: /docs/router/ + openapi.json.
         name = request.match_info["service"]
-        if name not in routes:
+        if name not in documented:
             return unknown_service(name)
         location = f"{DOCS_PATH}/{quote(name)}/"
         if request.rel_url.raw_query_string:
@@ -370,7 +375,7 @@ def create_gateway_app(
 
     async def docs_page(request: web.Request) -> web.StreamResponse:
         name, tail = request.match_info["service"], request.match_info["tail"]
-        if name not in routes:
+        if name not in documented:
             return unknown_service(name)
         if ".." in tail.split("/"):  # stay inside the service's /schema
             return problem(404, detail=f"no such document: {request.path}")

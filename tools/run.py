@@ -32,6 +32,7 @@ from rich.text import Text
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {"router": 8001, "external": 8002, "collections": 8003, "analytics": 8004}
+CONSOLE_PORT = 8005  # the console (services/console): pages only, behind the gateway at /console
 ADMIN_SUBJECT = 1000  # the printed admin token's `sub`: services accept only positive integer ids
 
 
@@ -355,6 +356,7 @@ class Suite:
         ports = {
             name: setting(config, f"{name.upper()}_PORT", port) for name, port in SERVICES.items()
         }
+        console_port = setting(config, "CONSOLE_PORT", CONSOLE_PORT)
         sims = []
         for sim in SIMULATORS:
             if config.get(sim.base_var):
@@ -366,7 +368,7 @@ class Suite:
                 )
                 continue
             sims.append((sim, setting(config, f"{sim.name.upper()}_SIM_PORT", sim.port)))
-        for name, port in [("gateway", gateway_port), *ports.items()]:
+        for name, port in [("gateway", gateway_port), *ports.items(), ("console", console_port)]:
             ensure_free(host, port, name)
         for sim, port in sims:
             ensure_free("127.0.0.1", port, f"{sim.name} simulator")
@@ -432,7 +434,18 @@ class Suite:
                 logs,
                 f"http://{_dial(host)}:{port}",
             )
-        upstreams = [f"--upstream={n}=http://{_dial(host)}:{p}" for n, p in ports.items()]
+        # The console calls the services directly, with the signed-in user's token.
+        spawn(
+            self.children,
+            "console",
+            ["services.console"],
+            {**env, "PORT": str(console_port),
+             **{f"{n.upper()}_URL": f"http://{_dial(host)}:{p}" for n, p in ports.items()}},
+            logs,
+            f"http://{_dial(host)}:{console_port}",
+        )
+        upstreams = [f"--upstream={n}=http://{_dial(host)}:{p}"
+                     for n, p in [*ports.items(), ("console", console_port)]]
         spawn(
             self.children,
             "gateway",
@@ -449,7 +462,7 @@ class Suite:
             logs,
             f"http://{_dial(host)}:{gateway_port}",
         )
-        checks = {name: "/health/ready" for name in ports} | {"gateway": "/health/live"}
+        checks = {name: "/health/ready" for name in [*ports, "console"]} | {"gateway": "/health/live"}
         wait_ready(self.children, checks, float(config.get("RUN_READY_TIMEOUT", "30")))
 
         secret = self.generated_secret or config.get("JWT_SECRET")
