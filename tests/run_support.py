@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE_PORTS = ("ROUTER_PORT", "EXTERNAL_PORT", "COLLECTIONS_PORT", "ANALYTICS_PORT")
-OTHER_PORTS = ("GATEWAY_PORT", "STRIPE_SIM_PORT", "SQUARE_SIM_PORT", "PAYPAL_SIM_PORT")
+OTHER_PORTS = ("GATEWAY_PORT", "STRIPE_SIM_PORT", "SQUARE_SIM_PORT", "PAYPAL_SIM_PORT", "CONSOLE_PORT")
 
 
 def free_ports(n: int) -> list[int]:
@@ -81,7 +81,7 @@ class MakeRun:
 def make_run(service_env: dict[str, str], tmp_path: Path) -> Iterator[MakeRun]:
     """`python -m tools.run` on free ports, ready (its run.json written); killed if still running."""
     run_dir = tmp_path / "run"
-    ports = dict(zip(SERVICE_PORTS + OTHER_PORTS, map(str, free_ports(8))))
+    ports = dict(zip(SERVICE_PORTS + OTHER_PORTS, map(str, free_ports(len(SERVICE_PORTS + OTHER_PORTS)))))
     env = {**os.environ, **service_env, **ports, "RUN_DIR": str(run_dir), "RUN_FOLLOW_LOGS": "0"}
     # Exercise the generated secret and tokens, and the simulators, whatever the caller's env says.
     for var in (

@@ -6,14 +6,14 @@ an action the service refuses re-renders the page with the service's own message
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.enums import RequestEncodingType
-from litestar.params import Body
+from litestar.params import FromPath, URLEncodedBody
 from litestar.response import Redirect, Stream, Template
 from litestar.status_codes import HTTP_303_SEE_OTHER
 
@@ -32,7 +32,6 @@ from services.console.session import (
     viewer_of,
 )
 
-Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 MODES = ("centralized", "decentralized", "hybrid")
 PROCESSORS = ("stripe", "square", "paypal")
 # What a sandbox connection asks for, per processor (the credentials the simulators accept).
@@ -91,12 +90,12 @@ class SignInController(Controller):
     path = PATH
 
     @get("/login", name="login")
-    async def login_form(self, request: Request, next_path: str | None = None, error: str | None = None) -> Template:
-        return page("login.html", None, next_path=safe_next(next_path or request.query_params.get("next")),
-                    error=error)
+    async def login_form(self, request: Request) -> Template:
+        return page("login.html", None, next_path=safe_next(request.query_params.get("next")),
+                    error=request.query_params.get("error"))
 
     @post("/login")
-    async def login(self, request: Request, data: dict[str, str] = Form) -> Response:
+    async def login(self, request: Request, data: URLEncodedBody[dict[str, str]]) -> Response:
         token, next_path = data.get("token", ""), safe_next(data.get("next"))
         try:
             verify(request.app.state.verifier, token)
@@ -148,7 +147,7 @@ class ConsoleController(Controller):
                     next_query=urlencode({**filters, "cursor": listed["next_cursor"]}) if listed["next_cursor"] else None)
 
     @get("/barbers/{barber_id:int}")
-    async def barber(self, request: Request, state: State, barber_id: int) -> Template:
+    async def barber(self, request: Request, state: State, barber_id: FromPath[int]) -> Template:
         return await self._barber_page(request, state, barber_id)
 
     async def _barber_page(self, request: Request, state: State, barber_id: int, *, error: str | None = None,
@@ -168,8 +167,8 @@ class ConsoleController(Controller):
                     notice=request.query_params.get("notice"), modes=MODES, processors=PROCESSORS)
 
     @post("/barbers/{barber_id:int}/mode")
-    async def switch_mode(self, request: Request, state: State, barber_id: int,
-                          data: dict[str, str] = Form) -> Response:
+    async def switch_mode(self, request: Request, state: State, barber_id: FromPath[int],
+                          data: URLEncodedBody[dict[str, str]]) -> Response:
         viewer = _operator(request)
         change: dict[str, Any] = {"payment_mode": data.get("payment_mode", ""),
                                   "fallback_enabled": data.get("fallback_enabled") == "on"}
@@ -187,7 +186,7 @@ class ConsoleController(Controller):
                          notice=f"barber {barber_id} is now {saved['payment_mode']} (version {saved['version']})")
 
     @post("/barbers/{barber_id:int}/rollback")
-    async def rollback(self, request: Request, state: State, barber_id: int) -> Response:
+    async def rollback(self, request: Request, state: State, barber_id: FromPath[int]) -> Response:
         """Back to centralized with fallback on, as `make rollback BARBER=<id>` does."""
         viewer = _operator(request)
         saved = await _api(state).call(viewer.token, "PUT", "router", f"/config/{barber_id}",
@@ -242,7 +241,8 @@ class ConsoleController(Controller):
                       headers={"Content-Disposition": f'attachment; filename="payments-{kind}.csv"'})
 
     @get("/payments/{kind:str}/{transaction_id:uuid}")
-    async def payment(self, request: Request, state: State, kind: str, transaction_id: Any) -> Template:
+    async def payment(self, request: Request, state: State, kind: FromPath[str],
+                      transaction_id: FromPath[uuid.UUID]) -> Template:
         viewer = _operator(request)
         api = _api(state)
         service = "router" if _payment_type(kind) == "centralized" else "external"
@@ -276,7 +276,7 @@ class ConsoleController(Controller):
                     next_query=urlencode({**filters, "cursor": listed["next_cursor"]}) if listed["next_cursor"] else None)
 
     @post("/collections/run")
-    async def run_collections(self, request: Request, state: State, data: dict[str, str] = Form) -> Response:
+    async def run_collections(self, request: Request, state: State, data: URLEncodedBody[dict[str, str]]) -> Response:
         viewer = _operator(request)
         body: dict[str, Any] = {"force": data.get("force") == "on"}
         if data.get("barber_id", "").strip():
@@ -293,7 +293,7 @@ class ConsoleController(Controller):
                                 f"{out['accruals_billed']} accrual(s)")
 
     @post("/collections/{collection_id:uuid}/retry")
-    async def retry_collection(self, request: Request, state: State, collection_id: Any) -> Response:
+    async def retry_collection(self, request: Request, state: State, collection_id: FromPath[uuid.UUID]) -> Response:
         viewer = _operator(request)
         out = await _api(state).call(viewer.token, "POST", "collections", f"/{collection_id}/retry")
         return see_other(f"{PATH}/collections", notice=f"collection {out['id']} asked to try again")
@@ -311,7 +311,8 @@ class ConsoleController(Controller):
                     notice=request.query_params.get("notice"), error=request.query_params.get("error"))
 
     @post("/dead-letters/{service:str}/{letter_id:int}/replay")
-    async def replay(self, request: Request, state: State, service: str, letter_id: int) -> Response:
+    async def replay(self, request: Request, state: State, service: FromPath[str],
+                     letter_id: FromPath[int]) -> Response:
         viewer = _operator(request)
         try:
             await _api(state).call(viewer.token, "POST", _service(service),
@@ -323,8 +324,8 @@ class ConsoleController(Controller):
         return see_other(f"{PATH}/dead-letters", notice=f"{service} dead letter #{letter_id} replayed")
 
     @post("/dead-letters/{service:str}/{letter_id:int}/discard")
-    async def discard(self, request: Request, state: State, service: str, letter_id: int,
-                      data: dict[str, str] = Form) -> Response:
+    async def discard(self, request: Request, state: State, service: FromPath[str], letter_id: FromPath[int],
+                      data: URLEncodedBody[dict[str, str]]) -> Response:
         viewer = _operator(request)
         try:
             await _api(state).call(viewer.token, "POST", _service(service),
@@ -384,7 +385,7 @@ class ConsoleController(Controller):
                     pay_key=new_idempotency_key())
 
     @post("/me/mode")
-    async def change_my_mode(self, request: Request, state: State, data: dict[str, str] = Form) -> Response:
+    async def change_my_mode(self, request: Request, state: State, data: URLEncodedBody[dict[str, str]]) -> Response:
         viewer = _barber(request)
         change: dict[str, Any] = {"payment_mode": data.get("payment_mode", "")}
         if data.get("preferred_processor"):
@@ -398,7 +399,7 @@ class ConsoleController(Controller):
         return see_other(f"{PATH}/me/options", notice=f"you are now {saved['payment_mode']}")
 
     @post("/me/connections")
-    async def connect(self, request: Request, state: State, data: dict[str, str] = Form) -> Response:
+    async def connect(self, request: Request, state: State, data: URLEncodedBody[dict[str, str]]) -> Response:
         viewer = _barber(request)
         processor = data.get("processor", "")
         credentials = {name: data.get(name, "") for name, _, _ in CONNECT_FIELDS.get(processor, ())}
@@ -413,7 +414,7 @@ class ConsoleController(Controller):
         return see_other(f"{PATH}/me/options", notice=f"{made['processor']} connected ({made['status']})")
 
     @post("/me/pay")
-    async def take_payment(self, request: Request, state: State, data: dict[str, str] = Form) -> Response:
+    async def take_payment(self, request: Request, state: State, data: URLEncodedBody[dict[str, str]]) -> Response:
         """A payment the barber takes now (route and pay in one call), e.g. a test card in the sandbox."""
         viewer = _barber(request)
         body: dict[str, Any] = {"payment_method": data.get("payment_method", "").strip(),
