@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.synced
 PYTEST_ARGS ?=
 
-.PHONY: setup vendor openapi run test test-unit test-integration test-e2e migrate downgrade load bench rollback backup restore import validate clean
+.PHONY: setup vendor openapi client run test test-unit test-integration test-e2e migrate downgrade load bench rollback backup restore import validate clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,13 @@ vendor: setup
 # Export each service's OpenAPI document from its create_app() into clients/openapi/ (commit them).
 openapi: setup
 	$(PY) -m tools.openapi
+
+# The TypeScript client (clients/typescript): pinned packages, types regenerated from clients/openapi
+# (fails when they differ from the committed ones, as CI does), type-checked and compiled.
+client: openapi
+	cd clients/typescript && npm ci --no-audit --no-fund && npm run generate
+	git diff --exit-code -- clients/typescript/src/generated
+	cd clients/typescript && npm run typecheck && npm run build
 
 run: setup
 	$(PY) -m tools.run
