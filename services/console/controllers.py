@@ -253,6 +253,58 @@ class ConsoleController(Controller):
             route = None if isinstance(found[0], ApiError) else found[0]
         return page("payment.html", viewer, t=transaction, route=route, timeline=views.timeline(transaction, route))
 
+    # ---- connections, reconciliation and webhooks (operators) ---------------------------------
+
+    @get("/connections")
+    async def connections(self, request: Request, state: State) -> Template:
+        viewer = _operator(request)
+        filters = views.clean_filters(request.query_params, ("barber_id",))
+        api = _api(state)
+        listed, runs = await _gather(
+            api.call(viewer.token, "GET", "external", "/connections",
+                     params={**filters, "cursor": request.query_params.get("cursor"), "limit": 100}),
+            api.call(viewer.token, "GET", "external", "/reconciliation-runs", params={"limit": 20}),
+        )
+        if isinstance(listed, ApiError) and listed.status < 500 and listed.status not in (401, 403):
+            return page("connections.html", viewer, status_code=listed.status, filters=filters, listed=None,
+                        runs=_ok(runs)["items"], error=listed.detail, notice=None, next_query=None)
+        listed = _ok(listed)
+        return page("connections.html", viewer, filters=filters, listed=listed, runs=_ok(runs)["items"], error=None,
+                    notice=request.query_params.get("notice"),
+                    next_query=urlencode({**filters, "cursor": listed["next_cursor"]}) if listed["next_cursor"] else None)
+
+    @post("/connections/reconcile")
+    async def reconcile(self, request: Request, state: State, data: URLEncodedBody[dict[str, str]]) -> Response:
+        viewer = _operator(request)
+        body: dict[str, Any] = {}
+        if data.get("connection_id", "").strip():
+            body["connection_id"] = data["connection_id"].strip()
+        try:
+            report = await _api(state).call(viewer.token, "POST", "external", "/reconcile", body=body)
+        except ApiError as exc:
+            if exc.status >= 500 or exc.status in (401, 403):
+                raise
+            return see_other(f"{PATH}/connections", notice=f"reconciliation refused: {exc.detail}")
+        return see_other(f"{PATH}/connections",
+                         notice=f"reconciled {report['connections']} connection(s): {report['matched']} matched, "
+                                f"{report['mismatch']} mismatched, {report['missing_local']} missing here")
+
+    @get("/webhooks")
+    async def webhooks(self, request: Request, state: State) -> Template:
+        viewer = _operator(request)
+        filters = views.clean_filters(request.query_params, ("connection_id", "outcome"))
+        try:
+            listed = await _api(state).call(viewer.token, "GET", "external", "/webhook-events",
+                                            params={**filters, "cursor": request.query_params.get("cursor"),
+                                                    "limit": 100})
+        except ApiError as exc:
+            if exc.status >= 500 or exc.status in (401, 403):
+                raise
+            return page("webhooks.html", viewer, status_code=exc.status, filters=filters, listed=None,
+                        error=exc.detail, next_query=None)
+        return page("webhooks.html", viewer, filters=filters, listed=listed, error=None,
+                    next_query=urlencode({**filters, "cursor": listed["next_cursor"]}) if listed["next_cursor"] else None)
+
     # ---- collections, dead letters, audit (operators) ------------------------------------------
 
     @get("/collections")

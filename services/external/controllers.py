@@ -17,9 +17,11 @@ from services.external.wire import (
     ConnectionUpdate,
     ReconcileIn,
     ReconcileReport,
+    ReconciliationRunPage,
     TransactionPage,
     UnattributedPage,
     WebhookAck,
+    WebhookEventPage,
 )
 from shared.auth import MAX_USER_ID, Principal, require_roles
 from shared.docs import IdempotentOperation, PUBLIC
@@ -98,7 +100,24 @@ class ExternalPaymentsController(Controller):
     async def reconcile(self, request: Caller, external: External) -> ReconcileReport:
         """Compare each active connection's processor-side payments in a window with our records."""
         body = await optional_body(request, ReconcileIn)
-        return await external.reconciliation.run(body)
+        return await external.reconciliation.run(body, actor=request.user)
+
+    @get("/reconciliation-runs", guards=admin_only)
+    async def reconciliation_runs(self, external: External,
+                                  connection_id: Annotated[int | None, QueryParameter(ge=1, le=2**31 - 1)] = None,
+                                  limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> ReconciliationRunPage:
+        """Every reconciliation run (scheduled or `POST /reconcile`), newest first, with its window, counts
+        and differences; `connection_id` keeps the runs that covered that connection."""
+        return await external.reconciliation.history(connection_id=connection_id, cursor=cursor, limit=limit)
+
+    @get("/webhook-events", guards=admin_only)
+    async def webhook_events(self, external: External,
+                             connection_id: Annotated[int | None, QueryParameter(ge=1, le=2**31 - 1)] = None,
+                             outcome: FromQuery[Literal["applied", "ignored", "not_found", "unattributed"] | None] = None,
+                             limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> WebhookEventPage:
+        """Processor notices received (signature verified), newest first, with what came of each."""
+        return await external.webhooks.recent(connection_id=connection_id, outcome=outcome, cursor=cursor,
+                                              limit=limit)
 
     @get("/unattributed", guards=admin_only)
     async def list_unattributed(self, external: External, waiting: FromQuery[bool] = True, limit: Limit = DEFAULT_LIMIT,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import structlog
 
 from services.external import store
@@ -22,9 +23,18 @@ from services.external.ledger import Ledger
 from services.external.processors import Adapters
 from services.external.settings import ExternalSettings
 from services.external.store import ConnectionRow, TransactionRow
-from services.external.wire import ReconcileFinding, ReconcileIn, ReconcileReport
+from services.external.wire import (
+    ReconcileFinding,
+    ReconcileIn,
+    ReconcileReport,
+    ReconciliationRunOut,
+    ReconciliationRunPage,
+)
+from shared.auth import Principal
 from shared.errors import ProblemError
+from shared.operations import audit
 from shared.observability import RECONCILIATION_FINDINGS
+from shared.pagination import page_of
 from shared.processors import base as p
 from shared.service import ServiceRuntime
 
@@ -39,7 +49,10 @@ class ReconcileService:
         self.adapters = adapters
         self.ledger = ledger
 
-    async def run(self, body: ReconcileIn, *, now: datetime | None = None) -> ReconcileReport:
+    async def run(self, body: ReconcileIn, *, now: datetime | None = None, trigger: str = "operator",
+                  actor: Principal | None = None) -> ReconcileReport:
+        """Compare the window with what each processor reports; the run is kept with its counts and
+        differences (`reconciliation_runs`, `GET /reconciliation-runs`), as of `now`."""
         now = now or datetime.now(UTC)
         until = body.until or now
         since = body.since or until - timedelta(hours=self.settings.reconcile_window_hours)
@@ -77,6 +90,17 @@ class ReconcileService:
                     findings.append(finding)
         report = ReconcileReport(since=since, until=until, connections=len(connections), **counts,
                                  failed_connections=failed, findings=findings)
+        async with self.rt.uow() as uow:
+            report.run_id = await store.insert_reconciliation_run(uow.session, {
+                "as_of": now, "finished_at": datetime.now(UTC), "since": since, "until": until,
+                "connection_id": body.connection_id, "trigger": trigger, "connections": len(connections), **counts,
+                "failed_connections": failed, "findings": msgspec.to_builtins(findings)})
+            if actor is not None:
+                audit(uow, actor, "reconciliation.run", f"reconciliation_run:{report.run_id}",
+                      {"since": since, "until": until, "connection_id": body.connection_id},
+                      {"matched": counts["matched"], "mismatch": counts["mismatch"],
+                       "missing_local": counts["missing_local"], "failed_connections": len(failed)})
+            await uow.commit()
         log.info("reconciled", connections=len(connections), **counts, failed=len(failed))
         return report
 
@@ -165,7 +189,15 @@ class ReconcileService:
         return _finding(connection, verdict.processor_payment_id, status, reason, row)
 
     async def scheduled(self, now: datetime) -> None:
-        await self.run(ReconcileIn(), now=now)
+        await self.run(ReconcileIn(), now=now, trigger="scheduled")
+
+    async def history(self, *, connection_id: int | None, cursor: str | None, limit: int) -> ReconciliationRunPage:
+        async with self.rt.uow() as uow:
+            rows = await store.list_reconciliation_runs(uow.session, connection_id=connection_id, cursor=cursor,
+                                                        limit=limit)
+        page, next_cursor = page_of(rows, limit, lambda r: (r["as_of"], r["id"]))
+        return ReconciliationRunPage(items=[msgspec.convert(r, ReconciliationRunOut) for r in page],
+                                     next_cursor=next_cursor)
 
 
 def _finding(connection: ConnectionRow, processor_payment_id: str, verdict: VerdictStatus, reason: str | None,

@@ -33,6 +33,7 @@ rf = t.refunds
 we = t.webhook_events
 br = t.barber_rates
 ua = t.unattributed_payments
+rr = t.reconciliation_runs
 
 ConnectionStatus = Literal["pending", "active", "error", "disconnected"]
 TransactionStatus = Literal["pending", "completed", "failed", "canceled", "refunded", "partially_refunded"]
@@ -474,6 +475,35 @@ async def list_unattributed(session: AsyncSession, *, waiting_only: bool, cursor
     return _all(await session.execute(sa.select(ua).where(*where)
                                       .order_by(ua.c.first_heard_at.desc(), ua.c.id.desc()).limit(limit + 1)),
                 UnattributedRow)
+
+
+async def insert_reconciliation_run(session: AsyncSession, values: Values) -> int:
+    return (await session.execute(sa.insert(rr).values(**values).returning(rr.c.id))).scalar_one()
+
+
+async def list_reconciliation_runs(session: AsyncSession, *, connection_id: int | None, cursor: str | None,
+                                   limit: int) -> list[dict]:
+    """Newest first; a run for all connections counts for each one."""
+    where = [x for x in (
+        sa.or_(rr.c.connection_id == connection_id, rr.c.connection_id.is_(None)) if connection_id else None,
+        after_cursor(rr.c.as_of, rr.c.id, cursor, int)) if x is not None]
+    rows = await session.execute(sa.select(rr).where(*where).order_by(rr.c.as_of.desc(), rr.c.id.desc())
+                                 .limit(limit + 1))
+    return [{str(k): v for k, v in r.items()} for r in rows.mappings()]
+
+
+async def list_webhook_events(session: AsyncSession, *, connection_id: int | None, outcome: str | None,
+                              cursor: str | None, limit: int) -> list[dict]:
+    """Notices verified and claimed (bad signatures and unknown connections are refused before any
+    row is written; they are counted in `webhooks_received_total`), newest first."""
+    where = [x for x in (
+        we.c.connection_id == connection_id if connection_id else None,
+        we.c.outcome == outcome if outcome else None,
+        after_cursor(we.c.received_at, we.c.id, cursor, int)) if x is not None]
+    rows = await session.execute(
+        sa.select(we, c.c.barber_id).join(c, c.c.id == we.c.connection_id, isouter=True).where(*where)
+        .order_by(we.c.received_at.desc(), we.c.id.desc()).limit(limit + 1))
+    return [{str(k): v for k, v in r.items()} for r in rows.mappings()]
 
 
 # ---- a webhook's fresh payment in one short transaction (services/external/webhooks.py) ------------------

@@ -192,3 +192,25 @@ barber_rates = sa.Table(
     sa.Column("config_version", sa.Integer, nullable=False),
     sa.Column("updated_at", TZ, nullable=False),
 )
+
+# Every reconciliation run (scheduled or an operator's), with its counts and differences.
+reconciliation_runs = sa.Table(
+    "reconciliation_runs",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("as_of", TZ, nullable=False),
+    sa.Column("finished_at", TZ, nullable=False),
+    sa.Column("since", TZ, nullable=False),
+    sa.Column("until", TZ, nullable=False),
+    sa.Column("connection_id", sa.Integer),
+    sa.Column("trigger", sa.Text, nullable=False),
+    sa.Column("connections", sa.Integer, nullable=False),
+    sa.Column("matched", sa.Integer, nullable=False),
+    sa.Column("mismatch", sa.Integer, nullable=False),
+    sa.Column("missing_local", sa.Integer, nullable=False),
+    sa.Column("failed_connections", JSONB, nullable=False),
+    sa.Column("findings", JSONB, nullable=False),
+    sa.CheckConstraint("trigger in ('scheduled', 'operator')", name="reconciliation_trigger"),
+    sa.CheckConstraint("matched >= 0 and mismatch >= 0 and missing_local >= 0", name="reconciliation_counts"),
+    sa.Index("reconciliation_runs_as_of", "as_of", "id"),
+)

@@ -25,10 +25,11 @@ from services.external.mapping import transaction_recorded
 from services.external.processors import Adapters
 from services.external.settings import ExternalSettings
 from services.external.store import ConnectionRow
-from services.external.wire import WebhookAck, WebhookOutcome
+from services.external.wire import WebhookAck, WebhookEventOut, WebhookEventPage, WebhookOutcome
 from shared.errors import ProblemError, not_found
 from shared.events import new_event
 from shared.observability import WEBHOOKS_RECEIVED
+from shared.pagination import page_of
 from shared.outbox import outbox_row
 from shared.processors import base as p
 from shared.service import ServiceRuntime
@@ -84,6 +85,18 @@ class WebhookService:
         self.adapters = adapters
         self.ledger = ledger
         self._connections: dict[int, tuple[float, ConnectionRow]] = {}
+
+    async def recent(self, *, connection_id: int | None, outcome: str | None, cursor: str | None,
+                     limit: int) -> WebhookEventPage:
+        """The notices received, newest first (for operators)."""
+        async with self.rt.uow() as uow:
+            rows = await store.list_webhook_events(uow.session, connection_id=connection_id, outcome=outcome,
+                                                   cursor=cursor, limit=limit)
+        page, next_cursor = page_of(rows, limit, lambda r: (r["received_at"], r["id"]))
+        return WebhookEventPage(items=[WebhookEventOut(
+            id=r["id"], processor=r["processor_type"], event_id=r["event_id"], connection_id=r["connection_id"],
+            barber_id=r["barber_id"], event_type=r["event_type"], understood=r["understood"], outcome=r["outcome"],
+            received_at=r["received_at"]) for r in page], next_cursor=next_cursor)
 
     async def _connection(self, connection_id: int) -> ConnectionRow | None:
         now = time.monotonic()

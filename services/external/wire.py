@@ -161,6 +161,53 @@ class ReconcileReport(msgspec.Struct, kw_only=True):
     missing_local: int
     failed_connections: dict[str, str]  # connection id -> why it could not be listed
     findings: list[ReconcileFinding]  # everything but "matched"
+    run_id: int | None = None  # the run as kept (`GET /reconciliation-runs`)
+
+
+class ReconciliationRunOut(msgspec.Struct, kw_only=True):
+    """A reconciliation run as kept: `as_of` when it ran, the window it compared, what it found."""
+
+    id: int
+    as_of: datetime
+    finished_at: datetime
+    since: datetime
+    until: datetime
+    connection_id: int | None  # null: every active connection
+    trigger: Literal["scheduled", "operator"]
+    connections: int
+    matched: int
+    mismatch: int
+    missing_local: int
+    failed_connections: dict[str, str]
+    findings: list[ReconcileFinding]
+
+
+class ReconciliationRunPage(msgspec.Struct, kw_only=True):
+    items: list[ReconciliationRunOut]
+    next_cursor: str | None
+
+
+class WebhookEventOut(msgspec.Struct, kw_only=True):
+    """A processor notice that passed its signature check, and what came of it (`outcome`: applied,
+    ignored (not a type we act on), not_found (the processor has no such object), unattributed,
+    or null while it was being applied). Redeliveries of it were answered `duplicate` and are not
+    listed again; refused deliveries (bad signature, unknown connection) write no row and are counted
+    in the `webhooks_received_total` metric."""
+
+    id: int
+    processor: Processor
+    event_id: str
+    connection_id: int
+    barber_id: int | None
+    event_type: str
+    understood: bool
+    outcome: str | None
+    received_at: datetime
+
+
+class WebhookEventPage(msgspec.Struct, kw_only=True):
+    items: list[WebhookEventOut]
+    next_cursor: str | None
 
 
 WebhookOutcome = Literal["applied", "ignored", "not_found", "unattributed", "duplicate"]

@@ -210,6 +210,9 @@ async def test_an_operator_replays_a_dead_letter_and_nothing_is_counted_twice(ta
 
     await sign_in(tab, suite.state, ADMIN_ID, "admin")
     await tab.open("/console/dead-letters", shot="dead-letters")
+    await tab.open("/console/connections", shot="connections")
+    await tab.open("/console/webhooks", shot="webhooks")
+    await tab.open("/console/dead-letters")
     row = tab.page.locator(f"tr[data-service=analytics][data-id='{letter}']")
     await row.locator("button.replay").click()
     await tab.page.wait_for_selector(f"p.notice >> text=analytics dead letter #{letter} replayed")

@@ -12,7 +12,8 @@ from tests.e2e.console_support import ADMIN_ID, console_client, next_barber, pos
 from tests.e2e.ledger import call
 from tests.run_support import make_run
 
-OPERATOR_PAGES = ["/console/", "/console/barbers", "/console/barbers/1", "/console/payments",
+OPERATOR_PAGES = ["/console/", "/console/barbers", "/console/barbers/1", "/console/payments", "/console/connections",
+                  "/console/webhooks",
                   "/console/payments?type=external", "/console/collections", "/console/dead-letters",
                   "/console/dead-letters?state=all", "/console/audit"]
 BARBER_PAGES = ["/console/me", "/console/me/options"]
@@ -140,3 +141,16 @@ async def test_a_barber_never_sees_another_barbers_data(suite) -> None:
     async with console_client(suite.state, ADMIN_ID, "admin") as operator:
         listed = await operator.get(f"/console/payments?barber_id={paying}")
         assert "123.45" in listed.text
+
+
+async def test_an_operator_reconciles_from_the_console_and_sees_the_run(suite) -> None:
+    async with console_client(suite.state, ADMIN_ID, "admin") as operator:
+        done = await post_form(operator, "/console/connections/reconcile", {}, page="/console/connections")
+        assert done.status_code == 303 and "reconciled" in done.headers["location"], done.text[-500:]
+        shown = await operator.get("/console/connections")
+        assert shown.status_code == 200 and "<td>operator</td>" in shown.text
+        refused = await post_form(operator, "/console/connections/reconcile", {"connection_id": "-1"},
+                                  page="/console/connections")
+        assert refused.status_code == 303 and "refused" in refused.headers["location"]
+        audit = await operator.get("/console/audit")
+        assert "reconciliation.run" in audit.text

@@ -337,6 +337,15 @@ async def test_payments_taken_outside_us_arrive_by_webhook_even_out_of_order(htt
     assert row["commission_amount"] == Decimal("8.0000")  # the platform default 20 % (no config seen)
     statuses = [e["status"] for e in await events(db, "transaction.recorded", "transaction_id", str(row["id"]))]
     assert statuses[-1] == "partially_refunded" and statuses.count("partially_refunded") == 1
+    # Operators see each notice once, with what came of it.
+    status, notices = await call(http, "GET", f"{BASE}/webhook-events?limit=500", admin())
+    assert status == 200
+    mine = [n for n in notices["items"] if n["barber_id"] == b]
+    assert sorted(n["event_type"] for n in mine) == sorted({n["event_type"] for n in mine})  # no repeats
+    assert "charge.refunded" in {n["event_type"] for n in mine}, mine
+    assert all(n["processor"] == "stripe" and n["outcome"] for n in mine), mine
+    status, _ = await call(http, "GET", f"{BASE}/webhook-events", barber(b))
+    assert status == 403
 
 
 # ---- reconciliation -------------------------------------------------------------------------------
@@ -370,6 +379,17 @@ async def test_reconciliation_finds_a_missing_payment_and_a_mismatched_amount(ht
     relearned = await transaction(db, str(learned["id"]))
     assert relearned["reconciliation_status"] == "matched" and relearned["reconciled_at"] > learned["reconciled_at"]
     status, _ = await call(http, "POST", f"{BASE}/reconcile", barber(b), {})
+    assert status == 403
+    # Both runs are kept, newest first, each with its window and what it found, as of when it ran.
+    status, runs = await call(http, "GET", f"{BASE}/reconciliation-runs?connection_id={connection['id']}&limit=2",
+                              admin())
+    assert status == 200 and [r["id"] for r in runs["items"]] == [again["run_id"], report["run_id"]]
+    kept = runs["items"][1]
+    assert (kept["trigger"], kept["connection_id"], kept["missing_local"], kept["mismatch"]) == (
+        "operator", connection["id"], 1, 1)
+    assert {f["external_transaction_id"]: f["verdict"] for f in kept["findings"]} == verdicts
+    assert kept["since"] < kept["until"] <= kept["as_of"] <= kept["finished_at"]
+    status, _ = await call(http, "GET", f"{BASE}/reconciliation-runs", barber(b))
     assert status == 403
 
 

@@ -139,6 +139,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/external-payments/reconciliation-runs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** ReconciliationRuns */
+        get: operations["ApiV1ExternalPaymentsReconciliationRunsReconciliationRuns"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/external-payments/transactions": {
         parameters: {
             query?: never;
@@ -201,6 +218,23 @@ export interface paths {
         put?: never;
         /** Attribute */
         post: operations["ApiV1ExternalPaymentsUnattributedUnattributedIdAttributeAttribute"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/external-payments/webhook-events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** WebhookEvents */
+        get: operations["ApiV1ExternalPaymentsWebhookEventsWebhookEvents"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -498,10 +532,39 @@ export interface components {
             matched: number;
             mismatch: number;
             missing_local: number;
+            run_id?: number | null;
             /** Format: date-time */
             since: string;
             /** Format: date-time */
             until: string;
+        };
+        /** ReconciliationRunOut */
+        ReconciliationRunOut: {
+            /** Format: date-time */
+            as_of: string;
+            connection_id: number | null;
+            connections: number;
+            failed_connections: {
+                [key: string]: string;
+            };
+            findings: components["schemas"]["ReconcileFinding"][];
+            /** Format: date-time */
+            finished_at: string;
+            id: number;
+            matched: number;
+            mismatch: number;
+            missing_local: number;
+            /** Format: date-time */
+            since: string;
+            /** @enum {string} */
+            trigger: "scheduled" | "operator";
+            /** Format: date-time */
+            until: string;
+        };
+        /** ReconciliationRunPage */
+        ReconciliationRunPage: {
+            items: components["schemas"]["ReconciliationRunOut"][];
+            next_cursor: string | null;
         };
         /** RefundOutcome */
         RefundOutcome: {
@@ -565,6 +628,25 @@ export interface components {
             outcome: "applied" | "ignored" | "not_found" | "unattributed" | "duplicate";
             /** @default true */
             received: boolean;
+        };
+        /** WebhookEventOut */
+        WebhookEventOut: {
+            barber_id: number | null;
+            connection_id: number;
+            event_id: string;
+            event_type: string;
+            id: number;
+            outcome: string | null;
+            /** @enum {string} */
+            processor: "stripe" | "square" | "paypal";
+            /** Format: date-time */
+            received_at: string;
+            understood: boolean;
+        };
+        /** WebhookEventPage */
+        WebhookEventPage: {
+            items: components["schemas"]["WebhookEventOut"][];
+            next_cursor: string | null;
         };
     };
     responses: never;
@@ -967,6 +1049,45 @@ export interface operations {
             };
         };
     };
+    ApiV1ExternalPaymentsReconciliationRunsReconciliationRuns: {
+        parameters: {
+            query?: {
+                connection_id?: number | null;
+                cursor?: string | null;
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReconciliationRunPage"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
     ApiV1ExternalPaymentsTransactionsListTransactions: {
         parameters: {
             query?: {
@@ -1109,6 +1230,46 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ExternalTransactionOut"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    ApiV1ExternalPaymentsWebhookEventsWebhookEvents: {
+        parameters: {
+            query?: {
+                connection_id?: number | null;
+                cursor?: string | null;
+                limit?: number;
+                outcome?: "applied" | "ignored" | "not_found" | "unattributed" | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEventPage"];
                 };
             };
             /** @description Bad request syntax or unsupported method */
