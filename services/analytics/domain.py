@@ -268,8 +268,9 @@ def six_figure_insights(visits: list[Visit], *, now: datetime, target: Decimal, 
         # Not an assert: a caller's value, and progress and every lever divide by it.
         raise ValueError(f"the six-figure target must be positive, not {target}")
     start = now - timedelta(days=WINDOW_DAYS)
+    earlier = start - timedelta(days=WINDOW_DAYS)  # once, not per visit (a busy year is 50,000 of them)
     current = [v for v in visits if start < v.at <= now]
-    previous = [v for v in visits if start - timedelta(days=WINDOW_DAYS) < v.at <= start]
+    previous = [v for v in visits if earlier < v.at <= start]
     revenue = sum((v.revenue for v in current), ZERO)
     previous_revenue = sum((v.revenue for v in previous), ZERO)
     count = len(current)

@@ -114,9 +114,8 @@ class Reports:
             raise validation_error("barber_id", "insights are per barber: name one")
         currency = currency_of(currency)
         now = self.clock()
-        async with self.rt.uow() as uow:
-            rows = await store.barber_visits(uow.session, scope, currency, now - timedelta(days=2 * WINDOW_DAYS))
-        found = six_figure_insights([Visit(r.processed_at, r.revenue, r.client_id) for r in rows],
+        rows = await store.barber_visits(self.rt.hot_path, scope, currency, now - timedelta(days=2 * WINDOW_DAYS))
+        found = six_figure_insights([Visit(at, revenue, client) for at, revenue, client in rows],
                                     now=now, target=self.settings.six_figure_target, currency=currency)
         return insights_out(found, barber_id=scope, currency=currency, now=now)
 

@@ -405,18 +405,25 @@ class ConsoleController(Controller):
         viewer = _barber(request)
         api = _api(state)
         params = views.clean_filters(request.query_params, ("from", "to"))
-        dashboard, insights, balance = await _gather(
+        dashboard, balance = await _gather(
             api.call(viewer.token, "GET", "analytics", "/dashboard", params=params),
-            api.call(viewer.token, "GET", "analytics", "/six-figure-insights"),
             api.call(viewer.token, "GET", "collections", "/my-balance"),
         )
         if isinstance(dashboard, ApiError) and dashboard.status < 500 and dashboard.status not in (401, 403):
             return page("me.html", viewer, status_code=dashboard.status, dashboard=None, charts=None,
-                        insights=None, balance=None, filters=params, error=dashboard.detail)
+                        balance=None, filters=params, error=dashboard.detail)
         dashboard = _ok(dashboard)
         return page("me.html", viewer, dashboard=dashboard, charts=views.dashboard_charts(dashboard),
-                    insights=None if isinstance(insights, ApiError) else insights,
                     balance=None if isinstance(balance, ApiError) else balance, filters=params, error=None)
+
+    @get("/me/insights")
+    async def my_insights(self, request: Request, state: State) -> Template:
+        """The Six Figure panel, loaded after the dashboard (htmx): it reads half a year of payments,
+        so the page does not wait for it."""
+        viewer = _barber(request)
+        insights = await _api(state).call(viewer.token, "GET", "analytics", "/six-figure-insights")
+        fragment = request.headers.get("HX-Request") == "true"
+        return page("insights_panel.html" if fragment else "insights.html", viewer, insights=insights)
 
     @get("/me/options")
     async def my_options(self, request: Request, state: State) -> Template:

@@ -175,6 +175,10 @@ async def test_a_barber_connects_square_pays_and_sees_it_on_the_dashboard_chart(
 
     data = await eventually(charted, timeout=20, interval=0.5)
     assert dict(zip(data["processors"], data["perProcessor"], strict=True))["square"] == 80.25
+    # The Six Figure panel arrives after the page (htmx), with its progress bar drawn.
+    panel = await page.wait_for_selector("#six-figure", timeout=5000)
+    assert "a year at the last 90 days' pace" in await panel.text_content()
+    assert await page.eval_on_selector(".progress .bar", "bar => bar.style.width") != ""
     await tab.open("/console/me", shot="dashboard")
 
 

@@ -16,7 +16,7 @@ OPERATOR_PAGES = ["/console/", "/console/barbers", "/console/barbers/1", "/conso
                   "/console/webhooks",
                   "/console/payments?type=external", "/console/collections", "/console/dead-letters",
                   "/console/dead-letters?state=all", "/console/audit"]
-BARBER_PAGES = ["/console/me", "/console/me/options"]
+BARBER_PAGES = ["/console/me", "/console/me/options", "/console/me/insights"]
 HP = "/api/v1/hybrid-payments"
 
 
