@@ -150,3 +150,13 @@ def timeline(transaction: Mapping[str, Any], route: Mapping[str, Any] | None) ->
 def owed(balance: Mapping[str, Any]) -> Decimal:
     """Commission accrued and not collected yet: unbilled, pending, failed and overdue."""
     return Decimal(balance["accrued_total"]) - Decimal(balance["collected_total"])
+
+
+def when(value: Any) -> str:
+    """An ISO 8601 time as the pages show it: `2026-12-05 08:34:58 UTC` (to the second); "—" for none."""
+    if not value:
+        return "—"
+    text = str(value).replace("T", " ")
+    if text.endswith("Z"):
+        text = text[:-1]
+    return text.split(".", 1)[0].split("+", 1)[0] + " UTC"
