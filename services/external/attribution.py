@@ -14,8 +14,10 @@ from services.external.ledger import Ledger
 from services.external.mapping import transaction_out, unattributed_out
 from services.external.processors import Adapters
 from services.external.wire import UnattributedPage
+from shared.auth import Principal
 from shared.errors import ProblemError, not_found
 from shared.internal_api import ExternalTransactionOut
+from shared.operations import audit
 from shared.pagination import page_of
 from shared.processors import base as p
 from shared.service import ServiceRuntime
@@ -33,7 +35,8 @@ class AttributionService:
         page, next_cursor = page_of(rows, limit, lambda r: (r.first_heard_at, r.id))
         return UnattributedPage(items=[unattributed_out(r) for r in page], next_cursor=next_cursor)
 
-    async def attribute(self, unattributed_id: int, connection_id: int) -> ExternalTransactionOut:
+    async def attribute(self, unattributed_id: int, connection_id: int,
+                        actor: Principal | None = None) -> ExternalTransactionOut:
         async with self.rt.uow() as uow:
             held = await store.load_unattributed(uow.session, unattributed_id)
             connection = await store.load_connection(uow.session, connection_id)
@@ -61,5 +64,9 @@ class AttributionService:
             for refund in refunds:
                 row = await self.ledger.record_refund(uow, connection, refund, now=now) or row
             await store.resolve_unattributed(uow.session, unattributed_id, connection_id, row.id, now)
+            if actor is not None:
+                audit(uow, actor, "unattributed.attribute", f"unattributed:{unattributed_id}",
+                      {"connection_ids": current.connection_ids, "attributed_to": None},
+                      {"attributed_to": connection_id, "transaction_id": str(row.id)})
             await uow.commit()
         return transaction_out(row)

@@ -127,10 +127,10 @@ class ExternalPaymentsController(Controller):
         return await external.attribution.list(waiting_only=waiting, cursor=cursor, limit=limit)
 
     @post("/unattributed/{unattributed_id:int}/attribute", guards=admin_only, status_code=200)
-    async def attribute(self, unattributed_id: BigId, data: JSONBody[AttributeIn],
+    async def attribute(self, request: Caller, unattributed_id: BigId, data: JSONBody[AttributeIn],
                         external: External) -> ExternalTransactionOut:
         """Record such a payment as one connection's (as the processor says it is now)."""
-        return await external.attribution.attribute(unattributed_id, data.connection_id)
+        return await external.attribution.attribute(unattributed_id, data.connection_id, request.user)
 
 
 class WebhooksController(Controller):

@@ -184,6 +184,9 @@ async def test_a_payment_nobody_started_on_a_shared_account_is_attributed_to_nob
     status, again = await call(http, "POST", f"{BASE}/unattributed/{found['id']}/attribute", admin(),
                                {"connection_id": first["id"]})
     assert status == 409, again
+    status, trail = await call(http, "GET", f"{BASE}/operations/audit?subject=unattributed:{found['id']}", admin())
+    assert status == 200 and [(e["action"], e["after"]["attributed_to"]) for e in trail["items"]] == [
+        ("unattributed.attribute", second["id"])]  # the refused second try wrote nothing
 
 
 # ---- 5: an account is its connection's for good ------------------------------------------------------
