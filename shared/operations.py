@@ -27,6 +27,7 @@ DeadLetterState = Literal["waiting", "replayed", "discarded"]
 # How handlers ask for the service runtime (`shared.service`; wiring, not input) and the caller.
 Runtime = SkipValidation[Any]
 Admin = Request[Principal, str, object]
+ADMIN = [require_roles("admin")]
 
 
 # ---- wire -----------------------------------------------------------------------------------------------
@@ -239,14 +240,15 @@ def operations_controller(api_prefix: str) -> type[Controller]:
     class OperationsController(Controller):
         path = f"{api_prefix}/operations"
         tags = ["operations"]
-        guards = [require_roles("admin")]
+        # Guards per route, not on the controller: a controller's guards also guard Litestar's own
+        # OPTIONS answers, which run before authentication (no user in scope: a 500).
 
-        @get("/status")
+        @get("/status", guards=ADMIN)
         async def status(self, runtime: Runtime) -> PipelineStatus:
             """Readiness, outbox backlog, dead letters waiting and each consumer's lag, read now."""
             return await pipeline_status(runtime)
 
-        @get("/audit")
+        @get("/audit", guards=ADMIN)
         async def audit_log(
             self, runtime: Runtime,
             subject: Annotated[str | None, QueryParameter(max_length=200)] = None,
@@ -256,7 +258,7 @@ def operations_controller(api_prefix: str) -> type[Controller]:
             """Operator actions in this service, newest first; `subject` e.g. `barber:42`."""
             return await audit_page(runtime, subject=subject, limit=limit, cursor=cursor)
 
-        @get("/dead-letters")
+        @get("/dead-letters", guards=ADMIN)
         async def dead_letters(
             self, runtime: Runtime,
             state_filter: Annotated[DeadLetterState | None, QueryParameter(query="state")] = None,
@@ -266,13 +268,13 @@ def operations_controller(api_prefix: str) -> type[Controller]:
             """Events this service's consumers parked, newest first; `state` waiting, replayed or discarded."""
             return await dead_letter_page(runtime, state=state_filter, limit=limit, cursor=cursor)
 
-        @post("/dead-letters/{letter_id:int}/replay", status_code=200)
+        @post("/dead-letters/{letter_id:int}/replay", guards=ADMIN, status_code=200)
         async def replay(self, request: Admin, runtime: Runtime, letter_id: int) -> DeadLetterOut:
             """Publish a parked event again (audited); consumers that applied it skip it."""
             _positive(letter_id)
             return await replay_dead_letter(runtime, request.user, letter_id)
 
-        @post("/dead-letters/{letter_id:int}/discard", status_code=200)
+        @post("/dead-letters/{letter_id:int}/discard", guards=ADMIN, status_code=200)
         async def discard(self, request: Admin, runtime: Runtime, letter_id: int,
                           data: JSONBody[DiscardIn]) -> DeadLetterOut:
             """Mark a parked event as not to be applied, with a note saying why (audited)."""

@@ -80,6 +80,17 @@ async def _gather(*calls) -> list[Any]:
     return list(await asyncio.gather(*calls, return_exceptions=True))
 
 
+def show_in_place(exc: ApiError, *, forbidden: bool = False, unavailable: bool = False) -> None:
+    """Re-raise what the page cannot show in place (the error page, or sign-in for a 401): a
+    service failure (5xx, unless `unavailable` may be shown, e.g. NATS away for a replay) or a
+    refusal of the caller (403, unless `forbidden` is the service's answer to this form, e.g. a
+    barber changing its commission). Any other 4xx is the service's message for the form."""
+    if exc.status == 401 or (exc.status == 403 and not forbidden):
+        raise exc
+    if exc.status >= 500 and not (unavailable and exc.status == 503):
+        raise exc
+
+
 def _ok(value: Any) -> Any:
     if isinstance(value, BaseException):
         raise value
@@ -140,8 +151,7 @@ class ConsoleController(Controller):
             listed = await _api(state).call(viewer.token, "GET", "router", "/configs",
                                             params={**filters, "cursor": cursor, "limit": 50})
         except ApiError as exc:
-            if exc.status >= 500 or exc.status in (401, 403):
-                raise
+            show_in_place(exc)
             return page("barbers.html", viewer, status_code=exc.status, filters=filters, listed=None, error=exc.detail)
         return page("barbers.html", viewer, filters=filters, listed=listed, error=None,
                     next_query=urlencode({**filters, "cursor": listed["next_cursor"]}) if listed["next_cursor"] else None)
@@ -179,8 +189,7 @@ class ConsoleController(Controller):
         try:
             saved = await _api(state).call(viewer.token, "PUT", "router", f"/config/{barber_id}", body=change)
         except ApiError as exc:
-            if exc.status >= 500 or exc.status in (401, 403):
-                raise
+            show_in_place(exc)
             return await self._barber_page(request, state, barber_id, error=exc.detail, status_code=exc.status)
         return see_other(f"{PATH}/barbers/{barber_id}",
                          notice=f"barber {barber_id} is now {saved['payment_mode']} (version {saved['version']})")
@@ -207,8 +216,7 @@ class ConsoleController(Controller):
             listed = await _api(state).call(viewer.token, "GET", service, "/transactions",
                                             params={**params, "cursor": cursor, "limit": 50})
         except ApiError as exc:
-            if exc.status >= 500 or exc.status in (401, 403):
-                raise
+            show_in_place(exc)
             return page("payments.html", viewer, status_code=exc.status, kind=kind, filters=filters, items=[],
                         error=exc.detail, next_query=None, export_query=None)
         query = {"type": kind, **filters}
@@ -282,8 +290,7 @@ class ConsoleController(Controller):
         try:
             report = await _api(state).call(viewer.token, "POST", "external", "/reconcile", body=body)
         except ApiError as exc:
-            if exc.status >= 500 or exc.status in (401, 403):
-                raise
+            show_in_place(exc)
             return see_other(f"{PATH}/connections", notice=f"reconciliation refused: {exc.detail}")
         return see_other(f"{PATH}/connections",
                          notice=f"reconciled {report['connections']} connection(s): {report['matched']} matched, "
@@ -298,8 +305,7 @@ class ConsoleController(Controller):
                                             params={**filters, "cursor": request.query_params.get("cursor"),
                                                     "limit": 100})
         except ApiError as exc:
-            if exc.status >= 500 or exc.status in (401, 403):
-                raise
+            show_in_place(exc)
             return page("webhooks.html", viewer, status_code=exc.status, filters=filters, listed=None,
                         error=exc.detail, next_query=None)
         return page("webhooks.html", viewer, filters=filters, listed=listed, error=None,
@@ -320,8 +326,7 @@ class ConsoleController(Controller):
             listed = await _api(state).call(viewer.token, "GET", "collections", "",
                                             params={**filters, "cursor": cursor, "limit": 50})
         except ApiError as exc:
-            if exc.status >= 500 or exc.status in (401, 403):
-                raise
+            show_in_place(exc)
             listed, error, status_code = {"items": [], "next_cursor": None}, exc.detail, exc.status
         return page("collections.html", viewer, status_code=status_code, filters=filters, listed=listed,
                     error=error, notice=request.query_params.get("notice"), run_key=new_idempotency_key(),
@@ -337,8 +342,7 @@ class ConsoleController(Controller):
             out = await _api(state).call(viewer.token, "POST", "collections", "/run", body=body,
                                          idempotency_key=data.get("idempotency_key") or None)
         except ApiError as exc:
-            if exc.status >= 500 or exc.status in (401, 403):
-                raise
+            show_in_place(exc)
             return await self._collections_page(request, state, error=exc.detail, status_code=exc.status)
         return see_other(f"{PATH}/collections",
                          notice=f"run done: {len(out['created'])} collection(s) made from "
@@ -370,8 +374,7 @@ class ConsoleController(Controller):
             await _api(state).call(viewer.token, "POST", _service(service),
                                    f"/operations/dead-letters/{letter_id}/replay")
         except ApiError as exc:
-            if exc.status >= 500 and exc.status != 503 or exc.status in (401, 403):
-                raise
+            show_in_place(exc, unavailable=True)
             return see_other(f"{PATH}/dead-letters", error=f"{service} #{letter_id}: {exc.detail}")
         return see_other(f"{PATH}/dead-letters", notice=f"{service} dead letter #{letter_id} replayed")
 
@@ -383,8 +386,7 @@ class ConsoleController(Controller):
             await _api(state).call(viewer.token, "POST", _service(service),
                                    f"/operations/dead-letters/{letter_id}/discard", body={"note": data.get("note", "")})
         except ApiError as exc:
-            if exc.status >= 500 or exc.status in (401, 403):
-                raise
+            show_in_place(exc)
             return see_other(f"{PATH}/dead-letters", error=f"{service} #{letter_id}: {exc.detail}")
         return see_other(f"{PATH}/dead-letters", notice=f"{service} dead letter #{letter_id} discarded")
 
@@ -452,8 +454,7 @@ class ConsoleController(Controller):
         try:
             saved = await _api(state).call(viewer.token, "PUT", "router", "/config", body=change)
         except ApiError as exc:
-            if exc.status >= 500 or exc.status == 401:
-                raise
+            show_in_place(exc, forbidden=True)
             return await self._options_page(request, state, error=exc.detail, status_code=exc.status, form="mode")
         return see_other(f"{PATH}/me/options", notice=f"you are now {saved['payment_mode']}")
 
@@ -467,8 +468,7 @@ class ConsoleController(Controller):
             made = await _api(state).call(viewer.token, "POST", "external", "/connections", body=body,
                                           idempotency_key=data.get("idempotency_key") or None)
         except ApiError as exc:
-            if exc.status >= 500 or exc.status == 401:
-                raise
+            show_in_place(exc, forbidden=True)
             return await self._options_page(request, state, error=exc.detail, status_code=exc.status, form="connect")
         return see_other(f"{PATH}/me/options", notice=f"{made['processor']} connected ({made['status']})")
 
@@ -484,8 +484,7 @@ class ConsoleController(Controller):
             paid = await _api(state).call(viewer.token, "POST", "router", "/process", body=body,
                                           idempotency_key=data.get("idempotency_key") or None)
         except ApiError as exc:
-            if exc.status >= 500 or exc.status == 401:
-                raise
+            show_in_place(exc, forbidden=True)
             return await self._options_page(request, state, error=exc.detail, status_code=exc.status, form="pay")
         return see_other(f"{PATH}/me/options",
                          notice=f"{views.money(paid['amount'], paid['currency'])} {paid['status']} "

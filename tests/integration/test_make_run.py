@@ -62,16 +62,19 @@ def test_make_run_serves_routes_and_stops_cleanly(
         status, _, body = get(gateway + "/health/ready")
         assert (status, json.loads(body)) == (
             200,
-            dict.fromkeys(["router", "external", "collections", "analytics"], 200),
+            dict.fromkeys(["router", "external", "collections", "analytics", "console"], 200),
         )
 
         # Each prefix reaches its service: the answer is the service's own problem (granian's).
-        for prefix in PREFIXES:
+        for prefix in [p for p in PREFIXES if p != "/console"]:  # the console answers pages, below
             status, headers, body = get(f"{gateway}{prefix}/no-such-thing?probe=1")
             assert status in (401, 404), (prefix, status, body)
             assert headers.get("server") == "granian", (prefix, headers)
             assert headers["content-type"].startswith("application/problem+json")
             assert "hybrid-payments-gateway" in headers.get("via", "")
+        status, headers, body = get(gateway + "/console/login")
+        assert status == 200 and headers["content-type"].startswith("text/html"), (status, body[:300])
+        assert headers.get("server") == "granian" and "script-src 'self'" in headers["content-security-policy"]
         status, headers, body = get(gateway + "/api/v1/unknown")
         assert (status, json.loads(body)["code"]) == (404, "not_found")
         assert headers.get("server") == GATEWAY_NAME

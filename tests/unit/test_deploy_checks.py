@@ -292,8 +292,8 @@ def free_port() -> int:
 
 @pytest.fixture
 def running(nginx, tmp_path):
-    """nginx serving a copy of the config on loopback ports, in front of four stub services."""
-    stubs = {name: Stub(name) for name in SERVICES}
+    """nginx serving a copy of the config on loopback ports, in front of a stub per upstream."""
+    stubs = {name: Stub(name) for name in DEFAULT_PORTS}  # the four services and the console
     servers = {name: stub.start() for name, stub in stubs.items()}
     site = site_copy(tmp_path, NGINX_CONF.read_text())
     for name, port in DEFAULT_PORTS.items():  # the upstreams -> the stubs
