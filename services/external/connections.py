@@ -162,8 +162,10 @@ class ConnectionService:
             barber_id = principal.user_id
         async with self.rt.uow() as uow:
             rows = await store.list_connections(uow.session, barber_id=barber_id, cursor=cursor, limit=limit)
-        page, next_cursor = page_of(rows, limit, lambda r: (r.created_at, r.id))
-        return ConnectionPage(items=[self._out(r) for r in page], next_cursor=next_cursor)
+            page, next_cursor = page_of(rows, limit, lambda r: (r.created_at, r.id))
+            heard = await store.last_webhooks(uow.session, [r.id for r in page])
+        return ConnectionPage(items=[msgspec.structs.replace(self._out(r), last_webhook_at=heard.get(r.id))
+                                     for r in page], next_cursor=next_cursor)
 
     async def update(self, principal: Principal, connection_id: int, body: ConnectionUpdate) -> ConnectionOut:
         row = await self._own(principal, connection_id)

@@ -182,6 +182,20 @@ async def list_connections(session: AsyncSession, *, barber_id: int | None, curs
                                       .limit(limit + 1)), ConnectionRow)
 
 
+_LAST_WEBHOOKS = sa.text(f"""
+SELECT ids.id, (SELECT max(w.received_at) FROM {t.SCHEMA}.webhook_events w WHERE w.connection_id = ids.id)
+FROM unnest(CAST(:ids AS integer[])) AS ids(id)
+""")
+
+
+async def last_webhooks(session: AsyncSession, connection_ids: list[int]) -> dict[int, datetime]:
+    """The newest notice each connection received (one index probe each)."""
+    if not connection_ids:
+        return {}
+    rows = await session.execute(_LAST_WEBHOOKS, {"ids": connection_ids})
+    return {connection_id: at for connection_id, at in rows if at is not None}
+
+
 async def account_connections(session: AsyncSession, processor: str,
                               processor_account: str) -> list[ConnectionRow]:
     """Every connection (not disconnected) to one processor account, oldest first."""

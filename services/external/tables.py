@@ -158,6 +158,7 @@ webhook_events = sa.Table(
     # Per connection: two barbers may connect one processor account, and each endpoint must hear it.
     sa.UniqueConstraint("connection_id", "event_id", name="webhook_events_once_per_connection"),
     sa.Index("webhook_events_received", "received_at"),
+    sa.Index("webhook_events_connection_received", "connection_id", "received_at"),
 )
 
 # A payment nobody started, on a processor account more than one barber connected: whichever

@@ -114,6 +114,7 @@ class ConnectionOut(msgspec.Struct, kw_only=True):
     created_at: datetime
     updated_at: datetime
     version: int
+    last_webhook_at: datetime | None = None  # the newest notice received (in lists)
 
 
 class ConnectionPage(msgspec.Struct, kw_only=True):

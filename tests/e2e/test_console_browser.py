@@ -3,15 +3,14 @@
 
 Each test gets a new browser context in which every request to another origin is aborted and
 recorded (so a page that needs a CDN fails here), and page errors and console errors fail the test.
-A screenshot of each page visited goes to `.run/screenshots/`.
+A screenshot of each page visited goes to `.run/screenshots/`. The browser is one per test session
+(`tests/e2e/conftest.py`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import os
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,32 +30,10 @@ SHOTS = ROOT / ".run" / "screenshots"
 HP, EX, AN = "/api/v1/hybrid-payments", "/api/v1/external-payments", "/api/v1/unified-payment-analytics"
 
 
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path:
-        return path
-    message = "chromium not installed: apt-get install chromium (CI installs it)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def suite(service_env, tmp_path_factory):
     with make_run(service_env, tmp_path_factory.mktemp("console-browser")) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator:
-    executable = chromium()
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        # --no-sandbox: the test may run as root, where Chromium's sandbox refuses to start.
-        launched = await playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield launched
-        await launched.close()
 
 
 @dataclass

@@ -346,6 +346,8 @@ async def test_payments_taken_outside_us_arrive_by_webhook_even_out_of_order(htt
     assert all(n["processor"] == "stripe" and n["outcome"] for n in mine), mine
     status, _ = await call(http, "GET", f"{BASE}/webhook-events", barber(b))
     assert status == 403
+    status, listed = await call(http, "GET", f"{BASE}/connections?barber_id={b}", admin())
+    assert [c["last_webhook_at"] for c in listed["items"]] == [max(n["received_at"] for n in mine)]
 
 
 # ---- reconciliation -------------------------------------------------------------------------------

@@ -385,6 +385,7 @@ export interface components {
             id: number;
             last_sync_at: string | null;
             last_transaction_at: string | null;
+            last_webhook_at?: string | null;
             processing_fees: components["schemas"]["FeesOut"] | null;
             /** @enum {string} */
             processor: "stripe" | "square" | "paypal";
