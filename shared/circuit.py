@@ -47,6 +47,12 @@ class Circuit:
             self.trial_at = now
         return True
 
+    def state(self, now: float) -> str:
+        """closed, open (refusing calls) or half_open (the next call is a trial)."""
+        if self.opened_at is None:
+            return "closed"
+        return "open" if self.is_open(now) else "half_open"
+
     def record_success(self) -> None:
         self.failures = 0
         self.opened_at = None
@@ -75,6 +81,10 @@ class CircuitBoard:
 
     def open_names(self, now: float) -> frozenset[str]:
         return frozenset(name for name, c in self._circuits.items() if c.is_open(now))
+
+    def states(self, now: float) -> dict[str, tuple[str, int]]:
+        """Every circuit this process has seen: name -> (state, consecutive failures)."""
+        return {name: (c.state(now), c.failures) for name, c in self._circuits.items()}
 
     def open_connections(self, now: float) -> frozenset[int]:
         """The ids of barbers' connections whose circuits refuse calls now."""

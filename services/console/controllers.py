@@ -268,16 +268,19 @@ class ConsoleController(Controller):
         viewer = _operator(request)
         filters = views.clean_filters(request.query_params, ("barber_id",))
         api = _api(state)
-        listed, runs = await _gather(
+        listed, runs, circuits = await _gather(
             api.call(viewer.token, "GET", "external", "/connections",
                      params={**filters, "cursor": request.query_params.get("cursor"), "limit": 100}),
             api.call(viewer.token, "GET", "external", "/reconciliation-runs", params={"limit": 20}),
+            api.call(viewer.token, "GET", "router", "/circuits"),
         )
         if isinstance(listed, ApiError) and listed.status < 500 and listed.status not in (401, 403):
             return page("connections.html", viewer, status_code=listed.status, filters=filters, listed=None,
-                        runs=_ok(runs)["items"], error=listed.detail, notice=None, next_query=None)
+                        runs=_ok(runs)["items"], error=listed.detail, notice=None, next_query=None, circuits=None)
         listed = _ok(listed)
+        circuits = None if isinstance(circuits, ApiError) else circuits
         return page("connections.html", viewer, filters=filters, listed=listed, runs=_ok(runs)["items"], error=None,
+                    circuits=circuits, circuit_of=views.circuit_states(circuits),
                     notice=request.query_params.get("notice"),
                     next_query=urlencode({**filters, "cursor": listed["next_cursor"]}) if listed["next_cursor"] else None)
 

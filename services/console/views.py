@@ -160,3 +160,11 @@ def when(value: Any) -> str:
     if text.endswith("Z"):
         text = text[:-1]
     return text.split(".", 1)[0].split("+", 1)[0] + " UTC"
+
+
+def circuit_states(circuits: Mapping[str, Any] | None) -> dict[int, str]:
+    """connection id -> its breaker's state in the router process that answered ("closed" when it
+    has none: it never failed there)."""
+    if not circuits:
+        return {}
+    return {c["connection_id"]: c["state"] for c in circuits["items"] if c["connection_id"] is not None}

@@ -8,6 +8,8 @@ so concurrent first writes serialise on the version instead of failing on the un
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from datetime import UTC, datetime
 
@@ -20,6 +22,8 @@ from services.router.settings import RouterSettings
 from services.router.store import ConfigRow
 from services.router.wire import (
     ConfigOut,
+    CircuitOut,
+    CircuitsOut,
     ConfigPage,
     ConfigUpdate,
     MyOptions,
@@ -27,7 +31,7 @@ from services.router.wire import (
     config_rule_error,
 )
 from shared.auth import Principal
-from shared.circuit import CircuitBoard
+from shared.circuit import CircuitBoard, connection_circuit
 from shared.errors import ProblemError
 from shared.idempotency import Claim
 from shared.money import format_rate
@@ -115,6 +119,14 @@ class ConfigService:
         page, next_cursor = page_of(rows, limit, lambda row: (row.created_at, row.barber_id))
         return ConfigPage(items=[config_out(row, is_default=False) for row in page], next_cursor=next_cursor,
                           hybrid_payments_enabled=self.settings.hybrid_payments_enabled)
+
+    def circuit_states(self) -> CircuitsOut:
+        """This process's circuit breakers (kept per process: see CircuitsOut)."""
+        prefix = connection_circuit(0)[:-1]
+        return CircuitsOut(replica=f"{socket.gethostname()}:{os.getpid()}", items=[
+            CircuitOut(name=name, connection_id=int(name.removeprefix(prefix)) if name.startswith(prefix) else None,
+                       state=state, failures=failures)
+            for name, (state, failures) in sorted(self.circuits.states(time.monotonic()).items())])
 
     async def my_options(self, barber_id: int) -> MyOptions:
         context = await self.contexts.get(barber_id, fresh=True)

@@ -10,6 +10,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter, SkipV
 
 from services.router.usecases import RouterUseCases
 from services.router.wire import (
+    CircuitsOut,
     ConfigOut,
     ConfigPage,
     ConfigUpdate,
@@ -67,6 +68,11 @@ class HybridPaymentsController(Controller):
         the kill switch's state. Each change is in `/operations/audit?subject=barber:<id>`."""
         return await router.configs.list_configs(payment_mode=payment_mode, processor=processor,
                                                  fallback_enabled=fallback_enabled, cursor=cursor, limit=limit)
+
+    @get("/circuits", guards=admin_only)
+    async def circuits(self, router: Router) -> CircuitsOut:
+        """The circuit breakers of the router process that answered (each replica keeps its own)."""
+        return router.configs.circuit_states()
 
     @get("/config/{barber_id:int}", guards=admin_only)
     async def barber_config(self, barber_id: Id, router: Router) -> ConfigOut:

@@ -112,6 +112,21 @@ class ConfigPage(msgspec.Struct, kw_only=True):
     hybrid_payments_enabled: bool
 
 
+class CircuitOut(msgspec.Struct, kw_only=True):
+    name: str  # "platform" or "connection:<id>"
+    connection_id: int | None
+    state: Literal["closed", "open", "half_open"]
+    failures: int  # consecutive
+
+
+class CircuitsOut(msgspec.Struct, kw_only=True):
+    """The circuit breakers of the router process that answered (`replica`): each process keeps its
+    own, so with N replicas each may differ (a failing account opens them one by one)."""
+
+    replica: str
+    items: list[CircuitOut]
+
+
 class RouteIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     appointment_id: PositiveId
     amount: PlainDecimal

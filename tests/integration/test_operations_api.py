@@ -146,3 +146,16 @@ async def test_options_on_the_operator_endpoints_is_not_a_server_error(client) -
     for path in ("/status", "/audit", "/dead-letters", "/dead-letters/1/replay", "/dead-letters/1/discard"):
         response = await client.options(f"{OPS}{path}")
         assert response.status_code < 500, (path, response.status_code, response.text)
+
+
+async def test_the_circuits_of_the_answering_router_process(client, router_app) -> None:
+    board = router_app.state.router.configs.circuits  # this process's breakers
+    for _ in range(10):
+        board.circuit("connection:424242").record_failure(0.0)  # long ago: half-open by now
+    answer = await client.get(f"{BASE}/circuits", headers=admin())
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["replica"].endswith(f":{__import__('os').getpid()}")
+    mine = [c for c in body["items"] if c["connection_id"] == 424242]
+    assert mine == [{"name": "connection:424242", "connection_id": 424242, "state": "half_open", "failures": 10}]
+    assert (await client.get(f"{BASE}/circuits", headers=barber(1))).status_code == 403

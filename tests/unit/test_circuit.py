@@ -1,6 +1,6 @@
 """Circuit breaker state machine."""
 
-from shared.circuit import Circuit, CircuitBoard
+from shared.circuit import Circuit, CircuitBoard, connection_circuit
 
 
 def test_opens_after_threshold_and_half_opens_after_cool_down():
@@ -63,3 +63,16 @@ def test_circuits_are_per_account_and_the_platform_is_apart():
     assert board.open_connections(now=101) == frozenset({7})
     assert not board.circuit(connection_circuit(8)).is_open(now=101)
     assert not board.circuit(PLATFORM).is_open(now=101)
+
+
+def test_states_name_each_circuit_closed_open_or_half_open():
+    board = CircuitBoard(failure_threshold=2, reset_after=10.0)
+    board.circuit("platform").record_failure(0.0)  # one failure: still closed
+    broken = board.circuit(connection_circuit(7))
+    broken.record_failure(0.0)
+    broken.record_failure(1.0)
+    assert board.states(5.0) == {"platform": ("closed", 1), "connection:7": ("open", 2)}
+    assert board.states(11.0)["connection:7"] == ("half_open", 2)  # cooled down: the next call is a trial
+    assert broken.allow(11.0) and board.states(12.0)["connection:7"] == ("open", 2)  # the trial is out
+    broken.record_success()
+    assert board.states(12.0)["connection:7"] == ("closed", 0)
