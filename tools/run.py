@@ -566,6 +566,8 @@ class Suite:
             )
         gateway = next(c.url for c in self.children if c.name == "gateway")
         console.print(f"API docs: {gateway}/docs (each service's docs page and OpenAPI document)")
+        console.print(f"Console: {gateway}/console (sign in with a token below; as the operator: "
+                      f"{gateway}/console/?token=$ADMIN_TOKEN)")
         if self.tokens:
             console.print(f"ADMIN_TOKEN={self.tokens['admin_token']}   (admin {ADMIN_SUBJECT})")
             console.print(
