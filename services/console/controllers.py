@@ -21,7 +21,6 @@ from services.console import views
 from services.console.api import SERVICES, ApiError, ServiceApi, new_idempotency_key
 from services.console.session import (
     PATH,
-    SignInRequired,
     Viewer,
     WrongRole,
     cleared_cookie,
