@@ -245,6 +245,23 @@ class PlatformTables:
             sa.Column("after", JSONB),
             sa.Index("audit_log_subject", "subject", "id"),
         )
+        # What the replicas of one service agree on (migration v5, `create_replica_coordination_v5`).
+        self.rate_limits = sa.Table(
+            "rate_limits",
+            metadata,
+            sa.Column("key", sa.Text, primary_key=True),
+            sa.Column("tat", sa.Float(precision=53), nullable=False),
+            prefixes=["UNLOGGED"],
+        )
+        self.job_schedule = sa.Table(
+            "job_schedule",
+            metadata,
+            sa.Column("name", sa.Text, primary_key=True),
+            sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
+            sa.Column("runs", sa.BigInteger, nullable=False, server_default="0"),
+            sa.Column("last_started_at", sa.DateTime(timezone=True)),
+            sa.Column("last_holder", sa.Text),
+        )
 
 
 # ---- typed rows -------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import aiohttp
 import msgspec
 
 from shared.auth import issue_token
+from shared.balancing import Replicas
 from shared.errors import ProblemError
 from shared.requests import text
 
@@ -93,7 +94,7 @@ class InternalClient:
 
     def __init__(self, base_url: str, *, jwt_secret: str | None, service_token: str | None = None,
                  timeout: float = 30.0, service_user_id: int = 1) -> None:
-        self._base = base_url.rstrip("/")
+        self._replicas = Replicas(base_url)  # one URL, or the callee's replicas (comma separated)
         self._secret = jwt_secret
         self._static_token = service_token
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -118,19 +119,24 @@ class InternalClient:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         headers = {"Authorization": f"Bearer {self._token()}", "Content-Type": "application/json"}
         data = None if body is None else _encoder.encode(body)
-        try:
-            async with self._session.request(method, self._base + path, data=data, headers=headers) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except TimeoutError:
-            raise ProblemError(504, "upstream_timeout", f"{path}: the external service did not answer in time",
-                               unreachable=False) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise ProblemError(503, "upstream_unavailable", f"{path}: cannot reach the service: {type(exc).__name__}",
-                               unreachable=True) from None
-        except aiohttp.ClientError as exc:
-            raise ProblemError(502, "upstream_unavailable", f"{path}: the connection broke: {type(exc).__name__}",
-                               unreachable=False) from None
+        bases = self._replicas.order()
+        for attempt, base in enumerate(bases, 1):
+            try:
+                async with self._session.request(method, base + path, data=data, headers=headers) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+                break
+            except TimeoutError:
+                raise ProblemError(504, "upstream_timeout", f"{path}: the external service did not answer in time",
+                                   unreachable=False) from None
+            except aiohttp.ClientConnectorError as exc:
+                if attempt < len(bases):  # nothing was sent: the next replica may take it
+                    continue
+                raise ProblemError(503, "upstream_unavailable",
+                                   f"{path}: cannot reach the service: {type(exc).__name__}", unreachable=True) from None
+            except aiohttp.ClientError as exc:
+                raise ProblemError(502, "upstream_unavailable", f"{path}: the connection broke: {type(exc).__name__}",
+                                   unreachable=False) from None
         if status in (401, 403):  # our own token was refused: a deployment problem, not the caller's
             raise ProblemError(502, "upstream_misconfigured",
                                f"{path}: the service refused this service's token (check SERVICE_TOKEN / JWT_SECRET)")

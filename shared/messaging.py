@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import nats
 import structlog
@@ -30,6 +31,9 @@ class NatsLink:
         self.js: JetStreamContext | None = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task | None = None
+        # Called after the client reconnected: core NATS messages sent meanwhile were lost to this
+        # process (cache invalidation hints, for one), so listeners drop what those would have.
+        self.reconnect_listeners: list[Callable[[], None]] = []
 
     @property
     def connected(self) -> bool:
@@ -60,6 +64,7 @@ class NatsLink:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
                     error_cb=self._on_error,
+                    reconnected_cb=self._on_reconnected,
                 )
                 js = nc.jetstream(timeout=5)
                 await ensure_stream(js, self.stream, self.subject_prefix)
@@ -77,6 +82,11 @@ class NatsLink:
             self._ready.set()
             log.info("nats_connected", url=mask_url(self.url), stream=self.stream)
             return
+
+    async def _on_reconnected(self) -> None:
+        log.info("nats_reconnected", url=mask_url(self.url))
+        for listener in self.reconnect_listeners:
+            listener()
 
     async def _on_error(self, exc: Exception) -> None:
         log.warning("nats_error", error=str(exc) or type(exc).__name__)

@@ -236,3 +236,34 @@ def create_audit_log_v4(op, schema: str) -> None:
 
 def drop_audit_log_v4(op, schema: str) -> None:
     op.drop_table("audit_log", schema=schema)
+
+
+def create_replica_coordination_v5(op, schema: str) -> None:
+    """Every service: what replicas of one service must agree on, kept in its database.
+
+    `rate_limits`: one GCRA cell per caller (`tat`, the theoretical arrival time in epoch seconds),
+    shared by every replica (`shared.ratelimit`). UNLOGGED: no WAL for a counter that may be lost
+    (after a Postgres crash every caller simply starts with a full budget).
+    `job_schedule`: when each periodic job is next due and how often it ran, so N replicas run a
+    job once per interval, not N times (`shared.scheduler`)."""
+    op.create_table(
+        "rate_limits",
+        sa.Column("key", sa.Text, primary_key=True),
+        sa.Column("tat", sa.Float(precision=53), nullable=False),
+        schema=schema,
+        prefixes=["UNLOGGED"],
+    )
+    op.create_table(
+        "job_schedule",
+        sa.Column("name", sa.Text, primary_key=True),
+        sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("runs", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("last_started_at", sa.DateTime(timezone=True)),
+        sa.Column("last_holder", sa.Text),
+        schema=schema,
+    )
+
+
+def drop_replica_coordination_v5(op, schema: str) -> None:
+    op.drop_table("job_schedule", schema=schema)
+    op.drop_table("rate_limits", schema=schema)

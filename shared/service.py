@@ -40,7 +40,7 @@ from shared.observability import (
 )
 from shared.operations import operations_controller, pipeline_status
 from shared.outbox import OutboxRelay, UnitOfWork
-from shared.ratelimit import rate_limit_middleware
+from shared.ratelimit import SharedLimiter, rate_limit_middleware, rate_limit_sweep_sql
 from shared.requests import TYPE_DECODERS, ExactJSONRequest, PlainDecimalSchema
 from shared.scheduler import Job, SingletonJob
 
@@ -81,11 +81,14 @@ def consumer_of(service_name: str, spec: ConsumerSpec, link: NatsLink, unit_of_w
 
 @dataclass(frozen=True)
 class JobSpec:
-    """A periodic job a service runs in one replica at a time (see `shared.scheduler`)."""
+    """A periodic job a service runs (see `shared.scheduler`): once per interval across replicas,
+    or, with `once=False`, in every replica (refreshers of gauges that only read the database, so
+    every replica exports the same values)."""
 
     name: str
     interval: float
     job: Job
+    once: bool = True
 
 
 @dataclass
@@ -106,6 +109,9 @@ class ServiceRuntime:
         self.consumers: list[EventConsumer] = []
         self.jobs: dict[str, SingletonJob] = {}
         self.idempotency: IdempotencyStore | None = None
+        # Set when shutdown begins: readiness fails from then on, so a balancer stops sending here
+        # while in-flight work finishes (see "Running more than one of each" in the README).
+        self.draining = False
         self.link = NatsLink(
             self.settings.nats_url,
             stream=self.settings.event_stream,
@@ -131,9 +137,11 @@ class ServiceRuntime:
             consumer = consumer_of(self.settings.service_name, spec, self.link, self.uow)
             consumer.start()
             self.consumers.append(consumer)
-        for job_spec in [*self.job_specs, JobSpec("pipeline-metrics", 15.0, self.refresh_pipeline_metrics)]:
+        platform_jobs = [JobSpec("pipeline-metrics", 15.0, self.refresh_pipeline_metrics, once=False),
+                         JobSpec("rate-limit-sweep", 60.0, self.sweep_rate_limits)]
+        for job_spec in [*self.job_specs, *platform_jobs]:
             job = SingletonJob(f"{self.settings.service_name}-{job_spec.name}", job_spec.interval, job_spec.job,
-                               self.engine)
+                               self.engine, schema=self.metadata.schema, once=job_spec.once)
             self.jobs[job_spec.name] = job
             if self.start_jobs:
                 job.start()
@@ -152,9 +160,14 @@ class ServiceRuntime:
             if lag.reachable:
                 CONSUMER_LAG.labels(lag.consumer).set(lag.pending + lag.unacked)
 
+    async def sweep_rate_limits(self, now: Any = None) -> None:
+        """Forget the rate-limit cells of callers whose budget is full again (`shared.ratelimit`)."""
+        await self.hot_path.fetch_sql(rate_limit_sweep_sql(self.metadata.schema))
+
     async def stop(self) -> None:
         """Stop in dependency order; a step that hangs is logged and left behind, so shutdown
         always finishes (an orchestrator's SIGKILL would otherwise do it less politely)."""
+        self.draining = True
         steps = [(f"job {name}", job.stop()) for name, job in self.jobs.items()]
         steps += [(f"consumer {c.name}", c.stop()) for c in self.consumers]
         if self.relay is not None:
@@ -179,7 +192,7 @@ class ServiceRuntime:
             async with self.engine.connect() as conn:  # type: ignore[union-attr]
                 await conn.execute(sa.text("select 1"))
                 database = True
-        return {"database": database, "nats": await self.link.ping()}
+        return {"database": database, "nats": await self.link.ping(), "accepting": not self.draining}
 
 
 # How handlers ask for their service's runtime (it is wiring, not input: nothing to validate).
@@ -248,7 +261,8 @@ def build_app(
         middleware=[
             request_context_middleware(settings.service_name),
             auth_middleware(verifier, PUBLIC_PATHS),
-            rate_limit_middleware(settings.rate_limit_per_minute, key_func=rate_limit_key),
+            rate_limit_middleware(SharedLimiter(settings.rate_limit_per_minute, runtime, runtime.metadata.schema),
+                                  key_func=rate_limit_key),
         ],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         request_class=ExactJSONRequest,

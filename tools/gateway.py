@@ -22,7 +22,7 @@ import re
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -31,6 +31,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from shared.balancing import Replicas
 from shared.errors import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_BASE
 
 # Path prefix -> service; the same table as deploy/nginx/hybrid-payments.conf.
@@ -268,17 +269,20 @@ def _docs_index(services: list[str]) -> str:
 
 
 def create_gateway_app(
-    routes: dict[str, str],
+    routes: Mapping[str, str | Sequence[str]],
     *,
     prefixes: Mapping[str, str] = PREFIXES,
     timeout: float = 60.0,
     connect_timeout: float = 5.0,
     max_body: int = MAX_BODY,
 ) -> web.Application:
-    """`routes` maps a service name to its base URL (`{"router": "http://127.0.0.1:8001", ...}`);
+    """`routes` maps a service name to its base URL (`{"router": "http://127.0.0.1:8001", ...}`), or
+    to the base URLs of its replicas, which take requests in turn (round robin; a replica that
+    refuses the connection is skipped, which is safe for any method: nothing was sent);
     `prefixes` maps a path prefix to a service name. Longest prefix wins."""
+    replicas = {name: Replicas(bases) for name, bases in routes.items()}
     table = sorted(
-        ((p.rstrip("/"), routes[s]) for p, s in prefixes.items() if s in routes),
+        ((p.rstrip("/"), replicas[s]) for p, s in prefixes.items() if s in replicas),
         key=lambda item: -len(item[0]),
     )
     client_timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
@@ -295,14 +299,14 @@ def create_gateway_app(
             app[SESSION] = session
             yield
 
-    def upstream_for(path: str) -> str | None:
-        for prefix, base in table:
+    def upstream_for(path: str) -> Replicas | None:
+        for prefix, service in table:
             if path == prefix or path.startswith(prefix + "/"):
-                return base
+                return service
         return None
 
-    async def forward(request: web.Request, base: str, target: str) -> web.StreamResponse:
-        """Relay the request to `base` + `target` (an encoded path and query)."""
+    async def forward(request: web.Request, service: Replicas, target: str) -> web.StreamResponse:
+        """Relay the request to the next replica of `service` + `target` (an encoded path and query)."""
         if request.content_length is not None and request.content_length > max_body:
             # Refused before reading; a chunked body over the limit fails in read() instead.
             raise web.HTTPRequestEntityTooLarge(max_body, request.content_length)
@@ -314,34 +318,42 @@ def create_gateway_app(
         headers.setdefault("X-Forwarded-Host", request.host)
         headers.setdefault("X-Request-ID", uuid.uuid4().hex)
         body = await request.read()  # raw bytes: webhook signatures are computed over them
-        url = URL(base.rstrip("/") + target, encoded=True)
-        try:
-            async with request.app[SESSION].request(
-                request.method, url, headers=headers, data=body or None, allow_redirects=False
-            ) as upstream:
-                payload = await upstream.read()
-                response = web.Response(
-                    status=upstream.status,
-                    reason=upstream.reason,
-                    body=payload,
-                    headers=_forwardable(upstream.headers),
-                )
-                response[UPSTREAM_SERVER] = upstream.headers.get("Server", "")
-        except TimeoutError:  # before ClientError: ServerTimeoutError is both
-            return problem(504, detail=f"{base} did not answer in time")
-        except aiohttp.ClientError as exc:
-            return problem(502, detail=f"{base} unreachable: {type(exc).__name__}")
-        response.headers.add("Via", f"1.1 {GATEWAY_NAME}")
-        return response
+        bases = service.order()
+        for attempt, base in enumerate(bases, 1):
+            url = URL(base + target, encoded=True)
+            try:
+                async with request.app[SESSION].request(
+                    request.method, url, headers=headers, data=body or None, allow_redirects=False
+                ) as upstream:
+                    payload = await upstream.read()
+                    response = web.Response(
+                        status=upstream.status,
+                        reason=upstream.reason,
+                        body=payload,
+                        headers=_forwardable(upstream.headers),
+                    )
+                    response[UPSTREAM_SERVER] = upstream.headers.get("Server", "")
+            except aiohttp.ClientConnectorError as exc:
+                # No connection, so nothing was sent: the next replica may take it, whatever the method.
+                if attempt < len(bases):
+                    continue
+                return problem(502, detail=f"{service} unreachable: {type(exc).__name__}")
+            except TimeoutError:  # before ClientError: ServerTimeoutError is both
+                return problem(504, detail=f"{base} did not answer in time")
+            except aiohttp.ClientError as exc:
+                return problem(502, detail=f"{base} unreachable: {type(exc).__name__}")
+            response.headers.add("Via", f"1.1 {GATEWAY_NAME}")
+            return response
+        raise AssertionError("unreachable: a service has at least one replica")
 
     async def proxy(request: web.Request) -> web.StreamResponse:
-        base = upstream_for(request.path)
-        if base is None:
+        service = upstream_for(request.path)
+        if service is None:
             return problem(404, detail=f"no service serves {request.path}")
         # raw_path keeps the client's exact encoding of path and query.
-        return await forward(request, base, request.raw_path)
+        return await forward(request, service, request.raw_path)
 
-    documented = {name: base for name, base in routes.items() if name not in NO_DOCS}
+    documented = {name: service for name, service in replicas.items() if name not in NO_DOCS}
 
     async def docs_index(request: web.Request) -> web.Response:
         services = list(documented)
@@ -384,7 +396,7 @@ def create_gateway_app(
         target = f"{SCHEMA_PATH}/{quote(tail, safe='/')}"
         if request.rel_url.raw_query_string:
             target += "?" + request.rel_url.raw_query_string
-        return await forward(request, routes[name], target)
+        return await forward(request, replicas[name], target)
 
     async def schema(_: web.Request) -> web.StreamResponse:
         # Four services, four documents: the gateway has no /schema of its own; the index
@@ -403,9 +415,12 @@ def create_gateway_app(
             except (aiohttp.ClientError, TimeoutError):
                 return 0  # unreachable
 
-        statuses = await asyncio.gather(*(probe(base) for base in routes.values()))
-        checks = dict(zip(routes, statuses))
-        return web.json_response(checks, status=200 if all(s == 200 for s in statuses) else 503)
+        # Ready when every service has a ready replica; each replica's answer is listed.
+        probed = {name: await asyncio.gather(*(probe(b) for b in service.bases))
+                  for name, service in replicas.items()}
+        checks = {name: statuses[0] if len(statuses) == 1 else statuses for name, statuses in probed.items()}
+        ready = all(200 in statuses for statuses in probed.values())
+        return web.json_response(checks, status=200 if ready else 503)
 
     async def live(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -455,20 +470,23 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         default=[],
         metavar="NAME=URL",
-        help="override a service's base URL (default http://127.0.0.1:<NAME>_PORT)",
+        help="a service's base URL (default http://127.0.0.1:<NAME>_PORT); repeat the option, or "
+        "separate URLs by commas, for replicas taken in turn",
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="upstream timeout in seconds")
     parser.add_argument("--access-log", action="store_true", help="one line per request on stdout")
     args = parser.parse_args(argv)
-    routes = default_routes()
+    routes: dict[str, list[str]] = {name: [url] for name, url in default_routes().items()}
+    given: dict[str, list[str]] = {}
     for item in args.upstream:
         name, _, url = item.partition("=")
         if name not in routes or not url:
-            parser.error(f"--upstream: expected one of {', '.join(routes)}=URL, got {item!r}")
-        routes[name] = url
+            parser.error(f"--upstream: expected one of {', '.join(routes)}=URL[,URL...], got {item!r}")
+        given.setdefault(name, []).extend(u for u in url.split(",") if u)
+    routes.update(given)
     print(
         f"gateway listening on http://{args.host}:{args.port} -> "
-        + ", ".join(f"{n} {u}" for n, u in routes.items())
+        + ", ".join(f"{n} {' '.join(u)}" for n, u in routes.items())
         + f"; API docs on http://{args.host}:{args.port}{DOCS_PATH}",
         flush=True,
     )

@@ -139,6 +139,13 @@ class Child:
     proc: subprocess.Popen
     log: Path
     url: str
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    # A service replica is restarted when it dies (as systemd's Restart= or a k8s Deployment
+    # would); anything else (gateway, simulators) dying ends the run.
+    restart: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+    quick_exits: int = 0
 
     def signal_group(self, sig: int) -> None:
         # Each child leads its own process group, so its workers go with it.
@@ -147,12 +154,17 @@ class Child:
 
 
 def spawn(
-    children: list[Child], name: str, args: list[str], env: dict[str, str], logs: Path, url: str
+    children: list[Child], name: str, args: list[str], env: dict[str, str], logs: Path, url: str,
+    *, restart: bool = False,
 ) -> None:
     """Start `python -m *args` in its own session, output to logs/<name>.log, and record it."""
     log = logs / f"{name}.log"
-    with open(log, "wb") as out, deferred():
-        proc = subprocess.Popen(
+    children.append(Child(name, _popen(args, env, log, "wb"), log, url, args, env, restart))
+
+
+def _popen(args: list[str], env: dict[str, str], log: Path, mode: str) -> subprocess.Popen:
+    with open(log, mode) as out, deferred():
+        return subprocess.Popen(
             [sys.executable, "-m", *args],
             cwd=ROOT,
             env=env,
@@ -160,10 +172,30 @@ def spawn(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            # Safe here: every child is spawned before the log follower thread starts.
+            # Safe: Popen forks with the GIL held; the hook only calls prctl.
             preexec_fn=_child_setup,  # noqa: PLW1509
         )
-        children.append(Child(name, proc, log, url))
+
+
+# A replica that dies this soon after its start, this many times in a row, is crash-looping: the
+# run stops and says why, rather than restarting it forever.
+QUICK_EXIT_SECONDS = 10.0
+QUICK_EXITS_ALLOWED = 3
+
+
+def restart(child: Child) -> None:
+    """Start a dead service replica again on its port (its log goes on in the same file)."""
+    child.quick_exits = child.quick_exits + 1 if time.monotonic() - child.started_at < QUICK_EXIT_SECONDS else 0
+    if child.quick_exits >= QUICK_EXITS_ALLOWED:
+        raise Failure(
+            f"{child.name} keeps exiting (code {child.proc.returncode}, {QUICK_EXITS_ALLOWED} times within "
+            f"{QUICK_EXIT_SECONDS:.0f} s of its start). Last lines of {child.log}:\n{tail(child.log)}"
+        )
+    child.signal_group(signal.SIGKILL)  # whatever is left of its group (its workers)
+    with open(child.log, "ab") as out:
+        out.write(f"\n--- make run: exited with code {child.proc.returncode}; restarting ---\n".encode())
+    child.proc = _popen(child.args, child.env, child.log, "ab")
+    child.started_at = time.monotonic()
 
 
 def stop_children(children: list[Child], grace: float = 5.0) -> None:
@@ -242,6 +274,32 @@ def setting(config: dict[str, str], name: str, default: int) -> int:
     if not 0 <= port <= 65535:
         raise Failure(f"{name}: expected a port number, got {raw!r}")
     return port or free_port()
+
+
+def replica_ports(config: dict[str, str], name: str, default: int, replicas: int) -> list[int]:
+    """Ports of a service's replicas: `<NAME>_PORT` as a comma list, one per replica, or one port
+    whose replicas follow it 100 apart (8001, 8101, ...; 0 anywhere: free ports)."""
+    var = f"{name.upper()}_PORT"
+    raw = [p.strip() for p in (config.get(var) or str(default)).split(",") if p.strip()]
+    if len(raw) > 1:
+        if len(raw) != replicas:
+            raise Failure(f"{var}: {len(raw)} ports for REPLICAS={replicas}")
+        return [setting({var: p}, var, default) for p in raw]
+    first = setting({var: raw[0] if raw else ""}, var, default)
+    step = 0 if raw and raw[0] == "0" else 100
+    return [first] + [(first + step * k) if step else free_port() for k in range(1, replicas)]
+
+
+def replica_name(name: str, k: int) -> str:
+    """`router`, then `router-2`, `router-3`, ...: one replica keeps the plain names."""
+    return name if k == 1 else f"{name}-{k}"
+
+
+def replica_count(config: dict[str, str]) -> int:
+    raw = config.get("REPLICAS") or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= 16:
+        raise Failure(f"REPLICAS: expected a whole number from 1 to 16, got {raw!r}")
+    return int(raw)
 
 
 def default_workers(cores: int | None = None) -> int:
@@ -349,14 +407,15 @@ class Suite:
         self.generated_secret: str | None = None
         self.database_url = ""
         self.workers = "1"
+        self.replicas = 1
 
     def start(self) -> None:
         config, host = self.config, self.host
         gateway_port = setting(config, "GATEWAY_PORT", 8000)
-        ports = {
-            name: setting(config, f"{name.upper()}_PORT", port) for name, port in SERVICES.items()
-        }
-        console_port = setting(config, "CONSOLE_PORT", CONSOLE_PORT)
+        self.replicas = replicas = replica_count(config)
+        # Each service's replicas: name -> ports, one per replica.
+        ports = {name: replica_ports(config, name, port, replicas) for name, port in SERVICES.items()}
+        console_ports = replica_ports(config, "console", CONSOLE_PORT, replicas)
         sims = []
         for sim in SIMULATORS:
             if config.get(sim.base_var):
@@ -368,7 +427,9 @@ class Suite:
                 )
                 continue
             sims.append((sim, setting(config, f"{sim.name.upper()}_SIM_PORT", sim.port)))
-        for name, port in [("gateway", gateway_port), *ports.items(), ("console", console_port)]:
+        for name, port in [("gateway", gateway_port),
+                           *((replica_name(n, k), p) for n, ps in [*ports.items(), ("console", console_ports)]
+                             for k, p in enumerate(ps, 1))]:
             ensure_free(host, port, name)
         for sim, port in sims:
             ensure_free("127.0.0.1", port, f"{sim.name} simulator")
@@ -397,8 +458,9 @@ class Suite:
             "NATS_URL": self.infra.nats_url,
             "HOST": host,
             "LOG_JSON": config.get("LOG_JSON", "false"),  # readable console lines
+            # The router calls external's internal API, taking its replicas in turn (shared.balancing).
             "EXTERNAL_SERVICE_URL": config.get(
-                "EXTERNAL_SERVICE_URL", f"http://127.0.0.1:{ports['external']}"
+                "EXTERNAL_SERVICE_URL", ",".join(f"http://127.0.0.1:{p}" for p in ports["external"])
             ),
             "WEBHOOK_BASE_URL": config.get("WEBHOOK_BASE_URL", f"http://127.0.0.1:{gateway_port}"),
             "WEB_CONCURRENCY": config.get("WEB_CONCURRENCY") or str(default_workers()),
@@ -425,27 +487,35 @@ class Suite:
                 logs,
                 env[sim.base_var],
             )
-        for name, port in ports.items():
+        for name, replica_ports_ in ports.items():
+            for k, port in enumerate(replica_ports_, 1):
+                spawn(
+                    self.children,
+                    replica_name(name, k),
+                    [f"services.{name}"],
+                    {**env, "PORT": str(port)},
+                    logs,
+                    f"http://{_dial(host)}:{port}",
+                    restart=True,
+                )
+        # The console calls the services with the signed-in user's token: directly, or through the
+        # gateway when there are replicas to balance.
+        service_urls = {
+            f"{n.upper()}_URL": f"http://{_dial(host)}:{ps[0]}" if replicas == 1 else f"http://{_dial(host)}:{gateway_port}"
+            for n, ps in ports.items()
+        }
+        for k, port in enumerate(console_ports, 1):
             spawn(
                 self.children,
-                name,
-                [f"services.{name}"],
-                {**env, "PORT": str(port)},
+                replica_name("console", k),
+                ["services.console"],
+                {**env, "PORT": str(port), **service_urls},
                 logs,
                 f"http://{_dial(host)}:{port}",
+                restart=True,
             )
-        # The console calls the services directly, with the signed-in user's token.
-        spawn(
-            self.children,
-            "console",
-            ["services.console"],
-            {**env, "PORT": str(console_port),
-             **{f"{n.upper()}_URL": f"http://{_dial(host)}:{p}" for n, p in ports.items()}},
-            logs,
-            f"http://{_dial(host)}:{console_port}",
-        )
-        upstreams = [f"--upstream={n}=http://{_dial(host)}:{p}"
-                     for n, p in [*ports.items(), ("console", console_port)]]
+        upstreams = [f"--upstream={n}=" + ",".join(f"http://{_dial(host)}:{p}" for p in ps)
+                     for n, ps in [*ports.items(), ("console", console_ports)]]
         spawn(
             self.children,
             "gateway",
@@ -462,7 +532,7 @@ class Suite:
             logs,
             f"http://{_dial(host)}:{gateway_port}",
         )
-        checks = {name: "/health/ready" for name in [*ports, "console"]} | {"gateway": "/health/live"}
+        checks = {c.name: "/health/ready" for c in self.children if c.restart} | {"gateway": "/health/live"}
         wait_ready(self.children, checks, float(config.get("RUN_READY_TIMEOUT", "30")))
 
         secret = self.generated_secret or config.get("JWT_SECRET")
@@ -496,11 +566,16 @@ class Suite:
     def watch(self) -> None:
         while True:
             for child in self.children:
-                if child.proc.poll() is not None:
+                if child.proc.poll() is None:
+                    continue
+                if not child.restart:
                     raise Failure(
                         f"{child.name} exited unexpectedly with code {child.proc.returncode}. "
                         f"Last lines of {child.log}:\n{tail(child.log)}"
                     )
+                console.print(f"[yellow]{child.name} exited with code {child.proc.returncode}; restarting[/]")
+                restart(child)
+                self.write_state()
             time.sleep(0.2)
 
     def stop(self) -> None:
@@ -524,6 +599,7 @@ class Suite:
                     "database_url": self.database_url,
                     "nats_url": infra.nats_url,
                     "workers_per_service": int(self.workers),
+                    "replicas": self.replicas,
                     # The services' stream and subject prefix, so operator tools write and look where they do.
                     "event_stream": self.config.get("EVENT_STREAM") or "PAYMENTS",
                     "event_subject_prefix": self.config.get("EVENT_SUBJECT_PREFIX", ""),
@@ -555,7 +631,8 @@ class Suite:
         for child in self.children:
             table.add_row(child.name, child.url, str(child.proc.pid), os.path.relpath(child.log))
         console.print(table)
-        console.print(f"Workers per service: {self.workers} (WEB_CONCURRENCY; default a quarter of the cores)")
+        console.print(f"Replicas per service: {self.replicas} (REPLICAS; the gateway takes them in turn); "
+                      f"workers per replica: {self.workers} (WEB_CONCURRENCY; default a quarter of the cores)")
         console.print(
             f"Logs go to {self.run_dir / 'logs'}/<name>.log; new lines are echoed below, prefixed "
             f"with the name (RUN_FOLLOW_LOGS=0 turns that off). State: {self.state_file}"
@@ -593,8 +670,12 @@ environment (also read from .env; the environment wins):
   RUN_DIR                     state (run.json), logs/ and embedded data (default .run)
   HOST                        bind address of the services, gateway (default 127.0.0.1)
   GATEWAY_PORT                8000; ROUTER_PORT 8001, EXTERNAL_PORT 8002, COLLECTIONS_PORT 8003,
-                              ANALYTICS_PORT 8004; STRIPE_SIM_PORT 12111, SQUARE_SIM_PORT 12112,
-                              PAYPAL_SIM_PORT 12113 (0 anywhere: a free port)
+                              ANALYTICS_PORT 8004, CONSOLE_PORT 8005; STRIPE_SIM_PORT 12111,
+                              SQUARE_SIM_PORT 12112, PAYPAL_SIM_PORT 12113 (0 anywhere: a free port)
+  REPLICAS                    processes of each service (and of the console), default 1; replica k
+                              listens 100*(k-1) above its service's port (or give <NAME>_PORT as a
+                              comma list); the gateway takes them in turn; a replica that dies is
+                              restarted (the run stops if one keeps dying within 10 s of its start)
   STRIPE_API_BASE, SQUARE_API_BASE, PAYPAL_API_BASE
                               set one to use that API instead of its simulator
   STRIPE_SECRET_KEY           default sk_test_sandbox with the simulator

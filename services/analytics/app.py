@@ -34,7 +34,7 @@ def create_app(settings: settings_module.AnalyticsSettings | None = None, *,
         ConsumerSpec("collections-due", ["collection.due"], projections.apply_collection_due),
         ConsumerSpec("collections-settled", ["collection.settled"], projections.apply_collection_settled),
     ]
-    runtime.job_specs = [JobSpec("metrics", settings.analytics_metrics_interval, reports.refresh_metrics)]
+    runtime.job_specs = [JobSpec("metrics", settings.analytics_metrics_interval, reports.refresh_metrics, once=False)]
     app = build_app(
         settings=settings,
         runtime=runtime,

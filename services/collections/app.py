@@ -47,7 +47,7 @@ def create_app(settings: settings_module.CollectionsSettings | None = None, *,
         JobSpec("aggregation", settings.collection_run_interval, collections.aggregation.scheduled_run),
         JobSpec("dunning", settings.dunning_interval, collections.collecting.dunning),
         JobSpec("pending-sweeper", settings.sweep_interval, collections.collecting.sweep_pending),
-        JobSpec("metrics", 15.0, collections.lookups.refresh_metrics),
+        JobSpec("metrics", 15.0, collections.lookups.refresh_metrics, once=False),
     ]
 
     @contextlib.asynccontextmanager

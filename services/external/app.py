@@ -63,6 +63,8 @@ def create_app(settings: settings_module.ExternalSettings | None = None) -> Lite
         JobSpec("reconciliation", settings.reconcile_interval, external.reconciliation.scheduled),
         JobSpec("republish-connections", 300.0, external.connections.republish),
         JobSpec("connection-totals", settings.stats_interval, external.connections.refresh_totals),
+        JobSpec("integrity-gauges", settings.stats_interval, external.connections.refresh_integrity_gauges,
+                once=False),
     ]
 
     @contextlib.asynccontextmanager

@@ -244,17 +244,21 @@ class ConnectionService:
         return self._out(row)
 
     async def refresh_totals(self, now: datetime) -> int:
-        """The seed's per-connection counters, and the integrity gauges (double charges to refund,
-        payments waiting for attribution), from the tables: the same whichever replica is scraped."""
+        """The seed's per-connection counters (a write: once per interval across replicas)."""
         async with self.rt.uow() as uow:
             count = await store.refresh_connection_totals(uow.session)
-            integrity = {r.processor: r for r in await store.integrity_counts(uow.session)}
             await uow.commit()
+        return count
+
+    async def refresh_integrity_gauges(self, now: datetime) -> None:
+        """The integrity gauges (double charges to refund, payments waiting for attribution), read
+        from the tables by every replica: the same whichever replica is scraped."""
+        async with self.rt.uow() as uow:
+            integrity = {r.processor: r for r in await store.integrity_counts(uow.session)}
         for processor in PROCESSOR_NAMES:
             found = integrity.get(processor)
             DOUBLE_CHARGES.labels(processor).set(found.double_charges if found else 0)
             UNATTRIBUTED_PAYMENTS.labels(processor).set(found.unattributed if found else 0)
-        return count
 
     async def republish(self, now: datetime) -> int:
         """Tell the others again about every connection whose published status is stale (a processor

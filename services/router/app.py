@@ -84,7 +84,7 @@ def create_app(settings: settings_module.RouterSettings | None = None, *,
             await runtime.link.wait_ready()
             nc = runtime.link.nc
             subscriptions.append(await nc.subscribe(settings.event_subject_prefix + "config.changed", cb=drop_config))
-            subscriptions.append(await nc.subscribe(router.connections.invalidation_subject, cb=drop_barber))
+            subscriptions.append(await nc.subscribe(contexts.invalidation_subject, cb=drop_barber))
 
         task = asyncio.create_task(subscribe())
         try:

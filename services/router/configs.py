@@ -108,7 +108,7 @@ class ConfigService:
             if claim:
                 claim.record(uow, 200, out)
             await uow.commit()
-        self.contexts.invalidate(barber_id)
+        await self.contexts.changed(barber_id)  # in every replica, before the change is answered
         return out
 
     async def list_configs(self, *, payment_mode: str | None, processor: str | None,

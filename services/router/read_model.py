@@ -46,16 +46,5 @@ class ConnectionReadModel:
             "version": data.connection_version,
             "updated_at": datetime.now(UTC),
         })
-        uow.after_commit(lambda: self.connections_changed(data.barber_id))
-
-    def connections_changed(self, barber_id: int) -> None:
-        """Drop the barber's cached context here and, over core NATS, in every other replica."""
-        self.contexts.invalidate(barber_id)
-        nc = self.rt.link.nc
-        if nc is not None and nc.is_connected:
-            asyncio.ensure_future(nc.publish(self.invalidation_subject, str(barber_id).encode()))
-
-    @property
-    def invalidation_subject(self) -> str:
-        # Core NATS, outside the PAYMENTS stream: a hint between replicas, not a recorded event.
-        return f"{self.settings.event_subject_prefix}router.cache.invalidate"
+        # Dropped here and, over core NATS, in every other replica (`BarberContexts.changed`).
+        uow.after_commit(lambda: asyncio.ensure_future(self.contexts.changed(data.barber_id)))

@@ -35,10 +35,12 @@ from shared.idempotency import Claim
 from shared.money import format_amount, format_rate
 from shared.service import ServiceRuntime
 
-# How long a barber's config and connections are served from memory. Changes made through this
-# process, and every replica's config/connection events on NATS, invalidate at once; the TTL only
-# bounds staleness if such a message is lost. Jittered so entries do not all expire together.
+# How long a barber's config and connections are served from memory. A change made through any
+# replica drops the entry in every replica before the change is answered (`BarberContexts.changed`);
+# the TTL only bounds staleness if such a hint is lost. Jittered so entries do not all expire together.
 CACHE_TTL = 60.0
+# How long a writer waits for NATS to take its invalidation hint before answering anyway.
+HINT_TIMEOUT = 0.5
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,26 @@ class BarberContext:
 
 
 class BarberContexts:
-    """Each barber's effective config and connections, cached per process."""
+    """Each barber's effective config and connections, cached per process.
+
+    With N replicas: a change is committed, then `changed()` drops the entry here and publishes a
+    hint on core NATS (`invalidation_subject`) that every replica's subscription turns into
+    `invalidate()`; the writer answers only after the NATS server has the hint (a flush), so a
+    client that saw the change answered cannot reach a replica that has not been told, short of
+    that replica's own NATS link being behind. A load that raced an invalidation is not cached (the
+    generation check), and a reconnected NATS link drops everything (hints may have been missed)."""
 
     def __init__(self, runtime: ServiceRuntime, settings: RouterSettings) -> None:
         self.rt = runtime
         self.settings = settings
         self._cache: dict[int, tuple[float, BarberContext]] = {}
+        self._generation = 0
+        runtime.link.reconnect_listeners.append(lambda: self.invalidate(None))
+
+    @property
+    def invalidation_subject(self) -> str:
+        # Core NATS, outside the PAYMENTS stream: a hint between replicas, not a recorded event.
+        return f"{self.settings.event_subject_prefix}router.cache.invalidate"
 
     def defaults_row(self, barber_id: int) -> ConfigRow:
         return default_config_row(self.settings, barber_id)
@@ -65,19 +81,35 @@ class BarberContexts:
         cached = self._cache.get(barber_id)
         if cached is not None and cached[0] > now and not fresh:
             return cached[1]
+        generation = self._generation
         async with self.rt.uow() as uow:
             row = await store.load_config(uow.session, barber_id)
             connections = await store.load_connections(uow.session, barber_id)
         context = BarberContext(config_of(row, self.defaults_row(barber_id)), row,
                                 tuple(connection_of(c) for c in connections), tuple(connections))
-        self._cache[barber_id] = (now + CACHE_TTL * random.uniform(0.8, 1.0), context)
+        if generation == self._generation:  # else an invalidation came while loading: it may be stale
+            self._cache[barber_id] = (now + CACHE_TTL * random.uniform(0.8, 1.0), context)
         return context
 
     def invalidate(self, barber_id: int | None) -> None:
+        self._generation += 1
         if barber_id is None:
             self._cache.clear()
         else:
             self._cache.pop(barber_id, None)
+
+    async def changed(self, barber_id: int) -> None:
+        """After a change to the barber's config or connections committed: drop the entry here and
+        in every other replica, waiting (briefly) until NATS has the hint."""
+        self.invalidate(barber_id)
+        nc = self.rt.link.nc
+        if nc is None or not nc.is_connected:
+            return  # the others reconnect later and drop everything then, or the TTL ends it
+        try:
+            await nc.publish(self.invalidation_subject, str(barber_id).encode())
+            await nc.flush(timeout=HINT_TIMEOUT)
+        except Exception:  # answered anyway: the change is committed; the TTL bounds the staleness
+            pass
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ class RouterSettings(PlatformStripeSettings, kw_only=True, frozen=True):
     # once nobody has touched them for this many seconds; it runs every `sweep_interval` seconds.
     pending_sweep_after: Annotated[float, msgspec.Meta(ge=1)] = 300.0
     sweep_interval: Annotated[float, msgspec.Meta(gt=0)] = 60.0
-    # Where the external service answers internal calls (external charges and refunds), and how
+    # Where the external service answers internal calls (external charges and refunds; a comma
+    # list names its replicas, taken in turn: shared.balancing), and how
     # long to wait for it (it waits up to its own PROCESSOR_TIMEOUT for the barber's processor).
     external_service_url: str = "http://127.0.0.1:8002"
     external_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 30.0

@@ -80,6 +80,8 @@ def make_app(settings: RouterSettings):
 @pytest.fixture
 async def client(make_settings, platform_engine):
     settings = make_settings(RouterSettings, rate_limit_per_minute=20, log_level="error")
+    async with platform_engine.begin() as conn:  # the budgets are in the database: each test starts afresh
+        await conn.execute(PlatformTables(metadata).rate_limits.delete())
     async with AsyncTestClient(make_app(settings)) as test_client:
         yield test_client
 
@@ -237,7 +239,7 @@ async def test_rate_limit_is_per_caller_and_spares_admins(client):
 async def test_health_metrics_and_openapi(client):
     assert (await client.get("/health/live")).json() == {"status": "ok"}
     ready = await client.get("/health/ready")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"database": True, "nats": True}
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": True, "nats": True, "accepting": True}
     await client.post("/api/v1/admin-only", headers=auth("1000", "admin"))
     metrics = (await client.get("/metrics")).text
     assert 'http_request_duration_seconds_count{method="POST",route="/api/v1/admin-only"' in metrics
@@ -251,4 +253,4 @@ async def test_ready_is_503_while_nats_is_unreachable(make_settings, platform_en
     async with AsyncTestClient(make_app(settings)) as test_client:
         assert (await test_client.get("/health/live")).status_code == 200
         body = assert_problem(await test_client.get("/health/ready"), 503, "not_ready")
-        assert body["checks"] == {"database": True, "nats": False}
+        assert body["checks"] == {"database": True, "nats": False, "accepting": True}

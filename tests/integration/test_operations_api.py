@@ -134,7 +134,7 @@ async def test_a_dead_letter_is_replayed_on_nats_or_discarded_and_both_are_audit
 
 async def test_the_pipeline_status_names_every_consumer(client) -> None:
     status = (await client.get(f"{OPS}/status", headers=admin())).json()
-    assert status["service"] == "router" and status["ready"] == {"database": True, "nats": True}
+    assert status["service"] == "router" and status["ready"] == {"database": True, "nats": True, "accepting": True}
     assert [c["consumer"] for c in status["consumers"]] == ["router-connections"]
     assert status["outbox_backlog"] >= 0 and status["dead_letters_waiting"] >= 0
     assert (await client.get(f"{OPS}/status", headers=barber(1))).status_code == 403
