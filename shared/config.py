@@ -49,6 +49,9 @@ class BaseSettings(msgspec.Struct, kw_only=True, frozen=True):
     log_level: LogLevel = "info"
     log_json: bool = True
     rate_limit_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 600
+    # Seconds after which a request still "in progress" under an Idempotency-Key is taken to have
+    # died with its process (SIGKILL, OOM) and a retry with the same key may run it again.
+    idempotency_claim_timeout: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0
     max_payment_amount: Decimal = Decimal("100000.00")
     # How often the outbox relay looks for events without being woken (seconds): a safety net, for
     # every commit that writes outbox rows notifies the relay (LISTEN/NOTIFY).

@@ -3,9 +3,10 @@
 A key is claimed in its own short transaction (so a concurrent duplicate sees it in flight
 and gets 409), or, for an action run with `deferred=True`, in that action's own first statement
 (the router's route-and-pay claims the key, records the route and opens the attempt in one).
-The handler's own unit of work stores the response in the same transaction as its effect, so "done" and "answer remembered" commit together. 4xx answers are
-remembered too; a 5xx (or a crash) releases the key so the retry runs again — safe, because
-processor calls below carry idempotency keys derived from ours.
+The handler's own unit of work stores the response in the same transaction as its effect, so "done"
+and "answer remembered" commit together. 4xx answers are remembered too, except those that ask
+to retry later (with Retry-After); a 5xx (or a crash) releases the key so the retry runs again —
+safe, because processor calls below carry idempotency keys derived from ours.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from shared.outbox import UnitOfWork
 HEADER = "Idempotency-Key"
 REPLAY_HEADER = "Idempotent-Replayed"
 KEY_TTL = timedelta(hours=24)
-# An in-flight claim older than this is treated as abandoned (its process died) and taken over.
+# An in-flight claim older than this is treated as abandoned (its process died) and taken over
+# (IDEMPOTENCY_CLAIM_TIMEOUT).
 STALE_CLAIM = timedelta(seconds=60)
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
@@ -83,8 +85,10 @@ def fingerprint(method: str, path: str, body: Any) -> str:
 
 
 class IdempotencyStore:
-    def __init__(self, sessions: async_sessionmaker, tables: PlatformTables, hot: HotPath | None = None) -> None:
+    def __init__(self, sessions: async_sessionmaker, tables: PlatformTables, hot: HotPath | None = None,
+                 *, stale_claim: timedelta = STALE_CLAIM) -> None:
         self._sessions = sessions
+        self._stale_claim = stale_claim
         self._table = tables.idempotency_keys
         self._hot = hot
         # A new key (the common case) is claimed by this one autocommit statement on the hot-path
@@ -122,7 +126,7 @@ class IdempotencyStore:
                 )
             if row.state == "completed":
                 return Replay(row.response_status, row.response_body, row.response_media_type)
-            if row.locked_at > now - STALE_CLAIM:
+            if row.locked_at > now - self._stale_claim:
                 raise ProblemError(
                     409, "idempotency_in_progress",
                     f"a request with {HEADER} {key!r} is still in progress; retry later",
@@ -251,7 +255,9 @@ async def _run_claimed(store: IdempotencyStore, claim: Claim, action: Callable[[
             raise RuntimeError("an action raised ClaimTaken for a claim it held") from None
         raise
     except ProblemError as problem:
-        if problem.status < 500:
+        # A 4xx is the request's answer, remembered; a 5xx, or a 4xx that asks to come back later
+        # (Retry-After: the route is being paid by another attempt), is not: the retry runs again.
+        if problem.status < 500 and "Retry-After" not in problem.headers:
             await store.save(claim, problem.status, problem.to_dict(), PROBLEM_MEDIA_TYPE)
         else:
             await store.release(claim)

@@ -125,6 +125,7 @@ class InternalClient:
                 async with self._session.request(method, base + path, data=data, headers=headers) as resp:
                     raw = await resp.read()
                     status = resp.status
+                    retry_after = resp.headers.get("Retry-After")
                 break
             except TimeoutError:
                 raise ProblemError(504, "upstream_timeout", f"{path}: the external service did not answer in time",
@@ -148,5 +149,8 @@ class InternalClient:
                     problem.pop(name, None)
             except (msgspec.DecodeError, AttributeError):
                 code, detail, problem = "upstream_error", raw[:200].decode(errors="replace"), {}
-            raise ProblemError(status, code, detail, **problem)
+            # Retry-After passes on: "come back later" stays that for the caller's caller (and is not
+            # remembered as the answer of its Idempotency-Key).
+            raise ProblemError(status, code, detail, headers={"Retry-After": retry_after} if retry_after else None,
+                               **problem)
         return msgspec.json.decode(raw, type=result) if result is not None else msgspec.json.decode(raw)

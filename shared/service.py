@@ -12,6 +12,7 @@ import contextlib
 import gc
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -125,7 +126,9 @@ class ServiceRuntime:
         self.sessions = session_factory(self.engine)
         self.hot_path = HotPath(self.settings)
         await self.hot_path.start()
-        self.idempotency = IdempotencyStore(self.sessions, self.tables, self.hot_path)
+        self.idempotency = IdempotencyStore(
+            self.sessions, self.tables, self.hot_path,
+            stale_claim=timedelta(seconds=self.settings.idempotency_claim_timeout))
         self.relay = OutboxRelay(
             self.sessions, self.tables, self.link, poll_interval=self.settings.outbox_poll_interval,
             dsn=self.hot_path.dsn,

@@ -76,13 +76,22 @@ class MakeRun:
     def printed(self) -> str:
         return self.output.read_text(errors="replace")
 
+    def current_state(self) -> dict:
+        """run.json as it is now (`make run` rewrites it when it restarts a dead replica)."""
+        return json.loads((self.run_dir / "run.json").read_text())
+
 
 @contextlib.contextmanager
-def make_run(service_env: dict[str, str], tmp_path: Path) -> Iterator[MakeRun]:
-    """`python -m tools.run` on free ports, ready (its run.json written); killed if still running."""
+def make_run(service_env: dict[str, str], tmp_path: Path, *, replicas: int = 1) -> Iterator[MakeRun]:
+    """`python -m tools.run` on free ports, ready (its run.json written); killed if still running.
+    With `replicas`, REPLICAS=n and n free ports for each service and the console."""
     run_dir = tmp_path / "run"
-    ports = dict(zip(SERVICE_PORTS + OTHER_PORTS, map(str, free_ports(len(SERVICE_PORTS + OTHER_PORTS)))))
-    env = {**os.environ, **service_env, **ports, "RUN_DIR": str(run_dir), "RUN_FOLLOW_LOGS": "0"}
+    names = SERVICE_PORTS + OTHER_PORTS
+    per_name = {name: replicas if name in SERVICE_PORTS + ("CONSOLE_PORT",) else 1 for name in names}
+    free = iter(free_ports(sum(per_name.values())))
+    ports = {name: ",".join(str(next(free)) for _ in range(n)) for name, n in per_name.items()}
+    env = {**os.environ, **service_env, **ports, "RUN_DIR": str(run_dir), "RUN_FOLLOW_LOGS": "0",
+           "REPLICAS": str(replicas)}
     # Exercise the generated secret and tokens, and the simulators, whatever the caller's env says.
     for var in (
         "JWT_SECRET",

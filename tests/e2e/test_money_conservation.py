@@ -22,9 +22,8 @@ import aiohttp
 import pytest
 
 from shared.auth import issue_token
-from tests.e2e.ledger import AN, PC, Barber, call, cents, money, pay, set_up
+from tests.e2e.ledger import Barber, analytics_shows, collect, collections_accrued, pay, set_up
 from tests.run_support import make_run
-from tests.support import eventually
 
 _ids = itertools.count(1)
 
@@ -86,68 +85,3 @@ async def test_money_is_conserved_across_the_four_services(suite):
             await collections_accrued(http, admin, b)
         for b in team:
             await collect(http, admin, b, days)
-
-
-async def analytics_shows(http, admin: dict, b: Barber, days: dict) -> None:
-    expected = {"transaction_count": b.books.payments, "completed_count": b.books.completed,
-                "failed_count": b.books.failed, "gross_volume": money(b.books.gross),
-                "refunded_amount": money(b.books.refunded), "commission": money(b.books.commission_kept)}
-
-    async def shown():
-        status, board = await call(http, "GET", f"{AN}/dashboard", admin,
-                                   params={"barber_id": b.id, **days})
-        assert status == 200, board
-        got = {k: board["totals"][k] for k in expected}
-        return board if got == expected else None
-
-    try:
-        board = await eventually(shown, timeout=60, interval=0.5)
-    except AssertionError:
-        status, board = await call(http, "GET", f"{AN}/dashboard", admin,
-                                   params={"barber_id": b.id, **days})
-        raise AssertionError(f"barber {b.id} ({b.mode}): expected {expected}, analytics shows {board['totals']}")
-    # And split by how each was paid.
-    by_type = board["by_payment_type"]
-    assert cents(by_type["external"]["commission"]) == b.books.external_commission_kept
-    assert cents(by_type["centralized"]["commission"]) == b.books.commission_kept - b.books.external_commission_kept
-
-
-async def collections_accrued(http, admin: dict, b: Barber) -> None:
-    async def accrued():
-        status, balance = await call(http, "GET", f"{PC}/balance/{b.id}", admin)
-        assert status == 200, balance
-        return balance if cents(balance["accrued_total"]) == b.books.external_commission_kept else None
-
-    try:
-        await eventually(accrued, timeout=60, interval=0.5)
-    except AssertionError:
-        balance = (await call(http, "GET", f"{PC}/balance/{b.id}", admin))[1]
-        raise AssertionError(f"barber {b.id}: accrued {balance}, expected {money(b.books.external_commission_kept)}")
-
-
-async def collect(http, admin: dict, b: Barber, days: dict) -> None:
-    status, _ = await call(http, "PUT", f"{PC}/payment-method/{b.id}", admin, {"payment_method": "pm_card_visa"})
-    assert status == 200
-    status, run = await call(http, "POST", f"{PC}/run", admin, {"barber_id": b.id, "force": True})
-    assert status == 200, run
-    owed = b.books.external_commission_kept
-    billed = sum(cents(c["amount"]) for c in run["created"])
-    assert billed == (owed if owed >= 2500 else 0), (b.id, run)  # at or above MINIMUM_COLLECTION_AMOUNT (25.00)
-
-    async def settled():
-        status, balance = await call(http, "GET", f"{PC}/balance/{b.id}", admin)
-        return balance if cents(balance["collected_total"]) == billed else None
-
-    balance = await eventually(settled, timeout=60, interval=0.5)
-    parts = ("collected_total", "pending_collections", "failed_collections", "overdue_collections",
-             "unbilled_commission")
-    assert sum(cents(balance[k]) for k in parts) == cents(balance["accrued_total"]) == owed
-    assert cents(balance["unbilled_commission"]) == owed - billed
-
-    async def analytics_collected():
-        status, board = await call(http, "GET", f"{AN}/dashboard", admin,
-                                   params={"barber_id": b.id, **days})
-        return board if (cents(board["commission_collected"]), cents(board["commission_outstanding"])) == (
-            billed, owed - billed) else None
-
-    await eventually(analytics_collected, timeout=60, interval=0.5)

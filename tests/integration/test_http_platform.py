@@ -48,6 +48,9 @@ async def create_widget(request: Request, data: JSONBody[WidgetIn], runtime: Run
     async def action(claim: Claim | None) -> WidgetOut:
         if data.name == "refused":
             raise ProblemError(422, "widget_refused", "this widget is refused")
+        if data.name.startswith("busy") and _flaky_failures.get(data.name, 0) < 1:
+            _flaky_failures[data.name] = 1  # "in progress elsewhere, retry": a 4xx that is no answer
+            raise ProblemError(409, "payment_in_progress", "being paid right now", headers={"Retry-After": "2"})
         if data.name.startswith("flaky") and _flaky_failures.get(data.name, 0) < 1:
             _flaky_failures[data.name] = 1
             raise ProblemError(504, "processor_timeout", "upstream timed out")
@@ -215,6 +218,20 @@ async def test_server_error_releases_the_key_and_client_errors_are_remembered(cl
     assert_problem(first, 422, "widget_refused")
     assert_problem(again, 422, "widget_refused")
     assert again.headers["idempotent-replayed"] == "true"
+
+
+async def test_a_retry_later_answer_is_not_remembered_as_the_keys_answer(client):
+    """A 4xx that asks to retry later (Retry-After: another attempt holds the route) says nothing
+    final about the request: the key is released, and the retry with it runs. Remembered, every
+    retry would replay the 409 for 24 h (found with a replica killed mid-payment)."""
+    headers = {**auth("17"), "Idempotency-Key": "busy-1"}
+    body = {"name": "busy-a", "amount": 3}
+    first = await client.post("/api/v1/widgets", json=body, headers=headers)
+    assert_problem(first, 409, "payment_in_progress")
+    assert first.headers["retry-after"] == "2"
+    retried = await client.post("/api/v1/widgets", json=body, headers=headers)
+    assert retried.status_code == 201 and "idempotent-replayed" not in retried.headers, retried.text
+    assert await count_widgets(client, "busy-a") == 1
 
 
 @pytest.mark.parametrize("key", ["", "x" * 256])
