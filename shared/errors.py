@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import asyncpg
 import msgspec
 import structlog
 from litestar import Request, Response
@@ -187,7 +188,29 @@ def _sqlstate(exc: Exception) -> str | None:
     return None
 
 
+# SQLSTATEs that say the database cannot serve now (connection lost or refused, too many clients,
+# shutting down, starting up): not a bug, a 503 the client may retry.
+_UNAVAILABLE_STATES = ("08", "53", "57P01", "57P02", "57P03")
+
+
+def _database_unavailable(exc: BaseException) -> bool:
+    state = _sqlstate(exc)  # type: ignore[arg-type]
+    if state is not None:
+        return state.startswith(_UNAVAILABLE_STATES)
+    chain, seen = exc, 0
+    while chain is not None and seen < 5:  # a refused or dropped socket, under SQLAlchemy's wrapping
+        if isinstance(chain, (ConnectionError, asyncpg.exceptions.ConnectionDoesNotExistError)):
+            return True
+        chain, seen = chain.__cause__ or getattr(chain, "orig", None), seen + 1
+    return False
+
+
 def _handle_unexpected(request: Request, exc: Exception) -> Response[bytes]:
+    if _database_unavailable(exc):
+        log.warning("database_unavailable", path=request.url.path, error=str(exc).splitlines()[0][:200])
+        return problem_response(ProblemError(503, "database_unavailable",
+                                             "the database cannot take this request now; retry shortly",
+                                             headers={"Retry-After": "1"}))
     if (_sqlstate(exc) or "").startswith("22"):
         # A data exception (a number out of a column's range, a NUL in text): input that slipped past
         # validation. It is the caller's to fix, so a 4xx; logged with its trace, as the validation

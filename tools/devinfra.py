@@ -179,6 +179,18 @@ def create_database(postgres_url: str, name: str) -> None:
     _on_server(postgres_url, sql)
 
 
+def max_connections(postgres_url: str) -> int:
+    """The server's `max_connections` less the slots reserved for superusers."""
+    found: list[int] = []
+
+    async def sql(conn: Any) -> None:
+        total = int(await conn.fetchval("show max_connections"))
+        reserved = int(await conn.fetchval("show superuser_reserved_connections"))
+        found.append(total - reserved)
+    _on_server(postgres_url, sql)
+    return found[0]
+
+
 def drop_database(postgres_url: str, name: str) -> None:
     async def sql(conn: Any) -> None:
         await conn.execute(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)")

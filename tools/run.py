@@ -302,6 +302,19 @@ def replica_count(config: dict[str, str]) -> int:
     return int(raw)
 
 
+# Connections one service process may open besides its two pools: the relay's LISTEN, a job's lock.
+EXTRA_CONNECTIONS = 3
+RESERVED_CONNECTIONS = 5
+
+
+def pool_size_for(available: int, processes: int) -> int:
+    """DB_POOL_SIZE that keeps every service process within Postgres' connection slots: each holds
+    up to two pools of that size (SQLAlchemy's and the hot path's) plus EXTRA_CONNECTIONS, and
+    RESERVED_CONNECTIONS stay free for migrations, tools, psql and a restarted replica's overlap.
+    10 (the services' default) when it fits; never under 2."""
+    return max(2, min(10, ((available - RESERVED_CONNECTIONS) // processes - EXTRA_CONNECTIONS) // 2))
+
+
 def default_workers(cores: int | None = None) -> int:
     """Worker processes per service: a quarter of the cores, at least one. Four services share the
     machine with Postgres, NATS and the simulators; on 2 cores a second router worker measured
@@ -408,6 +421,7 @@ class Suite:
         self.database_url = ""
         self.workers = "1"
         self.replicas = 1
+        self.pool_size = "10"
 
     def start(self) -> None:
         config, host = self.config, self.host
@@ -466,6 +480,12 @@ class Suite:
             "WEB_CONCURRENCY": config.get("WEB_CONCURRENCY") or str(default_workers()),
         }
         self.workers = env["WEB_CONCURRENCY"]
+        if not config.get("DB_POOL_SIZE"):
+            from tools.devinfra import max_connections
+
+            processes = len(SERVICES) * replicas * int(self.workers)
+            env["DB_POOL_SIZE"] = str(pool_size_for(max_connections(self.infra.postgres_url), processes))
+        self.pool_size = env["DB_POOL_SIZE"]
         if not config.get("JWT_SECRET") and not config.get("JWT_PUBLIC_KEY"):
             self.generated_secret = env["JWT_SECRET"] = secrets.token_urlsafe(32)
         if not config.get("CONNECTION_ENCRYPTION_KEYS"):
@@ -632,7 +652,8 @@ class Suite:
             table.add_row(child.name, child.url, str(child.proc.pid), os.path.relpath(child.log))
         console.print(table)
         console.print(f"Replicas per service: {self.replicas} (REPLICAS; the gateway takes them in turn); "
-                      f"workers per replica: {self.workers} (WEB_CONCURRENCY; default a quarter of the cores)")
+                      f"workers per replica: {self.workers} (WEB_CONCURRENCY; default a quarter of the cores); "
+                      f"database pools of {self.pool_size} (DB_POOL_SIZE; default: what Postgres' max_connections allows)")
         console.print(
             f"Logs go to {self.run_dir / 'logs'}/<name>.log; new lines are echoed below, prefixed "
             f"with the name (RUN_FOLLOW_LOGS=0 turns that off). State: {self.state_file}"

@@ -169,6 +169,62 @@ async def test_two_replicas_with_one_of_each_killed_conserve_money(suite, servic
         await engine.dispose()
 
 
+async def test_sigterm_on_a_replica_under_load_loses_nothing(suite):
+    """Graceful hand-over: SIGTERM to the first replica of every service while barbers pay. It
+    finishes what it took (every client gets its final answer on the first try: no retry here),
+    the gateway sends the rest to the other replica, `make run` starts it again, and nothing is
+    lost: analytics and collections show exactly what was paid, every outbox row is published, and
+    the jobs go on running (their advisory locks were released)."""
+    state, urls = suite.state, suite.state["urls"]
+    secret = state["jwt_secret"]
+    admin = {"Authorization": f"Bearer {issue_token(secret, 1000, 'admin')}"}
+    barbers = team()
+    engine = create_async_engine(normalise_database_url(state["database_url"]))
+    try:
+        async with aiohttp.ClientSession(base_url=urls["gateway"]) as http:
+            for b in barbers:
+                await set_up(http, admin, b, secret)
+            before = await job_runs(engine)
+            stopped = {}
+
+            async def terminator() -> None:
+                await asyncio.sleep(1.0)
+                for service in SERVICES:
+                    stopped[service] = suite.current_state()["children"][service]
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(stopped[service], signal.SIGTERM)
+
+            await asyncio.gather(terminator(), *(pay(http, b, secret) for b in barbers))  # plain calls: no retry
+
+            async def restarted():
+                now = suite.current_state()
+                return all(now["children"][s] != stopped[s] for s in SERVICES)
+
+            await eventually(restarted, timeout=30, interval=0.5)
+            today = datetime.now(UTC).date()
+            days = {"from": str(today - timedelta(days=1)), "to": str(today + timedelta(days=1))}
+            for b in barbers:
+                await analytics_shows(http, admin, b, days)
+                await collections_accrued(http, admin, b)
+
+        async def outboxes_empty():
+            async with engine.connect() as conn:
+                left = [await conn.scalar(sa.text(f"select count(*) from {s}.outbox where published_at is null"))
+                        for s in SERVICES]
+            return sum(left) == 0
+
+        await eventually(outboxes_empty, timeout=30, interval=0.5)
+
+        async def jobs_went_on():
+            after = await job_runs(engine)
+            return all(after.get(name, 0) > before.get(name, 0) for name in
+                       ("router-pending-sweeper", "external-pending-sweeper", "collections-pending-sweeper"))
+
+        await eventually(jobs_went_on, timeout=3 * JOB_INTERVAL + 10, interval=0.5)
+    finally:
+        await engine.dispose()
+
+
 async def charged_once_each(raw: aiohttp.ClientSession, urls: dict, barbers: list[Barber]) -> None:
     """Each simulator holds one successful charge per payment the gateway answered completed, and
     the sums agree: a charge made by a killed replica and made again by the retry would show here."""

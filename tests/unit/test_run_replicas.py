@@ -1,0 +1,49 @@
+"""`make run REPLICAS=N`: ports per replica, names, and the database pool that fits N."""
+
+from __future__ import annotations
+
+import pytest
+
+from tools.run import (
+    EXTRA_CONNECTIONS,
+    RESERVED_CONNECTIONS,
+    Failure,
+    pool_size_for,
+    replica_count,
+    replica_name,
+    replica_ports,
+)
+
+
+def test_replicas_follow_the_services_port_100_apart_or_take_the_listed_ports():
+    assert replica_ports({}, "router", 8001, 1) == [8001]
+    assert replica_ports({}, "router", 8001, 3) == [8001, 8101, 8201]
+    assert replica_ports({"ROUTER_PORT": "9001"}, "router", 8001, 2) == [9001, 9101]
+    assert replica_ports({"ROUTER_PORT": "9001,9500"}, "router", 8001, 2) == [9001, 9500]
+    free = replica_ports({"ROUTER_PORT": "0"}, "router", 8001, 2)
+    assert len(set(free)) == 2 and all(p > 0 for p in free)
+    with pytest.raises(Failure, match="ROUTER_PORT: 3 ports for REPLICAS=2"):
+        replica_ports({"ROUTER_PORT": "1,2,3"}, "router", 8001, 2)
+
+
+def test_one_replica_keeps_the_plain_names():
+    assert [replica_name("router", k) for k in (1, 2, 3)] == ["router", "router-2", "router-3"]
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "two", "17"])
+def test_a_bad_replica_count_stops_the_run_naming_the_setting(raw):
+    with pytest.raises(Failure, match="REPLICAS"):
+        replica_count({"REPLICAS": raw})
+
+
+@pytest.mark.parametrize("available", [97, 197, 497])
+@pytest.mark.parametrize("processes", [4, 8, 16, 32])
+def test_the_pools_of_every_process_fit_in_postgres(available, processes):
+    size = pool_size_for(available, processes)
+    assert 2 <= size <= 10
+    if size > 2:  # at the floor it may not fit: the README says to raise max_connections or use a pooler
+        assert processes * (2 * size + EXTRA_CONNECTIONS) <= available - RESERVED_CONNECTIONS
+
+
+def test_one_replica_on_a_default_postgres_keeps_the_default_pool():
+    assert pool_size_for(97, 4) == 10
