@@ -41,6 +41,9 @@ class BaseSettings(msgspec.Struct, kw_only=True, frozen=True):
     # JetStream stream and subject prefix; tests give each run its own so runs never collide.
     event_stream: str = "PAYMENTS"
     event_subject_prefix: str = ""
+    # Copies of the stream kept by a NATS cluster when a service creates it (3 on a 3-node cluster:
+    # deploy/nats/cluster/); an existing stream keeps its own.
+    event_stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     # Exactly one of these verifies tokens: HS256 shared secret or RS256 public key (PEM).
     jwt_secret: str | None = None
     jwt_public_key: str | None = None

@@ -243,8 +243,10 @@ def stream_subjects(prefix: str) -> list[str]:
     return [f"{prefix}{family}.>" for family in STREAM_SUBJECT_FAMILIES]
 
 
-async def ensure_stream(js: JetStreamContext, name: str, prefix: str) -> None:
-    """Create the stream if absent (or widen its subjects); safe to race from every service."""
+async def ensure_stream(js: JetStreamContext, name: str, prefix: str, replicas: int = 1) -> None:
+    """Create the stream if absent (or widen its subjects); safe to race from every service.
+    `replicas` is its copies in a NATS cluster (EVENT_STREAM_REPLICAS; 3 on a 3-node cluster), used
+    when creating it; an existing stream keeps its own (change it with `nats stream edit`)."""
     config = StreamConfig(
         name=name,
         subjects=stream_subjects(prefix),
@@ -252,6 +254,7 @@ async def ensure_stream(js: JetStreamContext, name: str, prefix: str) -> None:
         retention=RetentionPolicy.LIMITS,
         discard=DiscardPolicy.OLD,
         duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        num_replicas=replicas,
     )
     try:
         info = await js.stream_info(name)

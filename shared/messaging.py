@@ -22,8 +22,9 @@ log = structlog.get_logger("messaging")
 
 
 class NatsLink:
-    def __init__(self, url: str, *, stream: str, subject_prefix: str, name: str) -> None:
+    def __init__(self, url: str, *, stream: str, subject_prefix: str, name: str, stream_replicas: int = 1) -> None:
         self.url = url
+        self.stream_replicas = stream_replicas
         self.stream = stream
         self.subject_prefix = subject_prefix
         self.name = name
@@ -67,7 +68,7 @@ class NatsLink:
                     reconnected_cb=self._on_reconnected,
                 )
                 js = nc.jetstream(timeout=5)
-                await ensure_stream(js, self.stream, self.subject_prefix)
+                await ensure_stream(js, self.stream, self.subject_prefix, self.stream_replicas)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -118,6 +118,7 @@ class ServiceRuntime:
             stream=self.settings.event_stream,
             subject_prefix=self.settings.event_subject_prefix,
             name=self.settings.service_name,
+            stream_replicas=self.settings.event_stream_replicas,
         )
 
     async def start(self) -> None:

