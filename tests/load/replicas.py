@@ -23,13 +23,15 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[2]
+FIRST_BARBER, BARBERS = 3_000_000, 2000
 
 
-def load(url: str, *, concurrency: int, duration: float, barber_id_start: int, seed: bool, out: Path) -> subprocess.Popen:
+def load(url: str, *, secret: str, concurrency: int, duration: float, barber_id_start: int, barbers: int,
+         seed: bool, out: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.load.loadtest", "--url", url, "--workload", "route",
+        [sys.executable, "-m", "tests.load.loadtest", "--url", url, "--workload", "route", "--jwt-secret", secret,
          "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", "3",
-         "--barbers", "2000", "--barber-id-start", str(barber_id_start), "--json", str(out),
+         "--barbers", str(barbers), "--barber-id-start", str(barber_id_start), "--json", str(out),
          "--seed" if seed else "--no-seed"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -71,14 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
 
-        def run(name: str, targets: list[tuple[str, int]]) -> None:
+        def run(name: str, targets: list[tuple[str, int]], *, seed: bool = False) -> None:
+            # The first run seeds BARBERS barbers (their configs); the later ones share them out, so
+            # no load tester's seeding ever runs during another's measurement.
             console.print(f"[bold]{name}[/] ({args.duration:.0f} s) ...")
-            procs = [(load(url, concurrency=c, duration=args.duration, barber_id_start=3_000_000 + 2000 * i,
-                           seed=True, out=work / f"{name}-{i}.json"), work / f"{name}-{i}.json")
+            share = BARBERS // len(targets)
+            procs = [(load(url, secret=state["jwt_secret"], concurrency=c, duration=args.duration,
+                           barber_id_start=FIRST_BARBER + share * i, barbers=share, seed=seed,
+                           out=work / f"{name}-{i}.json"), work / f"{name}-{i}.json")
                      for i, (url, c) in enumerate(targets)]
             rows[name] = summary(finished(procs))
 
-        run("one replica", [(urls["router"], 32)])
+        run("one replica", [(urls["router"], 32)], seed=True)
         run("two replicas", [(urls["router"], 16), (urls["router-2"], 16)])
         run("two, via the gateway", [(urls["gateway"], 32)])
     ratio = rows["two replicas"]["throughput"] / rows["one replica"]["throughput"]
