@@ -126,24 +126,10 @@ async def test_two_replicas_with_one_of_each_killed_conserve_money(suite, servic
             assert time.monotonic() > killed_at[0] + 1, "the payments were over before the replicas died"
 
             # make run restarted each killed replica (a new pid) and it is ready again.
-            async def restarted():
-                now = suite.current_state()
-                return all(now["children"][f"{s}-2"] != killed[s] for s in SERVICES) and now
+            await restarted(suite, {f"{s}-2": pid for s, pid in killed.items()})
 
-            await eventually(restarted, timeout=30, interval=0.5)
-
-            async def all_ready():
-                async with raw.get(urls["gateway"] + "/health/ready") as resp:
-                    checks = await resp.json()
-                return all(statuses == [200, 200] for statuses in checks.values())
-
-            await eventually(all_ready, timeout=60, interval=0.5)
-
-            today = datetime.now(UTC).date()
-            days = {"from": str(today - timedelta(days=1)), "to": str(today + timedelta(days=1))}
-            for b in barbers:
-                await analytics_shows(http, admin, b, days)
-                await collections_accrued(http, admin, b)
+            days = around_today()
+            await books_shown(http, admin, barbers, days)
             await charged_once_each(raw, urls, barbers)
             await declines_as_at_the_processors(http, raw, admin, urls, barbers, days)
             elapsed = time.monotonic() - started
@@ -158,13 +144,7 @@ async def test_two_replicas_with_one_of_each_killed_conserve_money(suite, servic
             assert 1 <= ran <= elapsed / (0.9 * JOB_INTERVAL) + 1, (name, ran, elapsed)
 
         # Nothing left unpublished in any outbox.
-        async def outboxes_empty():
-            async with engine.connect() as conn:
-                left = [await conn.scalar(sa.text(f"select count(*) from {s}.outbox where published_at is null"))
-                        for s in SERVICES]
-            return sum(left) == 0
-
-        await eventually(outboxes_empty, timeout=30, interval=0.5)
+        await eventually(lambda: outboxes_empty(engine), timeout=30, interval=0.5)
     finally:
         await engine.dispose()
 
@@ -196,24 +176,10 @@ async def test_sigterm_on_a_replica_under_load_loses_nothing(suite):
 
             await asyncio.gather(terminator(), *(pay(http, b, secret) for b in barbers))  # plain calls: no retry
 
-            async def restarted():
-                now = suite.current_state()
-                return all(now["children"][s] != stopped[s] for s in SERVICES)
+            await restarted(suite, stopped)
+            await books_shown(http, admin, barbers, around_today())
 
-            await eventually(restarted, timeout=30, interval=0.5)
-            today = datetime.now(UTC).date()
-            days = {"from": str(today - timedelta(days=1)), "to": str(today + timedelta(days=1))}
-            for b in barbers:
-                await analytics_shows(http, admin, b, days)
-                await collections_accrued(http, admin, b)
-
-        async def outboxes_empty():
-            async with engine.connect() as conn:
-                left = [await conn.scalar(sa.text(f"select count(*) from {s}.outbox where published_at is null"))
-                        for s in SERVICES]
-            return sum(left) == 0
-
-        await eventually(outboxes_empty, timeout=30, interval=0.5)
+        await eventually(lambda: outboxes_empty(engine), timeout=30, interval=0.5)
 
         async def jobs_went_on():
             after = await job_runs(engine)
@@ -223,6 +189,41 @@ async def test_sigterm_on_a_replica_under_load_loses_nothing(suite):
         await eventually(jobs_went_on, timeout=3 * JOB_INTERVAL + 10, interval=0.5)
     finally:
         await engine.dispose()
+
+
+async def restarted(suite, old_pids: dict[str, int]) -> None:
+    """`make run` started each of these children again (a new pid), and every replica is ready."""
+    def all_new():
+        now = suite.current_state()["children"]
+        return all(now[name] != pid for name, pid in old_pids.items())
+
+    await eventually(all_new, timeout=30, interval=0.5)
+
+    async def all_ready():
+        async with aiohttp.ClientSession() as raw, raw.get(suite.state["urls"]["gateway"] + "/health/ready") as resp:
+            checks = await resp.json()
+        return all(statuses == [200, 200] for statuses in checks.values())
+
+    await eventually(all_ready, timeout=60, interval=0.5)
+
+
+def around_today() -> dict[str, str]:
+    """Every payment was made just now: a range of today and its neighbours holds them all."""
+    today = datetime.now(UTC).date()
+    return {"from": str(today - timedelta(days=1)), "to": str(today + timedelta(days=1))}
+
+
+async def books_shown(http, admin: dict, barbers: list[Barber], days: dict) -> None:
+    for b in barbers:
+        await analytics_shows(http, admin, b, days)
+        await collections_accrued(http, admin, b)
+
+
+async def outboxes_empty(engine) -> bool:
+    async with engine.connect() as conn:
+        left = [await conn.scalar(sa.text(f"select count(*) from {s}.outbox where published_at is null"))
+                for s in SERVICES]
+    return sum(left) == 0
 
 
 async def charged_once_each(raw: aiohttp.ClientSession, urls: dict, barbers: list[Barber]) -> None:
