@@ -251,6 +251,7 @@ class PlatformTables:
             metadata,
             sa.Column("key", sa.Text, primary_key=True),
             sa.Column("tat", sa.Float(precision=53), nullable=False),
+            sa.Column("granted", sa.Integer, nullable=False, server_default="0"),
             prefixes=["UNLOGGED"],
         )
         self.job_schedule = sa.Table(

@@ -241,8 +241,9 @@ def drop_audit_log_v4(op, schema: str) -> None:
 def create_replica_coordination_v5(op, schema: str) -> None:
     """Every service: what replicas of one service must agree on, kept in its database.
 
-    `rate_limits`: one GCRA cell per caller (`tat`, the theoretical arrival time in epoch seconds),
-    shared by every replica (`shared.ratelimit`). UNLOGGED: no WAL for a counter that may be lost
+    `rate_limits`: one GCRA cell per caller (`tat`, the theoretical arrival time in epoch seconds;
+    `granted`, how many of the last statement's requests it let through), shared by every replica
+    (`shared.ratelimit`). UNLOGGED: no WAL for a counter that may be lost
     (after a Postgres crash every caller simply starts with a full budget).
     `job_schedule`: when each periodic job is next due and how often it ran, so N replicas run a
     job once per interval, not N times (`shared.scheduler`)."""
@@ -250,6 +251,7 @@ def create_replica_coordination_v5(op, schema: str) -> None:
         "rate_limits",
         sa.Column("key", sa.Text, primary_key=True),
         sa.Column("tat", sa.Float(precision=53), nullable=False),
+        sa.Column("granted", sa.Integer, nullable=False, server_default="0"),
         schema=schema,
         prefixes=["UNLOGGED"],
     )

@@ -4,8 +4,10 @@ A caller (token subject, else client address; webhooks count per connection) may
 `RATE_LIMIT_PER_MINUTE` requests a minute, in bursts up to that many. The count lives in the
 service's database, not in the process, so N replicas behind a balancer enforce one budget: GCRA
 (the generic cell rate algorithm, as in ATM networks and `redis-cell`) keeps one number per caller,
-its theoretical arrival time `tat`, and one statement both checks and takes a request
-(`RATE_LIMIT_SQL`: an upsert whose `WHERE` refuses it when the budget is spent). The table is
+its theoretical arrival time `tat`, and one statement both checks and takes requests
+(`rate_limit_sql`: an upsert that grants what fits). Concurrent requests are batched into one
+statement, as `/route`'s decisions are group-committed (`CellTakes`), so the limit costs one round
+trip per batch, not per request. The table is
 UNLOGGED (no WAL; lost after a Postgres crash, when every caller starts with a full budget) and a
 periodic job deletes the cells of callers whose budget is full again.
 
@@ -19,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import Counter
 from typing import Any
 
 import structlog
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from shared.db import GroupCommit, HotPath
 from shared.errors import ProblemError
 
 log = structlog.get_logger("ratelimit")
@@ -56,25 +60,62 @@ class TokenBuckets:
 
 
 def rate_limit_sql(schema: str) -> str:
-    """GCRA in one statement. $1 key, $2 emission interval T = WINDOW / limit, $3 the window.
+    """GCRA for a batch of callers in one statement: $1 keys (distinct), $2 how many requests of each
+    arrived together, $3 the emission interval T = WINDOW / limit, $4 the window, $5 the limit.
 
-    A request is allowed when max(tat, now) + T <= now + WINDOW (a burst of `limit` requests fits
-    in an idle window); taking it moves `tat` to max(tat, now) + T. When refused, `wait` is the time
-    until it would be allowed. The row lock of the upsert orders concurrent requests of one caller,
-    whichever replica they reached."""
+    A caller's cell allows as many of its n requests as fit: k = min(n, floor((now + WINDOW - base) / T))
+    with base = max(tat, now) (an idle window holds `limit`), and moves `tat` to base + k * T. A new
+    caller gets min(n, limit). The proposed row carries now (as tat - n * T) and n (as granted) into
+    the update; the row lock of the upsert orders concurrent statements of one caller, whichever
+    replica they come from. Returns each key's granted count and, for the rest, the seconds until
+    its next request would be allowed."""
+    now = "(excluded.tat - excluded.granted * $3::float8)"
+    base = f"greatest(cell.tat, {now})"
+    fits = f"greatest(0, least(excluded.granted, floor(({now} + $4::float8 - {base}) / $3::float8 + 1e-9)::int))"
     return f"""
 WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now),
+wanted AS (SELECT w.key, least(w.n, $5::int) AS n FROM unnest($1::text[], $2::int[]) AS w(key, n)),
 taken AS (
-    INSERT INTO {schema}.rate_limits AS cell (key, tat)
-    SELECT $1, clock.now + $2::float8 FROM clock
-    ON CONFLICT (key) DO UPDATE SET tat = greatest(cell.tat, excluded.tat - $2::float8) + $2::float8
-    WHERE greatest(cell.tat, excluded.tat - $2::float8) + $2::float8 <= excluded.tat - $2::float8 + $3::float8
-    RETURNING cell.tat
+    INSERT INTO {schema}.rate_limits AS cell (key, tat, granted)
+    SELECT wanted.key, clock.now + wanted.n * $3::float8, wanted.n FROM wanted, clock
+    ON CONFLICT (key) DO UPDATE SET granted = {fits}, tat = {base} + {fits} * $3::float8
+    RETURNING cell.key, cell.granted, cell.tat
 )
-SELECT EXISTS (SELECT 1 FROM taken) AS allowed,
-       (SELECT cell.tat FROM {schema}.rate_limits cell WHERE cell.key = $1)
-           + $2::float8 - $3::float8 - (SELECT now FROM clock) AS wait
+SELECT taken.key, taken.granted, taken.tat + $3::float8 - $4::float8 - clock.now AS wait FROM taken, clock
 """
+
+
+class CellTakes(GroupCommit):
+    """The takes of concurrent requests, batched as `GroupCommit` batches inserts: one statement at
+    once when the service is idle, and while one is under way the requests that arrive wait and go
+    together (a caller with several requests in a batch counts them all). Each request resumes with
+    0 (allowed) or the seconds to wait."""
+
+    def __init__(self, hot: HotPath, schema: str, per_minute: int) -> None:
+        super().__init__(hot, rate_limit_sql(schema))
+        self.interval = WINDOW / per_minute
+        self.per_minute = per_minute
+
+    async def take(self, key: str) -> float:
+        return await self.insert((key,), key)
+
+    async def _write(self, batch: list[tuple[tuple, Any, asyncio.Future]]) -> None:
+        wanted = Counter(key for _, key, _ in batch)
+        try:
+            rows = await self._hot.fetch_sql(self._sql, list(wanted), list(wanted.values()), self.interval, WINDOW,
+                                             self.per_minute)
+        except Exception as exc:  # every caller of the batch decides on its own (SharedLimiter)
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        answers = {row["key"]: (row["granted"], max(float(row["wait"]), 0.001)) for row in rows}
+        seen: Counter[str] = Counter()
+        for _, key, future in batch:
+            seen[key] += 1
+            granted, wait = answers[key]
+            if not future.done():
+                future.set_result(0.0 if seen[key] <= granted else wait)
 
 
 def rate_limit_sweep_sql(schema: str) -> str:
@@ -88,24 +129,24 @@ class SharedLimiter:
 
     def __init__(self, per_minute: int, runtime: Any, schema: str) -> None:
         self.per_minute = per_minute
-        self.interval = WINDOW / per_minute
         self.runtime = runtime
-        self.sql = rate_limit_sql(schema)
+        self.schema = schema
         self.local = TokenBuckets(per_minute)
+        self._takes: CellTakes | None = None  # made on first use: the hot-path pool exists from start-up
         self._warned_at = 0.0
 
     async def take(self, key: str) -> float:
         """0 when the request may go on, else the seconds to wait."""
+        if self._takes is None:
+            self._takes = CellTakes(self.runtime.hot_path, self.schema, self.per_minute)
         try:
-            row = await asyncio.wait_for(self.runtime.hot_path.fetchrow_sql(self.sql, key, self.interval, WINDOW),
-                                         SHARED_TIMEOUT)
+            return await asyncio.wait_for(self._takes.take(key), SHARED_TIMEOUT)
         except Exception as exc:  # the database is not answering: this replica's own bucket decides
             now = time.monotonic()
             if now - self._warned_at > 30.0:
                 self._warned_at = now
                 log.warning("rate_limit_local_fallback", error=str(exc) or type(exc).__name__)
             return self.local.take(key, now)
-        return 0.0 if row["allowed"] else max(float(row["wait"] or 0.0), 0.001)
 
 
 def rate_limit_middleware(limiter: Any, *, key_func=None):

@@ -90,6 +90,24 @@ async def test_a_callers_requests_over_both_replicas_share_one_budget(replicas):
     assert {i % 2 for i, a in enumerate(answers) if a[0] == 429} == {0, 1}
 
 
+async def test_a_burst_over_both_replicas_at_once_gets_exactly_the_budget(replicas):
+    """3 * LIMIT requests of one caller released together, half to each replica: the replicas
+    batch concurrent requests into one statement each (a caller may have several in a batch), and
+    the two statements race on the caller's cell; exactly LIMIT go through."""
+    b = next_barber()
+    gate = asyncio.Event()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async def one(i: int) -> int:
+            await gate.wait()
+            return (await call(session, replicas[i % 2], "GET", "/config", barber(b)))[0]
+
+        tasks = [asyncio.create_task(one(i)) for i in range(3 * LIMIT)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        statuses = await asyncio.gather(*tasks)
+    assert sorted(statuses) == [200] * LIMIT + [429] * (2 * LIMIT), statuses
+
+
 async def test_limits_are_per_caller_and_admins_are_not_limited(replicas):
     b, other = next_barber(), next_barber()
     async with aiohttp.ClientSession() as session:
