@@ -41,8 +41,9 @@ from tests.e2e.ledger import (
     pay,
     set_up,
 )
+from tests.conftest import RUN_ID
 from tests.run_support import make_run
-from tests.support import eventually
+from tests.support import eventually, scratch_database
 
 SERVICES = ("router", "external", "collections", "analytics")
 JOB_INTERVAL = 2.0  # the sweepers' interval in this run, so that "once per interval" is tested often
@@ -50,7 +51,14 @@ _ids = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
-def suite(service_env, tmp_path_factory):
+def suite(service_env, infra, tmp_path_factory):
+    # A database of its own: the job schedule counted below must not carry the due times that other
+    # suites of this test run (with their own, longer, intervals) left in the shared one.
+    with scratch_database(infra, f"hp_replicas_{RUN_ID}", migrated=False) as url:
+        yield from _suite({**service_env, "DATABASE_URL": url}, tmp_path_factory)
+
+
+def _suite(service_env, tmp_path_factory):
     env = {**service_env, "WEB_CONCURRENCY": "1", "SWEEP_INTERVAL": str(JOB_INTERVAL),
            "DUNNING_INTERVAL": str(JOB_INTERVAL), "STATS_INTERVAL": str(JOB_INTERVAL),
            # A request killed with its replica holds its key this long; the client's retry then runs it.
