@@ -40,17 +40,25 @@ class Measures:
     processor_fees: Decimal = ZERO
     barber_net: Decimal = ZERO
 
+    # Spelled out field by field: the legacy import's catch-up adds up millions of these, and a loop
+    # over the field names was a sixth of analytics' CPU there.
     def __add__(self, other: Measures) -> Measures:
-        return Measures(*(getattr(self, m) + getattr(other, m) for m in MEASURES))
+        return Measures(
+            self.transaction_count + other.transaction_count, self.completed_count + other.completed_count,
+            self.failed_count + other.failed_count, self.gross_volume + other.gross_volume,
+            self.refunded_amount + other.refunded_amount, self.commission + other.commission,
+            self.processor_fees + other.processor_fees, self.barber_net + other.barber_net)
 
     def __neg__(self) -> Measures:
-        return Measures(*(-getattr(self, m) for m in MEASURES))
+        return Measures(-self.transaction_count, -self.completed_count, -self.failed_count, -self.gross_volume,
+                        -self.refunded_amount, -self.commission, -self.processor_fees, -self.barber_net)
 
     def __sub__(self, other: Measures) -> Measures:
         return self + -other
 
     def is_zero(self) -> bool:
-        return all(not getattr(self, m) for m in MEASURES)
+        return not (self.transaction_count or self.completed_count or self.failed_count or self.gross_volume
+                    or self.refunded_amount or self.commission or self.processor_fees or self.barber_net)
 
 
 MEASURES = tuple(f.name for f in fields(Measures))
@@ -106,6 +114,9 @@ def rollup_deltas(before: Fact | None, after: Fact) -> dict[RollupKey, Measures]
     """What to add to each rollup row when a transaction moves from `before` (None: first seen) to
     `after`: its old part taken out of the rows it was in, its new part added to the rows it is in
     now (another day, if its `processed_at` moved). Rows that do not change are left out."""
+    if before is None:  # first seen: its part goes in as it is (the common case, by far)
+        new = measures_of(after)
+        return {} if new.is_zero() else dict.fromkeys(_keys(after), new)
     deltas: dict[RollupKey, Measures] = defaultdict(Measures)
     if before is not None:
         old = measures_of(before)

@@ -162,18 +162,37 @@ async def save_facts(session: AsyncSession, rows: list[FactRow]) -> None:
     # The session's own connection, inside its transaction: the COPY commits or rolls back with it.
     raw = (await (await session.connection()).get_raw_connection()).driver_connection
     await raw.execute(_FACTS_STAGE)
-    await raw.copy_records_to_table("facts_in", columns=FACT_COLUMNS, records=[
-        tuple(getattr(r, c) for c in FACT_COLUMNS) for r in ordered])
+    await raw.copy_records_to_table("facts_in", columns=FACT_COLUMNS,
+                                    records=[msgspec.structs.astuple(r) for r in ordered])
     await raw.execute(_FACTS_FROM_STAGE)
 
 
+ROLLUP_KEY = ("day", "barber_id", "payment_type", "processor", "currency", "source")
+_ROLLUPS_STAGE = (f"CREATE TEMP TABLE IF NOT EXISTS rollups_in (LIKE {t.SCHEMA}.daily_payments) "
+                  "ON COMMIT DELETE ROWS")
+_ROLLUPS_FROM_STAGE = (
+    f"INSERT INTO {t.SCHEMA}.daily_payments AS dp ({', '.join(ROLLUP_KEY + MEASURES)}) "
+    f"SELECT {', '.join(ROLLUP_KEY + MEASURES)} FROM rollups_in ORDER BY {', '.join(ROLLUP_KEY)} "
+    f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET "
+    + ", ".join(f"{m} = dp.{m} + EXCLUDED.{m}" for m in MEASURES))
+
+
 async def add_to_daily_payments(session: AsyncSession, deltas: dict[RollupKey, Measures]) -> None:
-    """Add each delta to its rollup row, in key order (see the module's note on deadlocks)."""
-    if deltas:
+    """Add each delta to its rollup row, in key order (see the module's note on deadlocks); a big
+    batch's (the legacy import's) through a COPY and one statement, as `save_facts` does."""
+    ordered = sorted(deltas.items())
+    if len(ordered) >= COPY_FROM:
+        raw = (await (await session.connection()).get_raw_connection()).driver_connection
+        await raw.execute(_ROLLUPS_STAGE)
+        await raw.copy_records_to_table("rollups_in", columns=ROLLUP_KEY + MEASURES, records=[
+            (*key, d.transaction_count, d.completed_count, d.failed_count, d.gross_volume, d.refunded_amount,
+             d.commission, d.processor_fees, d.barber_net) for key, d in ordered])
+        await raw.execute(_ROLLUPS_FROM_STAGE)
+    elif ordered:
         await session.execute(_ADD_TO_ROLLUPS, [
             dict(day=day, barber_id=barber, payment_type=payment_type, processor=processor, currency=currency,
                  source=source, **{m: getattr(delta, m) for m in MEASURES})
-            for (day, barber, payment_type, processor, currency, source), delta in sorted(deltas.items())])
+            for (day, barber, payment_type, processor, currency, source), delta in ordered])
 
 
 async def daily_payments(session: AsyncSession, *, barber_id: int, currency: str, start: date, end: date,

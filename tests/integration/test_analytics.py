@@ -23,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
 
+from services.analytics import store
 from services.analytics import tables as at
 from services.analytics.app import create_app
 from services.analytics.settings import AnalyticsSettings
@@ -228,11 +229,12 @@ async def test_every_dashboard_number_is_the_sum_of_what_was_sent(client, db, js
 
 
 async def test_a_bulk_import_counts_every_legacy_payment_once(client, db, js, event_names):
-    """`transaction.imported` batches big enough for the bulk (COPY) write: 3 events of 450 legacy
-    payments, one of them delivered again under another message id, and one payment repeated in a
-    later event with an older sequence. Every figure equals a sum computed here, each payment once."""
+    """`transaction.imported` batches big enough for the bulk (COPY) writes of facts and of rollups:
+    3 events of 450 legacy payments of 40 barbers over 10 days, one of them delivered again under
+    another message id, and one payment repeated in a later event with an older sequence. Every
+    figure equals a sum computed here, each payment once."""
     rnd = random.Random(20261205)
-    barbers = [next_barber() for _ in range(3)]
+    barbers = [next_barber() for _ in range(40)]
     final = []
     for n in range(1350):
         amount = rnd.randint(100, 50_000)
@@ -244,6 +246,9 @@ async def test_a_bulk_import_counts_every_legacy_payment_once(client, db, js, ev
             final[-1]["refunded"] = amount
     payloads = [event_of(state, 2).decode(TransactionRecorded) for state in final]
     batches = [new_event(TransactionImported(transactions=payloads[i:i + 450])) for i in range(0, 1350, 450)]
+    # Each batch moves more rollup rows (a barber's day, and all barbers' day) than the bulk path's threshold.
+    assert all(len({(p.barber_id, p.processed_at.date()) for p in payloads[i:i + 450]}) >= store.COPY_FROM
+               for i in range(0, 1350, 450))
     stale = msgspec.structs.replace(payloads[0], sequence=1, status="pending", refunded_amount=Decimal(0))
     late = new_event(TransactionImported(transactions=[stale]))  # older than what the first batch holds
     for event in batches:

@@ -297,3 +297,16 @@ def test_insights_never_fail_and_progress_gap_and_levers_agree(history):
         assert int(levers["frequency"].needed * 10) == needed and levers["frequency"].current == D(interval) / 10
     else:
         assert "frequency" not in levers
+
+
+@given(st.lists(st.integers(-10**6, 10**6), min_size=16, max_size=16))
+def test_measures_add_and_subtract_field_by_field(values):
+    """`Measures` arithmetic is spelled out field by field (for speed): every field takes part, in
+    its own place, whatever fields the class has."""
+    a = Measures(*values[:3], *map(cents, values[3:8]))
+    b = Measures(*values[8:11], *map(cents, values[11:16]))
+    fields = list(Measures.__dataclass_fields__)
+    assert [getattr(a + b, f) for f in fields] == [getattr(a, f) + getattr(b, f) for f in fields]
+    assert [getattr(a - b, f) for f in fields] == [getattr(a, f) - getattr(b, f) for f in fields]
+    assert (a - a).is_zero() and (a - a) == NONE
+    assert a.is_zero() == all(not getattr(a, f) for f in fields)
