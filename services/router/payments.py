@@ -33,6 +33,7 @@ from services.router.wire import ProcessIn, ProcessOut
 from shared import attempts
 from shared.auth import Principal
 from shared.circuit import PLATFORM, CircuitBoard, connection_circuit
+from shared.db import GroupCommit
 from shared.errors import ProblemError, not_found
 from shared.events import new_event
 from shared.idempotency import ANSWER, Claim
@@ -94,6 +95,7 @@ class PaymentService:
         self.routing = routing
         self.circuits = circuits
         self.processor = processor
+        self._settles: GroupCommit | None = None  # made on first use: the hot-path pool exists from start-up
 
     async def process_payment(self, principal: Principal, body: ProcessIn, claim: Claim | None) -> ProcessOut:
         if body.route_id is not None:
@@ -335,7 +337,12 @@ class PaymentService:
         event = new_event(transaction_recorded(row))
         prefix = self.settings.event_subject_prefix
         answer = (claim.scope, claim.key, ANSWER.encode(process_out(row, decision))) if claim else None
-        if not await store.settle_fresh(self.rt.hot_path, row, payment.version, outbox_row(event, prefix), answer):
+        # Group-committed with the settlements of concurrent payments: one statement for all, each
+        # request answered once its row, event and answer are durable.
+        if self._settles is None:
+            self._settles = GroupCommit(self.rt.hot_path, store.SETTLE_FRESH_BATCH)
+        if not await self._settles.insert(
+                store.settle_fresh_tuple(row, payment.version, outbox_row(event, prefix), answer), row.id):
             return None
         if claim is not None:
             claim.completed = True

@@ -96,24 +96,36 @@ def decision_tuple(row: DecisionRow) -> tuple:
     return tuple(getattr(row, name) for name in _DECISION_COLUMNS)
 
 
-# Settle a fresh attempt, its event and its remembered answer in one statement. The caller built
-# the event and the answer from the row it opened plus these values; `version` guards that
-# prediction: if anyone touched the row since, nothing is written and the general path settles.
-SETTLE_FRESH = f"""
-WITH settled AS (
-    UPDATE {t.SCHEMA}.platform_payments
-    SET status = $2, stripe_payment_intent_id = $3, stripe_charge_id = $4, failure_code = $5, failure_reason = $6,
-        processor_response = $7, processed_at = $8, updated_at = $8, version = version + 1
-    WHERE id = $1 AND status = 'pending' AND version = $9
-    RETURNING id
+# Settle fresh attempts, each with its event and its remembered answer, in one statement, for the
+# attempts of concurrent requests at once (`shared.db.GroupCommit`: one array per column, the
+# response as JSON text). The caller built the event and the answer from the row it opened plus
+# these values; `opened_version` guards that prediction: if anyone touched the row since, nothing is
+# written for it and the general path settles. Returns the id of each attempt it settled.
+SETTLE_FRESH_BATCH = f"""
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::timestamptz[], $9::int[], $10::uuid[], $11::text[], $12::text[], $13::bytea[],
+                         $14::text[], $15::text[], $16::bytea[])
+        AS i(id, status, intent_id, charge_id, failure_code, failure_reason, response, at, opened_version,
+             event_id, subject, event_type, body, scope, key, answer)
+), settled AS (
+    UPDATE {t.SCHEMA}.platform_payments AS p
+    SET status = i.status, stripe_payment_intent_id = i.intent_id, stripe_charge_id = i.charge_id,
+        failure_code = i.failure_code, failure_reason = i.failure_reason, processor_response = i.response::jsonb,
+        processed_at = i.at, updated_at = i.at, version = p.version + 1
+    FROM input AS i
+    WHERE p.id = i.id AND p.status = 'pending' AND p.version = i.opened_version
+    RETURNING p.id
 ), event AS (
-    INSERT INTO {t.SCHEMA}.outbox (event_id, subject, event_type, body) SELECT $10, $11, $12, $13 FROM settled
+    INSERT INTO {t.SCHEMA}.outbox (event_id, subject, event_type, body)
+    SELECT i.event_id, i.subject, i.event_type, i.body FROM input AS i JOIN settled USING (id) ORDER BY i.id
 ), answer AS (
-    UPDATE {t.SCHEMA}.idempotency_keys
-    SET state = 'completed', response_status = 200, response_body = $16, response_media_type = 'application/json'
-    WHERE scope = $14 AND key = $15 AND EXISTS (SELECT 1 FROM settled)
+    UPDATE {t.SCHEMA}.idempotency_keys AS k
+    SET state = 'completed', response_status = 200, response_body = i.answer, response_media_type = 'application/json'
+    FROM input AS i JOIN settled USING (id)
+    WHERE k.scope = i.scope AND k.key = i.key
 )
-SELECT count(*) AS settled FROM settled
+SELECT id FROM settled
 """
 
 # What an external route is being paid through: the barber's processor, or the platform (it fell back).
@@ -318,14 +330,13 @@ async def open_route_and_attempt(hot: HotPath, decision: DecisionRow, payment_id
     return True, PaymentRow(**attempt) if attempt["id"] is not None else None
 
 
-async def settle_fresh(hot: HotPath, row: PaymentRow, opened_version: int, event: tuple[uuid.UUID, str, str, bytes],
-                       answer: tuple[str, str, bytes] | None) -> bool:
-    """`SETTLE_FRESH`: True when this settled the attempt (with its event and answer)."""
+def settle_fresh_tuple(row: PaymentRow, opened_version: int, event: tuple[uuid.UUID, str, str, bytes],
+                       answer: tuple[str, str, bytes] | None) -> tuple:
+    """A fresh attempt's settlement as `SETTLE_FRESH_BATCH` takes it, column by column."""
     scope, key, body = answer if answer is not None else (None, None, None)
-    result = await hot.fetchrow_sql(
-        SETTLE_FRESH, row.id, row.status, row.stripe_payment_intent_id, row.stripe_charge_id, row.failure_code,
-        row.failure_reason, row.processor_response, row.processed_at, opened_version, *event, scope, key, body)
-    return result is not None and result["settled"] == 1
+    response = None if row.processor_response is None else msgspec.json.encode(row.processor_response).decode()
+    return (row.id, row.status, row.stripe_payment_intent_id, row.stripe_charge_id, row.failure_code,
+            row.failure_reason, response, row.processed_at, opened_version, *event, scope, key, body)
 
 
 async def insert_decision(session: AsyncSession, decision: Values) -> bool:

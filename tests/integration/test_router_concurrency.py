@@ -154,6 +154,38 @@ async def test_concurrent_payments_of_one_route_charge_once(http, db, stripe_sim
     assert len(intents) == 1
 
 
+async def test_concurrent_payments_settle_together_each_once_with_its_event_and_answer(http, db, stripe_sim):
+    """Route-and-pay settlements of concurrent requests are group-committed: several attempts share
+    one statement (their outbox rows one transaction's start time: `now()`), and still each payment is settled once,
+    with exactly one `transaction.recorded` of its own and its answer remembered under its key."""
+    barbers = [await paying_barber(http) for _ in range(6)]
+    amounts = {i: Decimal(10 + i) + Decimal("0.25") for i in range(60)}
+
+    def pay(i: int):
+        return call(http, "POST", "/process", {**barber(barbers[i % 6]), "Idempotency-Key": f"together-{i}-{barbers[0]}"},
+                    {"appointment_id": 100 + i, "amount": str(amounts[i]), "payment_method": "pm_card_visa"})
+
+    results = await at_once(60, pay)
+    assert [s for s, _ in results] == [200] * 60, results
+    ids = [body["transaction_id"] for _, body in results]
+    assert len(set(ids)) == 60
+    payments = await rows(db, sa.select(t.platform_payments).where(t.platform_payments.c.barber_id.in_(barbers)))
+    assert sorted((p["status"], p["amount"]) for p in payments) == sorted(("completed", a) for a in amounts.values())
+    # (Not xmin: the relay's update marking rows published replaces it.)
+    events = await rows(db, sa.select(outbox.c.body, outbox.c.created_at.label("xid"))
+                        .where(outbox.c.event_type == "transaction.recorded"))
+    mine = [(msgspec.json.decode(e["body"])["payload"], e["xid"]) for e in events]
+    mine = [(payload, xid) for payload, xid in mine if payload["barber_id"] in barbers]
+    assert sorted(payload["transaction_id"] for payload, _ in mine) == sorted(ids)  # one each
+    assert sum(Decimal(payload["amount"]) for payload, _ in mine) == sum(amounts.values())
+    per_statement = {}
+    for _, xid in mine:
+        per_statement[xid] = per_statement.get(xid, 0) + 1
+    assert max(per_statement.values()) >= 2, per_statement  # grouped, not one statement each
+    again = await asyncio.gather(*(pay(i) for i in range(60)))  # every key answers as it did
+    assert [(s, body["transaction_id"]) for s, body in again] == [(200, i) for i in ids]
+
+
 async def _paid(http, b: int, amount: str) -> dict:
     status, body = await call(http, "POST", "/process", barber(b),
                               {"appointment_id": 9, "amount": amount, "payment_method": "pm_card_visa"})
