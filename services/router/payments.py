@@ -95,7 +95,9 @@ class PaymentService:
         self.routing = routing
         self.circuits = circuits
         self.processor = processor
-        self._settles: GroupCommit | None = None  # made on first use: the hot-path pool exists from start-up
+        # Group commits, made on first use (the hot-path pool exists from start-up).
+        self._opens: store.OpenRoutesAndAttempts | None = None
+        self._settles: GroupCommit | None = None
 
     async def process_payment(self, principal: Principal, body: ProcessIn, claim: Claim | None) -> ProcessOut:
         if body.route_id is not None:
@@ -140,7 +142,9 @@ class PaymentService:
         decision = decided.row
         if decision.payment_type != "centralized":
             return None
-        recorded, payment = await store.open_route_and_attempt(self.rt.hot_path, decision, uuid.uuid4(),
+        if self._opens is None:
+            self._opens = store.OpenRoutesAndAttempts(self.rt.hot_path)
+        recorded, payment = await store.open_route_and_attempt(self._opens, decision, uuid.uuid4(),
                                                                body.payment_method, claim)
         if not recorded:
             return None

@@ -9,6 +9,7 @@ it from the empty result.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -22,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.router import tables as t
 from services.router.domain import Frequency, PaymentMode, PaymentType, Processor
 from shared import attempts
-from shared.db import HotPath
+from shared.db import GroupCommit, HotPath
 from shared.db import all_rows as _all
 from shared.db import one_row as _one
 from shared.db import only_row as _only
@@ -40,44 +41,59 @@ r = t.platform_refunds
 # Built once: the `/route` hot path only binds parameters to it.
 INSERT_DECISION = pg_insert(rd).on_conflict_do_nothing().returning(rd.c.route_id)
 
-# Route-and-pay on the platform in one statement (one round trip, atomic by itself): record the
-# decision, read the barber's payout account as it is now, and open the pending attempt with its
-# processor key. `decided` is 0 when the route id was recorded before (a retry): nothing is
-# written then, and the caller takes the general path. No payout account: the decision is
-# recorded, no attempt (the caller answers 422, as the general path does).
 _DECISION_COLUMNS = ("route_id", "barber_id", "appointment_id", "client_id", "amount", "currency", "payment_type",
                      "processor", "connection_id", "commission_rate", "commission_amount",
                      "estimated_processor_fee", "barber_net", "reason", "fallback_used", "decided_at")
 _N_DECISION = len(_DECISION_COLUMNS)  # $16 is decided_at
-# Claim the Idempotency-Key (when $20 is given: a deferred claim, `shared.idempotency`), record the
-# decision and open its pending attempt, in one statement. With the key taken, nothing is written.
-OPEN_ROUTE_AND_ATTEMPT = f"""
-WITH claim AS (
+
+# Route-and-pay's first statement (atomic by itself): claim the Idempotency-Key (a deferred claim,
+# `shared.idempotency`), record the decision, read the barber's payout account as it is now, and
+# open the pending attempt with its processor key. With the key taken, nothing is written; `decided`
+# is false when the route id was recorded before (a retry: the caller takes the general path); no
+# payout account: the decision is recorded, no attempt (the caller answers 422, as the general path
+# does). Written for the requests under way at once (`OpenRoutesAndAttempts`): one array per column
+# (the decision's, then the attempt's id, payment method and processor key, then the claim's scope,
+# key and fingerprint, NULL without one), one row back per input row. A batch never holds two rows
+# of one Idempotency-Key (the batcher defers the second), so each key's claim names its row.
+_OPEN_TYPES = ("uuid", "integer", "bigint", "bigint", "numeric", "text", "text", "text", "integer", "numeric",
+               "numeric", "numeric", "numeric", "text", "boolean", "timestamptz",
+               "uuid", "text", "text", "text", "text", "text")
+_OPEN_INPUT = (*_DECISION_COLUMNS, "payment_id", "payment_method", "processor_key", "claim_scope", "claim_key",
+               "claim_fingerprint")
+OPEN_ROUTES_AND_ATTEMPTS = f"""
+WITH input AS (
+    SELECT * FROM unnest({", ".join(f"${i}::{kind}[]" for i, kind in enumerate(_OPEN_TYPES, 1))})
+        AS i({", ".join(_OPEN_INPUT)})
+), claim AS (
     INSERT INTO {t.SCHEMA}.idempotency_keys (scope, key, fingerprint, state, created_at, locked_at)
-    SELECT $20, $21, $22, 'in_progress', ${_N_DECISION}, ${_N_DECISION} WHERE $20::text IS NOT NULL
+    SELECT claim_scope, claim_key, claim_fingerprint, 'in_progress', decided_at, decided_at
+    FROM input WHERE claim_scope IS NOT NULL ORDER BY claim_scope, claim_key
     ON CONFLICT DO NOTHING
-    RETURNING key
+    RETURNING scope, key
 ), decision AS (
     INSERT INTO {t.SCHEMA}.routing_decisions ({", ".join(_DECISION_COLUMNS)})
-    SELECT {", ".join(f"${i}" for i in range(1, _N_DECISION + 1))}
-    WHERE $20::text IS NULL OR EXISTS (SELECT 1 FROM claim)
+    SELECT {", ".join(f"i.{c}" for c in _DECISION_COLUMNS)} FROM input AS i
+    WHERE i.claim_scope IS NULL OR EXISTS (SELECT 1 FROM claim AS c WHERE c.scope = i.claim_scope AND c.key = i.claim_key)
+    ORDER BY i.route_id
     ON CONFLICT DO NOTHING
     RETURNING *
-), payout AS (
-    SELECT connect_account_id FROM {t.SCHEMA}.hybrid_payment_configs
-    WHERE barber_id = $2 AND connect_account_id <> ''
 ), attempt AS (
     INSERT INTO {t.SCHEMA}.platform_payments (id, route_id, barber_id, appointment_id, client_id, amount, currency,
         commission_rate, commission_amount, processor_fee, refunded_amount, destination_account, payment_method,
         status, processor_idempotency_key, created_at, updated_at, version)
-    SELECT $17, d.route_id, d.barber_id, d.appointment_id, d.client_id, d.amount, d.currency, d.commission_rate,
-        d.commission_amount, d.estimated_processor_fee, 0, payout.connect_account_id, $18, 'pending',
-        $19, d.decided_at, d.decided_at, 1
-    FROM decision AS d CROSS JOIN payout
+    SELECT i.payment_id, d.route_id, d.barber_id, d.appointment_id, d.client_id, d.amount, d.currency,
+        d.commission_rate, d.commission_amount, d.estimated_processor_fee, 0, cfg.connect_account_id,
+        i.payment_method, 'pending', i.processor_key, d.decided_at, d.decided_at, 1
+    FROM decision AS d JOIN input AS i USING (route_id)
+    JOIN {t.SCHEMA}.hybrid_payment_configs AS cfg ON cfg.barber_id = d.barber_id AND cfg.connect_account_id <> ''
+    ORDER BY i.payment_id
     RETURNING *
 )
-SELECT (SELECT count(*) FROM claim) AS claimed, (SELECT count(*) FROM decision) AS decided, attempt.*
-FROM (SELECT 1) AS one LEFT JOIN attempt ON true
+SELECT i.route_id AS opened_for, c.key IS NOT NULL AS claimed, d.route_id IS NOT NULL AS decided, a.*
+FROM input AS i
+LEFT JOIN claim AS c ON c.scope = i.claim_scope AND c.key = i.claim_key
+LEFT JOIN decision AS d ON d.route_id = i.route_id
+LEFT JOIN attempt AS a ON a.route_id = i.route_id
 """
 
 # `/route`'s decisions, group-committed (`shared.db.GroupCommit`): one array per column.
@@ -310,15 +326,55 @@ def decision_values(row: DecisionRow) -> Values:
     return {name: getattr(row, name) for name in _DECISION_COLUMNS}
 
 
-async def open_route_and_attempt(hot: HotPath, decision: DecisionRow, payment_id: uuid.UUID, payment_method: str,
-                                 claim: Claim | None) -> tuple[bool, PaymentRow | None]:
-    """`OPEN_ROUTE_AND_ATTEMPT`: (recorded now, the attempt opened or None). An unheld `claim` is
-    claimed by the same statement (then held), or `ClaimTaken` is raised, nothing written."""
+class OpenRoutesAndAttempts(GroupCommit):
+    """`OPEN_ROUTES_AND_ATTEMPTS` for the route-and-pay requests under way at once: one statement
+    for all (`GroupCommit`: at once when idle, else together with those that arrived meanwhile),
+    each request resuming with its own row once the statement committed. Two requests under one
+    Idempotency-Key never share a statement: the later one waits for the next."""
+
+    def __init__(self, hot: HotPath) -> None:
+        super().__init__(hot, OPEN_ROUTES_AND_ATTEMPTS)
+
+    async def open(self, row: tuple) -> dict:
+        return await self.insert(row, row[0])
+
+    async def _write(self, batch: list[tuple[tuple, Any, asyncio.Future]]) -> None:
+        keys: set[tuple] = set()
+        now, later = [], []
+        for item in batch:
+            claim_key = item[0][-3:-1]
+            if claim_key[0] is not None and claim_key in keys:
+                later.append(item)
+            else:
+                keys.add(claim_key)
+                now.append(item)
+        if later:
+            self._pending[:0] = later
+        try:
+            rows = await self._hot.fetch_sql(self._sql, *(list(column) for column in zip(*(r for r, _, _ in now))))
+        except Exception as exc:
+            if len(now) > 1:
+                await asyncio.gather(*(self._write([item]) for item in now))
+            elif not now[0][2].done():
+                now[0][2].set_exception(exc)
+            return
+        by_route = {row["opened_for"]: row for row in rows}
+        for _, route_id, future in now:
+            if not future.done():
+                future.set_result(dict(by_route[route_id]))
+
+
+async def open_route_and_attempt(opens: OpenRoutesAndAttempts, decision: DecisionRow, payment_id: uuid.UUID,
+                                 payment_method: str, claim: Claim | None) -> tuple[bool, PaymentRow | None]:
+    """`OPEN_ROUTES_AND_ATTEMPTS`, group-committed: (recorded now, the attempt opened or None). An
+    unheld `claim` is claimed by the same statement (then held), or `ClaimTaken` is raised, nothing
+    written."""
     values = decision_values(decision)
     deferred = claim if claim is not None and not claim.held else None
     key = (deferred.scope, deferred.key, deferred.fingerprint) if deferred else (None, None, None)
-    row = await hot.fetchrow_sql(OPEN_ROUTE_AND_ATTEMPT, *(values[name] for name in _DECISION_COLUMNS),
-                                 payment_id, payment_method, f"hp-pay-{payment_id}", *key)
+    row = await opens.open((*(values[name] for name in _DECISION_COLUMNS), payment_id, payment_method,
+                            f"hp-pay-{payment_id}", *key))
+    del row["opened_for"]
     if deferred is not None:
         if row is None or not row["claimed"]:
             raise ClaimTaken

@@ -186,6 +186,34 @@ async def test_concurrent_payments_settle_together_each_once_with_its_event_and_
     assert [(s, body["transaction_id"]) for s, body in again] == [(200, i) for i in ids]
 
 
+async def test_one_key_with_different_bodies_at_once_charges_once_among_other_payments(http, db, stripe_sim):
+    """Route-and-pay's first statements are group-committed too. Twelve requests under one key, each
+    with another amount (so each would make another route), released together with twenty other
+    payments: only one of the twelve is charged, the rest answer 409/422, whichever statements
+    they shared (the batcher never lets two rows of one key into one statement)."""
+    one, others = await paying_barber(http), await paying_barber(http)
+    key = f"one-key-{one}"
+
+    def pay(i: int):
+        if i < 12:
+            return call(http, "POST", "/process", {**barber(one), "Idempotency-Key": key},
+                        {"appointment_id": 300, "amount": f"{20 + i}.00", "payment_method": "pm_card_visa"})
+        return call(http, "POST", "/process", {**barber(others), "Idempotency-Key": f"other-{i}-{others}"},
+                    {"appointment_id": 300 + i, "amount": "15.00", "payment_method": "pm_card_visa"})
+
+    results = await at_once(32, pay)
+    assert [s for s, _ in results[12:]] == [200] * 20, results[12:]
+    mine = [s for s, _ in results[:12]]
+    assert mine.count(200) <= 1 and set(mine) <= {200, 409, 422}, results[:12]
+    payments = await rows(db, sa.select(t.platform_payments).where(t.platform_payments.c.barber_id == one))
+    assert len(payments) == 1, payments
+    intents = [pi for pi in (await sim_call(stripe_sim, "GET", "/_sim/payment_intents"))["data"]
+               if pi["metadata"].get("barber_id") == str(one)]
+    assert len(intents) == 1
+    decisions = await rows(db, sa.select(t.routing_decisions.c.route_id).where(t.routing_decisions.c.barber_id == one))
+    assert len(decisions) == 1
+
+
 async def _paid(http, b: int, amount: str) -> dict:
     status, body = await call(http, "POST", "/process", barber(b),
                               {"appointment_id": 9, "amount": amount, "payment_method": "pm_card_visa"})
