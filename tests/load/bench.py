@@ -66,6 +66,49 @@ console = Console()
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an HTTP proxy
 
 
+# Each service's operations prefix (`shared.operations`: outbox backlog and consumer lag, admin only).
+_PIPELINE = {"router": "/api/v1/hybrid-payments", "external": "/api/v1/external-payments",
+             "collections": "/api/v1/platform-collections", "analytics": "/api/v1/unified-payment-analytics"}
+
+
+def pipeline_backlog(secret: str) -> dict[str, int]:
+    """Per service of `make run`: events committed and not yet published, plus events waiting for
+    or being applied by its consumers, read from `/operations/status`; a service that does not
+    answer counts -1."""
+    from shared.auth import issue_token  # imported here: it pulls in Litestar
+
+    token = issue_token(secret, 1, "admin", ttl_seconds=300)
+    urls = run_state().get("urls", {})
+    backlog = {}
+    for service, prefix in _PIPELINE.items():
+        request = urllib.request.Request(f"{urls.get(service, '')}{prefix}/operations/status",
+                                         headers={"Authorization": f"Bearer {token}"})
+        try:
+            with _DIRECT.open(request, timeout=5) as resp:
+                status = json.loads(resp.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            backlog[service] = -1
+            continue
+        backlog[service] = status["outbox_backlog"] + sum(c["pending"] + c["unacked"] for c in status["consumers"])
+    return backlog
+
+
+def quiesce(secret: str, *, timeout: float = 120.0) -> None:
+    """Wait until what an earlier stage sent is through the pipeline (every outbox published, every
+    consumer caught up), so a stage measures its own load, not the tail of the one before (the
+    webhook stage's events were still being applied while the lag stage began)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        backlog = pipeline_backlog(secret)
+        if all(n == 0 for n in backlog.values()):
+            waited = time.monotonic() - started
+            if waited >= 1:
+                console.print(f"[dim]waited {waited:.0f} s for the pipeline to drain[/]")
+            return
+        time.sleep(1.0)
+    console.print(f"[yellow]the pipeline did not drain within {timeout:.0f} s: {backlog}; measuring anyway[/]")
+
+
 def via_gateway(router_url: str) -> bool:
     """The dev gateway marks what it proxies with `Via: 1.1 hybrid-payments-gateway`."""
     try:
@@ -357,14 +400,17 @@ def main(argv: list[str] | None = None) -> int:
                 # The ceiling stays up (idle) during the router runs; it is stopped when they end.
                 for stage, measure in (("route", _route), ("pay", _pay), ("webhooks", _webhooks)):
                     if stage in args.stages:
+                        quiesce(secret)
                         more_runs, more_rows = asyncio.run(measure(args, ceiling_url, secret))
                         runs |= more_runs
                         rows += more_rows
         if "lag" in args.stages:
+            quiesce(secret)
             more_runs, more_rows = asyncio.run(_lag(args, secret))
             runs |= more_runs
             rows += more_rows
         if "import" in args.stages:
+            quiesce(secret)
             more_runs, more_rows = _import(args)
             runs |= more_runs
             rows += more_rows
