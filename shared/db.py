@@ -106,7 +106,9 @@ class GroupCommit:
         self._pending: list[tuple[tuple, Any, asyncio.Future]] = []
         self._writing: set[asyncio.Task] = set()
 
-    async def insert(self, row: tuple, key: Any) -> bool:
+    async def insert(self, row: tuple, key: Any) -> Any:
+        """Resumes once the statement holding `row` committed, with what `_answer` gives it (here:
+        whether it went in)."""
         future = asyncio.get_running_loop().create_future()
         self._pending.append((row, key, future))
         if len(self._writing) < self._in_flight:
@@ -126,6 +128,7 @@ class GroupCommit:
             self._flush()
 
     async def _write(self, batch: list[tuple[tuple, Any, asyncio.Future]]) -> None:
+        batch = self._admit(batch)
         try:
             rows = await self._hot.fetch_sql(self._sql, *(list(column) for column in zip(*(r for r, _, _ in batch))))
         except Exception as exc:
@@ -134,6 +137,15 @@ class GroupCommit:
             elif not batch[0][2].done():
                 batch[0][2].set_exception(exc)
             return
+        self._answer(batch, rows)
+
+    def _admit(self, batch: list[tuple[tuple, Any, asyncio.Future]]) -> list[tuple[tuple, Any, asyncio.Future]]:
+        """The rows this statement takes (a subclass may keep some back for the next one, into
+        `_pending`; it must take at least the first)."""
+        return batch
+
+    def _answer(self, batch: list[tuple[tuple, Any, asyncio.Future]], rows: list) -> None:
+        """Resume each caller from the statement's rows: here, whether its key was inserted."""
         inserted = {row[0] for row in rows}
         for _, key, future in batch:
             if not future.done():

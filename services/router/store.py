@@ -338,28 +338,22 @@ class OpenRoutesAndAttempts(GroupCommit):
     async def open(self, row: tuple) -> dict:
         return await self.insert(row, row[0])
 
-    async def _write(self, batch: list[tuple[tuple, Any, asyncio.Future]]) -> None:
+    def _admit(self, batch: list[tuple[tuple, Any, asyncio.Future]]) -> list[tuple[tuple, Any, asyncio.Future]]:
         keys: set[tuple] = set()
         now, later = [], []
         for item in batch:
-            claim_key = item[0][-3:-1]
+            claim_key = item[0][-3:-1]  # (scope, key), or (None, None) without a claim
             if claim_key[0] is not None and claim_key in keys:
                 later.append(item)
             else:
                 keys.add(claim_key)
                 now.append(item)
-        if later:
-            self._pending[:0] = later
-        try:
-            rows = await self._hot.fetch_sql(self._sql, *(list(column) for column in zip(*(r for r, _, _ in now))))
-        except Exception as exc:
-            if len(now) > 1:
-                await asyncio.gather(*(self._write([item]) for item in now))
-            elif not now[0][2].done():
-                now[0][2].set_exception(exc)
-            return
+        self._pending[:0] = later
+        return now
+
+    def _answer(self, batch: list[tuple[tuple, Any, asyncio.Future]], rows: list) -> None:
         by_route = {row["opened_for"]: row for row in rows}
-        for _, route_id, future in now:
+        for _, route_id, future in batch:
             if not future.done():
                 future.set_result(dict(by_route[route_id]))
 
