@@ -44,3 +44,15 @@ async def unpublished(sessions, event_id: uuid.UUID) -> bool:
         )
         return value is None
 
+
+class CountingHotPath:
+    """The one method `shared.db.GroupCommit` (and `shared.ratelimit.CellTakes`) uses, on a plain
+    asyncpg pool, counting the statements it sends."""
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+        self.statements = 0
+
+    async def fetch_sql(self, sql: str, *args):
+        self.statements += 1
+        return await self.pool.fetch(sql, *args)

@@ -12,22 +12,11 @@ import asyncpg
 import pytest
 
 from shared.db import GroupCommit
+from tests.integration.platform_support import CountingHotPath
 
 TABLE = "platform_test.group_rows"
 INSERT = (f"INSERT INTO {TABLE} (key, amount) SELECT * FROM unnest($1::text[], $2::numeric[]) "
           "ON CONFLICT DO NOTHING RETURNING key")
-
-
-class CountingHotPath:
-    """The one method GroupCommit uses, on a plain pool, counting the statements it sends."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
-        self.statements = 0
-
-    async def fetch_sql(self, sql: str, *args):
-        self.statements += 1
-        return await self.pool.fetch(sql, *args)
 
 
 @pytest.fixture

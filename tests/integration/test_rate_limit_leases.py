@@ -14,21 +14,10 @@ import pytest
 
 from shared import ratelimit
 from shared.ratelimit import CellTakes
+from tests.integration.platform_support import CountingHotPath
 
 SCHEMA = "platform_test"
 LIMIT = 600  # a minute: leases of 10
-
-
-class CountingHotPath:
-    """The one method CellTakes uses, on a pool of its own, counting the statements it sends."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
-        self.statements = 0
-
-    async def fetch_sql(self, sql: str, *args):
-        self.statements += 1
-        return await self.pool.fetch(sql, *args)
 
 
 @pytest.fixture
