@@ -118,10 +118,9 @@ def rollup_deltas(before: Fact | None, after: Fact) -> dict[RollupKey, Measures]
         new = measures_of(after)
         return {} if new.is_zero() else dict.fromkeys(_keys(after), new)
     deltas: dict[RollupKey, Measures] = defaultdict(Measures)
-    if before is not None:
-        old = measures_of(before)
-        for key in _keys(before):
-            deltas[key] = deltas[key] - old
+    old = measures_of(before)
+    for key in _keys(before):
+        deltas[key] = deltas[key] - old
     new = measures_of(after)
     for key in _keys(after):
         deltas[key] = deltas[key] + new

@@ -366,17 +366,16 @@ async def open_route_and_attempt(opens: OpenRoutesAndAttempts, decision: Decisio
     values = decision_values(decision)
     deferred = claim if claim is not None and not claim.held else None
     key = (deferred.scope, deferred.key, deferred.fingerprint) if deferred else (None, None, None)
-    row = await opens.open((*(values[name] for name in _DECISION_COLUMNS), payment_id, payment_method,
-                            f"hp-pay-{payment_id}", *key))
-    del row["opened_for"]
+    attempt = await opens.open((*(values[name] for name in _DECISION_COLUMNS), payment_id, payment_method,
+                                f"hp-pay-{payment_id}", *key))
+    del attempt["opened_for"]
+    claimed, decided = attempt.pop("claimed"), attempt.pop("decided")
     if deferred is not None:
-        if row is None or not row["claimed"]:
+        if not claimed:
             raise ClaimTaken
         deferred.held = True
-    if row is None or not row["decided"]:
+    if not decided:
         return False, None
-    attempt = dict(row)
-    del attempt["decided"], attempt["claimed"]
     return True, PaymentRow(**attempt) if attempt["id"] is not None else None
 
 
