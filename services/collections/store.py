@@ -156,6 +156,47 @@ async def update_transaction_state(session: AsyncSession, transaction_id: str, v
     await session.execute(sa.update(ts).where(ts.c.transaction_id == transaction_id).values(**values))
 
 
+# The usual batch: transactions heard of for the first time. Their states are inserted already at
+# the event's values and their accruals beside them, in one statement; a state that exists (or that
+# a concurrent batch is inserting) is left alone and its transaction id is not returned, so that
+# event goes the row-locking way (`lock_transaction_state`). Rows go in transaction id order, as
+# every writer of these keys takes them, so two replicas' batches cannot deadlock.
+STATE_COLUMNS = ("transaction_id", "barber_id", "currency", "sequence", "status", "amount", "refunded_amount",
+                 "commission_amount", "commission_accrued", "commission_reversed", "updated_at")
+_STATE_TYPES = ("text", "int", "text", "int", "text", "numeric", "numeric", "numeric", "numeric", "numeric",
+                "timestamptz")
+ACCRUAL_COLUMNS = ("barber_id", "transaction_id", "currency", "kind", "amount", "accrued_at", "event_id",
+                   "created_at")
+_ACCRUAL_TYPES = ("int", "text", "text", "text", "numeric", "timestamptz", "uuid", "timestamptz")
+_first = len(STATE_COLUMNS)
+START_STATES = f"""
+WITH started AS (
+    INSERT INTO {t.SCHEMA}.transaction_states ({", ".join(STATE_COLUMNS)})
+    SELECT * FROM unnest({", ".join(f"${i}::{kind}[]" for i, kind in enumerate(_STATE_TYPES, 1))})
+        AS s({", ".join(STATE_COLUMNS)})
+    ORDER BY transaction_id
+    ON CONFLICT (transaction_id) DO NOTHING
+    RETURNING transaction_id
+), accrued AS (
+    INSERT INTO {t.SCHEMA}.commission_accruals ({", ".join(ACCRUAL_COLUMNS)})
+    SELECT a.* FROM unnest({", ".join(f"${i}::{kind}[]" for i, kind in enumerate(_ACCRUAL_TYPES, _first + 1))})
+        AS a({", ".join(ACCRUAL_COLUMNS)})
+    JOIN started USING (transaction_id)
+)
+SELECT transaction_id FROM started"""
+
+
+async def start_transaction_states(session: AsyncSession, states: list[Values], accruals: list[Values]) -> set[str]:
+    """`START_STATES` in the session's transaction: the transaction ids whose state (and accruals) it
+    wrote; the others already had a state."""
+    if not states:
+        return set()
+    raw = (await (await session.connection()).get_raw_connection()).driver_connection
+    rows = await raw.fetch(START_STATES, *([s[c] for s in states] for c in STATE_COLUMNS),
+                           *([a[c] for a in accruals] for c in ACCRUAL_COLUMNS))
+    return {r["transaction_id"] for r in rows}
+
+
 async def insert_accruals(session: AsyncSession, rows: list[Values]) -> None:
     if rows:
         await session.execute(sa.insert(ac), rows)

@@ -255,6 +255,48 @@ async def test_accruals_add_up_to_what_the_newest_state_owes_whatever_the_delive
     assert all(r["barber_id"] == barber_of[r["transaction_id"]] for r in rows)
 
 
+async def test_a_batch_of_payments_heard_of_first_takes_no_row_locks(collections_uow, monkeypatch):
+    """The usual batch (new external payments, each once) is written in one statement: no event of it
+    locks its transaction's state row by row. A payment whose state exists still does, and every
+    payment owes what it should."""
+    from services.collections import store
+
+    n, barbers, first_day = fresh_example(1)
+    txs = [[dict(barber=0, payment_type="external", processor="square", amount=1000 + t, commission=100 + t, fee=0,
+                 source="live", status="completed", refunded=0, day=0, hour=t)] for t in range(20)]
+    txs[0].append(dict(txs[0][0], status="refunded", refunded=1000))  # its second state comes in a later batch
+    ids = [f"order-first-{n}-{t}" for t in range(len(txs))]
+    events = events_of(txs, ids, barbers, first_day)
+    locked: list[str] = []
+    lock = store.lock_transaction_state
+
+    async def counting_lock(session, transaction_id):
+        locked.append(transaction_id)
+        return await lock(session, transaction_id)
+
+    monkeypatch.setattr(store, "lock_transaction_state", counting_lock)
+    accruals = AccrualService()
+
+    async def deliver(batch: list[tuple[int, int]]) -> None:
+        async with collections_uow() as uow:
+            await accruals.apply_transactions_recorded(uow, [events[item] for item in batch])
+            await uow.commit()
+
+    await deliver([(t, 1) for t in range(len(txs))])
+    assert locked == []
+    await deliver([(0, 2), (1, 1)])  # a refund of a payment on record, and a redelivery
+    assert set(locked) == {ids[0], ids[1]}
+
+    ac = ct.accruals
+    async with collections_uow() as uow:
+        rows = (await uow.session.execute(sa.select(ac.c.transaction_id, ac.c.amount)
+                                          .where(ac.c.transaction_id.in_(ids)))).all()
+    net: dict[str, int] = {}
+    for tx, amount in rows:
+        net[tx] = net.get(tx, 0) + as_cents(amount)
+    assert net == {ids[0]: 0, **{ids[t]: 100 + t for t in range(1, len(txs))}}
+
+
 def test_events_are_the_producers_states():
     """The helper that builds the events keeps each state's figures and sequence (a sanity check
     of this module's own plumbing, so a failure above is the consumers' and not the fixture's)."""
