@@ -1,11 +1,15 @@
 """What the legacy import carries over from BookedBarber V2, and why not (`services.router.legacy`)."""
 
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.router.legacy import (
+    LEGACY_NAMESPACE,
     LegacyBarber,
     LegacyPayment,
     Skip,
@@ -62,7 +66,7 @@ def test_a_completed_payment_becomes_a_centralized_stripe_payment_at_its_origina
     assert p.transaction_id == legacy_transaction_id(10) != legacy_transaction_id(11)
     event = transaction_recorded(p, 1)
     assert (event.source, event.payment_type, event.processor, event.sequence) == ("legacy", "centralized", "stripe", 1)
-    assert event.external_transaction_id == "pi_1" and event.transaction_id == str(p.transaction_id)
+    assert event.external_transaction_id == "pi_1" and event.transaction_id == p.transaction_id
 
 
 def test_a_refund_gave_back_the_whole_payment_and_a_zoned_time_is_kept():
@@ -96,3 +100,11 @@ def test_differences_name_the_barber_and_the_figure_and_count_a_missing_side_as_
     assert found[2] == ("barber 2: count legacy 1 vs router 0, amount legacy 5.00 vs router 0, "
                         "refunded legacy 5.00 vs router 0")
     assert found[3].startswith("barber 3: count legacy 0 vs router 1")
+
+
+@given(st.integers(min_value=0, max_value=2**63 - 1))
+def test_the_transaction_id_is_the_stdlib_uuid5_of_the_legacy_id(legacy_id):
+    """The spelled-out name-based UUID is exactly `uuid.uuid5`'s (ids already imported keep theirs)."""
+    expected = uuid.uuid5(LEGACY_NAMESPACE, f"bookedbarber-v2/payments/{legacy_id}")
+    assert legacy_transaction_id(legacy_id) == str(expected)
+    assert uuid.UUID(legacy_transaction_id(legacy_id)).version == 5
