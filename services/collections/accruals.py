@@ -67,12 +67,23 @@ class AccrualService:
         _count(accruals)
 
     async def apply_config_changed(self, uow: UnitOfWork, event: Event) -> None:
-        config = event.decode(ConfigChanged)
-        await store.upsert_settings(uow.session, dict(
-            barber_id=config.barber_id, commission_collection_frequency=config.commission_collection_frequency,
-            auto_collection_enabled=config.auto_collection_enabled, connect_account_id=config.connect_account_id,
-            commission_rate=Decimal(config.commission_rate), config_version=config.version,
-            updated_at=datetime.now(UTC)))
+        await self.apply_configs_changed(uow, [event])
+
+    async def apply_configs_changed(self, uow: UnitOfWork, events: list[Event]) -> None:
+        """A batch of barbers' configs (the legacy import sends thousands at once) in one statement:
+        each barber's newest version in the batch, and only over an older one on record."""
+        now = datetime.now(UTC)
+        newest: dict[int, ConfigChanged] = {}
+        for event in events:
+            config = event.decode(ConfigChanged)
+            kept = newest.get(config.barber_id)
+            if kept is None or config.version >= kept.version:
+                newest[config.barber_id] = config
+        await store.upsert_settings(uow.session, [dict(
+            barber_id=c.barber_id, commission_collection_frequency=c.commission_collection_frequency,
+            auto_collection_enabled=c.auto_collection_enabled, connect_account_id=c.connect_account_id,
+            commission_rate=Decimal(c.commission_rate), config_version=c.version, updated_at=now)
+            for c in newest.values()])
 
 
 NOTHING_OWED = Owed(Decimal(0), Decimal(0))

@@ -116,11 +116,14 @@ class AttemptRow(msgspec.Struct, frozen=True, kw_only=True):
 
 # ---- barber settings and payment methods ------------------------------------------------------------
 
-async def upsert_settings(session: AsyncSession, values: Values) -> None:
-    """An older config never overwrites a newer one."""
-    stmt = pg_insert(bs).values(**values)
+async def upsert_settings(session: AsyncSession, rows: list[Values]) -> None:
+    """Barbers' settings in one statement (one row per barber); an older config never overwrites a
+    newer one."""
+    if not rows:
+        return
+    stmt = pg_insert(bs).values(sorted(rows, key=lambda r: r["barber_id"]))  # key order, as every writer
     await session.execute(stmt.on_conflict_do_update(
-        index_elements=[bs.c.barber_id], set_={k: v for k, v in values.items() if k != "barber_id"},
+        index_elements=[bs.c.barber_id], set_={k: stmt.excluded[k] for k in rows[0] if k != "barber_id"},
         where=bs.c.config_version <= stmt.excluded.config_version))
 
 

@@ -31,7 +31,7 @@ from services.collections import tables as ct
 from services.collections.accruals import AccrualService
 from shared.config import normalise_database_url
 from shared.db import PlatformTables, session_factory
-from shared.events import TransactionRecorded, new_event
+from shared.events import ConfigChanged, TransactionRecorded, new_event
 from shared.outbox import UnitOfWork
 
 STATUSES = ["pending", "completed", "failed", "canceled", "partially_refunded", "refunded"]
@@ -295,6 +295,42 @@ async def test_a_batch_of_payments_heard_of_first_takes_no_row_locks(collections
     for tx, amount in rows:
         net[tx] = net.get(tx, 0) + as_cents(amount)
     assert net == {ids[0]: 0, **{ids[t]: 100 + t for t in range(1, len(txs))}}
+
+
+def config_event(barber_id: int, version: int):
+    """A barber's config at `version`: its rate and frequency tell the versions apart."""
+    return new_event(ConfigChanged(
+        barber_id=barber_id, payment_mode="decentralized", preferred_processor="square", fallback_enabled=True,
+        min_external_amount=None, max_platform_amount=None, split_threshold=None,
+        commission_rate=f"0.{version:02d}", commission_collection_frequency=("daily", "weekly", "monthly")[version % 3],
+        auto_collection_enabled=version % 2 == 0, webhook_notifications=True, email_notifications=True,
+        analytics_enabled=True, connect_account_id=f"acct_{barber_id}_{version}", version=version))
+
+
+@EXAMPLE_SETTINGS
+@given(st.data())
+async def test_each_barbers_settings_are_its_newest_config_whatever_the_delivery(collections_uow, data):
+    versions = data.draw(st.lists(st.integers(1, 6), min_size=1, max_size=4), label="versions per barber")
+    n, barbers, _ = fresh_example(len(versions))
+    sent = [(b, v) for b, top in enumerate(versions) for v in range(1, top + 1)]
+    order = data.draw(st.permutations(sent + data.draw(st.lists(st.sampled_from(sent)), label="again")))
+    cuts = data.draw(st.lists(st.integers(1, 5), min_size=len(order), max_size=len(order)), label="batch sizes")
+    events = {(b, v): config_event(barbers[b], v) for b, v in sent}
+    accruals, i = AccrualService(), 0
+    for size in cuts:
+        if i >= len(order):
+            break
+        async with collections_uow() as uow:
+            await accruals.apply_configs_changed(uow, [events[item] for item in order[i:i + size]])
+            await uow.commit()
+        i += size
+    bs = ct.barber_settings
+    async with collections_uow() as uow:
+        got = {r.barber_id: (r.config_version, r.commission_rate, r.commission_collection_frequency,
+                             r.auto_collection_enabled, r.connect_account_id)
+               for r in (await uow.session.execute(sa.select(bs).where(bs.c.barber_id.in_(barbers)))).all()}
+    assert got == {barbers[b]: (top, Decimal(f"0.{top:02d}"), ("daily", "weekly", "monthly")[top % 3], top % 2 == 0,
+                                f"acct_{barbers[b]}_{top}") for b, top in enumerate(versions)}
 
 
 def test_events_are_the_producers_states():
