@@ -79,6 +79,7 @@ class Adapters:
         self.settings = settings
         self.vault = vault
         self._cache: dict[int, tuple[str, PaymentProcessor]] = {}
+        self._secrets: dict[int, tuple[str, Secret]] = {}  # opened webhook secrets, by sealed token
         self._stale: list[PaymentProcessor] = []  # replaced by new credentials; closed at shutdown
 
     def for_connection(self, connection: ConnectionRow) -> PaymentProcessor:
@@ -94,8 +95,17 @@ class Adapters:
         return adapter
 
     def webhook_secret(self, connection: ConnectionRow) -> Secret | None:
+        """The connection's webhook secret, opened once per sealed token (a rotated secret or a
+        re-sealed token is a new token, opened afresh)."""
         token = connection.webhook_secret
-        return None if token is None else Secret(self._open(token, connection.id))
+        if token is None:
+            return None
+        cached = self._secrets.get(connection.id)
+        if cached is not None and cached[0] == token:
+            return cached[1]
+        secret = Secret(self._open(token, connection.id))
+        self._secrets[connection.id] = (token, secret)
+        return secret
 
     def _open(self, token: str, connection_id: int) -> Any:
         try:
@@ -114,3 +124,4 @@ class Adapters:
             await adapter.close()
         self._cache.clear()
         self._stale.clear()
+        self._secrets.clear()
