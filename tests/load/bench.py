@@ -13,7 +13,6 @@ Prints a table (figure, value, target, pass) and writes `.run/bench-results.json
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import uvloop
 from rich.console import Console
 from rich.table import Table
 
@@ -351,7 +351,9 @@ async def _webhooks(args: argparse.Namespace, ceiling_url: str, secret: str) -> 
               f"{summary['applied_rps']:.0f} applied/s vs {ceiling['success_rps']:.0f} req/s"),
         check("webhooks answered applied or duplicate", rows[1]["value"], ">=", MIN_SUCCESS_RATE,
               f"spot check {spot['matched']} of {spot['checked']} read back"),
-        shown("webhooks / webhook ceiling", rows[3]["value"],
+        # The same aim against a ceiling that does the work issue 14 made every webhook do (verify,
+        # re-fetch from the processor, one statement), as route-and-pay is held to the pay ceiling.
+        check("webhooks / webhook ceiling, applied per second", rows[3]["value"], ">=", WEBHOOK_TARGET_RATIO,
               f"{summary['applied_rps']:.0f} vs {webhook_ceiling['applied_rps']:.0f} applied/s: verify, re-fetch, "
               "one statement"),
         shown("webhook ceiling / one-insert ceiling", rows[4]["value"],
@@ -401,12 +403,12 @@ def main(argv: list[str] | None = None) -> int:
                 for stage, measure in (("route", _route), ("pay", _pay), ("webhooks", _webhooks)):
                     if stage in args.stages:
                         quiesce(secret)
-                        more_runs, more_rows = asyncio.run(measure(args, ceiling_url, secret))
+                        more_runs, more_rows = uvloop.run(measure(args, ceiling_url, secret))
                         runs |= more_runs
                         rows += more_rows
         if "lag" in args.stages:
             quiesce(secret)
-            more_runs, more_rows = asyncio.run(_lag(args, secret))
+            more_runs, more_rows = uvloop.run(_lag(args, secret))
             runs |= more_runs
             rows += more_rows
         if "import" in args.stages:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
+import uvloop
 from rich.console import Console
 from rich.table import Table
 
@@ -368,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         check_target(cfg.url, args.allow_remote)
-        result = asyncio.run(run_load(cfg, console))
+        result = uvloop.run(run_load(cfg, console))
     except LoadError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         return 2
