@@ -13,6 +13,7 @@ Prints a table (figure, value, target, pass) and writes `.run/bench-results.json
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -30,7 +31,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import uvloop
 from rich.console import Console
 from rich.table import Table
 
@@ -403,12 +403,12 @@ def main(argv: list[str] | None = None) -> int:
                 for stage, measure in (("route", _route), ("pay", _pay), ("webhooks", _webhooks)):
                     if stage in args.stages:
                         quiesce(secret)
-                        more_runs, more_rows = uvloop.run(measure(args, ceiling_url, secret))
+                        more_runs, more_rows = asyncio.run(measure(args, ceiling_url, secret))
                         runs |= more_runs
                         rows += more_rows
         if "lag" in args.stages:
             quiesce(secret)
-            more_runs, more_rows = uvloop.run(_lag(args, secret))
+            more_runs, more_rows = asyncio.run(_lag(args, secret))
             runs |= more_runs
             rows += more_rows
         if "import" in args.stages:

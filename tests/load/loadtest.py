@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
-import uvloop
 from rich.console import Console
 from rich.table import Table
 
@@ -369,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         check_target(cfg.url, args.allow_remote)
-        result = uvloop.run(run_load(cfg, console))
+        result = asyncio.run(run_load(cfg, console))
     except LoadError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         return 2

@@ -37,7 +37,6 @@ from typing import Any
 
 import aiohttp
 import msgspec
-import uvloop
 from rich.console import Console
 from rich.table import Table
 
@@ -828,12 +827,12 @@ def main(argv: list[str] | None = None) -> int:
             raise LoadError("no JWT secret: pass --jwt-secret or set JWT_SECRET to the one `make run` uses")
         cfg = replace(cfg, jwt_secret=secret)
         if args.no_ceiling:
-            measured = uvloop.run(measure(cfg, None, console))
+            measured = asyncio.run(measure(cfg, None, console))
         else:
             database_url, db_source = pick_database_url(args.database_url)
             console.print(f"[dim]ceiling database from {db_source}; log {CEILING_LOG.relative_to(ROOT)}[/]")
             with ceiling_app(database_url, CEILING_LOG) as ceiling_url:
-                measured = uvloop.run(measure(cfg, ceiling_url, console))
+                measured = asyncio.run(measure(cfg, ceiling_url, console))
     except LoadError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         return 2
