@@ -312,8 +312,23 @@ def _ticks(pids: list[int]) -> dict[int, int]:
     return ticks
 
 
-def _idle(args: argparse.Namespace) -> tuple[dict, list]:
+def _busiest(before: dict[int, int], after: dict[int, int], seconds: float, ticks_per_second: int) -> str:
+    """The processes that used the most CPU over the window, for the note (`name pid: % of a core`)."""
+    used = sorted(((after[pid] - before[pid], pid) for pid in after if pid in before), reverse=True)[:3]
+    names = []
+    for ticks, pid in used:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            name = next((a.decode() for a in cmd[1:] if a.startswith((b"services.", b"sandbox."))), str(pid))
+        except OSError:
+            name = str(pid)
+        names.append(f"{name} {100 * ticks / ticks_per_second / seconds:.1f}")
+    return ", ".join(names)
+
+
+def _idle(args: argparse.Namespace, secret: str) -> tuple[dict, list]:
     console.rule(f"the suite idle for {args.idle_seconds:g} s")
+    quiesce(secret)  # idle means nothing left to apply either (an earlier run's events)
     # A suite just started is not idle yet (first job runs, consumers being created): let it settle.
     started = run_state().get("started_at")
     settle = 20.0 - (time.time() - started) if started else 0.0
@@ -324,11 +339,15 @@ def _idle(args: argparse.Namespace) -> tuple[dict, list]:
     before = _ticks(pids)
     time.sleep(args.idle_seconds)
     after = _ticks(pids)
-    percent = cpu_percent(before, after, seconds=args.idle_seconds, ticks_per_second=os.sysconf("SC_CLK_TCK"))
-    console.print(f"{len(pids)} processes: {percent} % of one core")
-    return ({"idle": {"processes": len(pids), "seconds": args.idle_seconds, "cpu_percent_of_one_core": percent}},
+    hz = os.sysconf("SC_CLK_TCK")
+    percent = cpu_percent(before, after, seconds=args.idle_seconds, ticks_per_second=hz)
+    busiest = _busiest(before, after, args.idle_seconds, hz)
+    console.print(f"{len(pids)} processes: {percent} % of one core (the most: {busiest})")
+    return ({"idle": {"processes": len(pids), "seconds": args.idle_seconds, "cpu_percent_of_one_core": percent,
+                      "busiest": busiest}},
             [check("the suite idle: CPU (% of one core)", percent, "<", IDLE_TARGET_PERCENT,
-                   f"{len(pids)} processes over {args.idle_seconds:g} s (Postgres and NATS not counted)")])
+                   f"{len(pids)} processes over {args.idle_seconds:g} s (Postgres and NATS not counted); "
+                   f"the most: {busiest}")])
 
 
 async def _webhooks(args: argparse.Namespace, ceiling_url: str, secret: str) -> tuple[dict, list]:
@@ -392,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         if not secret:
             raise LoadError("no JWT secret: set JWT_SECRET to the one `make run` uses (it prints it)")
         if "idle" in args.stages:  # first: nothing of ours is running yet
-            more_runs, more_rows = _idle(args)
+            more_runs, more_rows = _idle(args, secret)
             runs |= more_runs
             rows += more_rows
         if {"route", "pay", "webhooks"} & set(args.stages):
