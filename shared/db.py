@@ -16,7 +16,7 @@ import asyncpg
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, UUID
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from shared.config import BaseSettings
 
@@ -166,6 +166,12 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """No reset when a connection goes back to the pool. asyncpg's default sends `RESET ALL;
     UNLISTEN *; CLOSE ALL; pg_advisory_unlock_all()`, one more round trip per statement; the hot
     path runs single autocommit statements that leave no session state to reset."""
+
+
+async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under a session, inside its transaction (for COPY and array
+    statements written in SQL): what it writes commits or rolls back with the session."""
+    return (await (await session.connection()).get_raw_connection()).driver_connection
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker:

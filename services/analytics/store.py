@@ -19,6 +19,7 @@ from services.analytics import tables as t
 from services.analytics.domain import ALL_BARBERS, MEASURES, Measures, RollupKey
 from shared.db import HotPath
 from shared.db import all_rows as _all
+from shared.db import driver_connection
 from shared.db import one_row as _one
 
 Values = dict[str, Any]  # columns to write
@@ -160,7 +161,7 @@ async def save_facts(session: AsyncSession, rows: list[FactRow]) -> None:
             await session.execute(_SAVE_FACTS, [msgspec.structs.asdict(r) for r in ordered])
         return
     # The session's own connection, inside its transaction: the COPY commits or rolls back with it.
-    raw = (await (await session.connection()).get_raw_connection()).driver_connection
+    raw = await driver_connection(session)
     await raw.execute(_FACTS_STAGE)
     await raw.copy_records_to_table("facts_in", columns=FACT_COLUMNS,
                                     records=[msgspec.structs.astuple(r) for r in ordered])
@@ -182,7 +183,7 @@ async def add_to_daily_payments(session: AsyncSession, deltas: dict[RollupKey, M
     batch's (the legacy import's) through a COPY and one statement, as `save_facts` does."""
     ordered = sorted(deltas.items())
     if len(ordered) >= COPY_FROM:
-        raw = (await (await session.connection()).get_raw_connection()).driver_connection
+        raw = await driver_connection(session)
         await raw.execute(_ROLLUPS_STAGE)
         await raw.copy_records_to_table("rollups_in", columns=ROLLUP_KEY + MEASURES, records=[
             (*key, d.transaction_count, d.completed_count, d.failed_count, d.gross_volume, d.refunded_amount,

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.collections import tables as t
 from shared import attempts
 from shared.db import all_rows as _all
+from shared.db import driver_connection
 from shared.db import one_row as _one
 from shared.db import only_row as _only
 from shared.pagination import after_cursor
@@ -171,7 +172,6 @@ _STATE_TYPES = ("text", "int", "text", "int", "text", "numeric", "numeric", "num
 ACCRUAL_COLUMNS = ("barber_id", "transaction_id", "currency", "kind", "amount", "accrued_at", "event_id",
                    "created_at")
 _ACCRUAL_TYPES = ("int", "text", "text", "text", "numeric", "timestamptz", "uuid", "timestamptz")
-_first = len(STATE_COLUMNS)
 START_STATES = f"""
 WITH started AS (
     INSERT INTO {t.SCHEMA}.transaction_states ({", ".join(STATE_COLUMNS)})
@@ -182,7 +182,7 @@ WITH started AS (
     RETURNING transaction_id
 ), accrued AS (
     INSERT INTO {t.SCHEMA}.commission_accruals ({", ".join(ACCRUAL_COLUMNS)})
-    SELECT a.* FROM unnest({", ".join(f"${i}::{kind}[]" for i, kind in enumerate(_ACCRUAL_TYPES, _first + 1))})
+    SELECT a.* FROM unnest({", ".join(f"${i}::{kind}[]" for i, kind in enumerate(_ACCRUAL_TYPES, len(STATE_COLUMNS) + 1))})
         AS a({", ".join(ACCRUAL_COLUMNS)})
     JOIN started USING (transaction_id)
 )
@@ -194,7 +194,7 @@ async def start_transaction_states(session: AsyncSession, states: list[Values], 
     wrote; the others already had a state."""
     if not states:
         return set()
-    raw = (await (await session.connection()).get_raw_connection()).driver_connection
+    raw = await driver_connection(session)
     rows = await raw.fetch(START_STATES, *([s[c] for s in states] for c in STATE_COLUMNS),
                            *([a[c] for a in accruals] for c in ACCRUAL_COLUMNS))
     return {r["transaction_id"] for r in rows}
