@@ -438,7 +438,7 @@ class WebhookConfig:
     jwt_secret: str = ""
     random_seed: int = 1
     # Payments made at the simulators per connection before the run, each announced once.
-    payments_per_connection: int = 60
+    payments_per_connection: int = 150
     stripe_api_base: str | None = None  # default: the simulators `make run` recorded
     square_api_base: str | None = None
 
@@ -782,7 +782,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--database-url", help="the ceiling's database (default: as bench.py picks it)")
     p.add_argument("--no-ceiling", action="store_true", help="skip the ceiling app (no ratio)")
     p.add_argument("--random-seed", type=int, default=1)
-    p.add_argument("--payments-per-connection", type=int, default=60,
+    p.add_argument("--payments-per-connection", type=int, default=150,
                    help="payments made at the simulators per connection before the run, each announced once "
                         "(default %(default)s; the run stops early when they run out)")
     p.add_argument("--stripe-api-base", help="the Stripe simulator (default: as `make run` recorded it)")
