@@ -609,7 +609,11 @@ class Suite:
     def write_state(self) -> None:
         # For scripts and tests: who runs where, and the tokens (the file is private to the user).
         infra = self.infra
-        self.state_file.write_text(
+        # Written beside and renamed over, so a reader (a test polling for restarted children)
+        # never sees the file empty or half-written.
+        partial = self.state_file.with_name(self.state_file.name + ".partial")
+        partial.touch(mode=0o600)
+        partial.write_text(
             json.dumps(
                 {
                     "pid": os.getpid(),
@@ -632,7 +636,8 @@ class Suite:
                 indent=2,
             )
         )
-        self.state_file.chmod(0o600)
+        partial.chmod(0o600)
+        os.replace(partial, self.state_file)
 
     def report(self) -> None:
         infra = self.infra
