@@ -3,7 +3,7 @@
 
 - `POST /ceiling`, for `/route`: one asyncpg `INSERT ... RETURNING` per request.
 - `POST /pay-ceiling`, for route-and-pay: the bare minimum of the same work: one insert (the
-  pending attempt), the same PaymentIntent create through the same Stripe SDK client as the
+  pending attempt), the same PaymentIntent create through the same Stripe SDK client and call as the
   router's adapter (same client options, same simulator), then one update and one outbox row
   (one statement). No routing, no idempotency, no events relayed.
 - `POST /api/v1/webhooks/{processor}/{connection_id}`, for webhooks (the external service's path shape,
@@ -125,12 +125,13 @@ async def pay(data: Payment, state: State) -> dict[str, object]:
     payment_id = uuid.uuid4()
     await state.pool.execute(OPEN_SQL, payment_id, data.appointment_id, data.amount)
     cents = int(data.amount * 100)
-    intent = await state.stripe.v1.payment_intents.create_async(params={
-        "amount": cents, "currency": data.currency.lower(), "payment_method": data.payment_method, "confirm": True,
-        "payment_method_types": ["card"], "metadata": {"reference": str(payment_id)},
-        "application_fee_amount": cents // 10, "transfer_data": {"destination": "acct_loadceiling"},
-    }, options={"idempotency_key": f"ceiling-{payment_id}"})
-    raw = intent.to_dict()
+    # The SDK's raw-request API, as the router's adapter calls it (shared.processors.stripe).
+    response = await state.stripe.raw_request_async(
+        "post", "/v1/payment_intents", amount=cents, currency=data.currency.lower(),
+        payment_method=data.payment_method, confirm=True, payment_method_types=["card"],
+        metadata={"reference": str(payment_id)}, application_fee_amount=cents // 10,
+        transfer_data={"destination": "acct_loadceiling"}, idempotency_key=f"ceiling-{payment_id}")
+    raw = response.data
     event_id = uuid.uuid4()
     body = msgspec.json.encode({"event_id": str(event_id), "transaction_id": str(payment_id), "status": raw["status"],
                                 "amount": str(data.amount)})
