@@ -76,6 +76,16 @@ def backoff(delivered: int, base: float = 0.5, cap: float = MAX_BACKOFF_SECONDS)
     return min(base * 2 ** min(delivered, 10), cap)
 
 
+# How long one pull waits for a message: briefly while events flow, so `stop` is answered soon,
+# longer once the stream has been quiet a while. A pull that finds nothing is a request and a reply
+# through NATS and a wake-up of the loop: with nine consumers in the suite, the largest part of what
+# an idle suite spends (tests/load/README.md, "Idle"). A message that arrives is delivered at once
+# whatever the wait.
+BUSY_POLL_SECONDS = 0.5
+QUIET_POLL_SECONDS = 2.5
+QUIET_AFTER_SECONDS = 10.0
+
+
 class EventConsumer:
     def __init__(
         self,
@@ -121,7 +131,8 @@ class EventConsumer:
     async def stop(self) -> None:
         """Finish the message in hand, then stop; cancel only if that takes too long.
 
-        (Cancelling a task parked in nats-py's `fetch` can hang, so the loop is asked first.)
+        (Cancelling a task parked in nats-py's `fetch` can hang, so the loop is asked first; a
+        quiet consumer's pull ends within `QUIET_POLL_SECONDS`.)
         """
         if self._task is None:
             return
@@ -159,12 +170,12 @@ class EventConsumer:
             raise RuntimeError(f"consumer {self.name} needs nats-server >= 2.10 for several subjects")
         return {"filter_subjects": subjects}
 
-    async def _fetch(self, sub) -> list:
-        """Waits (up to 0.5 s) for the next message, then takes what else is waiting, up to the batch,
+    async def _fetch(self, sub, wait: float = BUSY_POLL_SECONDS) -> list:
+        """Waits (up to `wait`) for the next message, then takes what else is waiting, up to the batch,
         waiting at most 10 ms more. Measured against one `fetch(batch)` (tests/load): a backlog of
         52,000 imported events applied in 17 s instead of 21 s; live lag at 100 events/s p50 14 ms
         instead of 6 ms, p99 the same (38 ms)."""
-        messages = await sub.fetch(1, timeout=0.5)
+        messages = await sub.fetch(1, timeout=wait)
         if self._batch > 1:
             with contextlib.suppress(TimeoutError, NatsTimeoutError):
                 messages += await sub.fetch(self._batch - 1, timeout=0.01)
@@ -187,16 +198,17 @@ class EventConsumer:
                 js = await self._link.wait_ready()
                 sub = await js.pull_subscribe_bind(self.durable, self._link.stream)
                 try:
-                    quiet_since = time.monotonic()
+                    quiet_since = last_message = time.monotonic()
                     while not self._stopping.is_set():
+                        quiet = time.monotonic() - last_message >= QUIET_AFTER_SECONDS
                         try:
-                            messages = await self._fetch(sub)
+                            messages = await self._fetch(sub, QUIET_POLL_SECONDS if quiet else BUSY_POLL_SECONDS)
                         except (TimeoutError, NatsTimeoutError):
                             if time.monotonic() - quiet_since >= self._check_every:
                                 quiet_since = time.monotonic()
                                 await self._still_there(js)
                             continue
-                        quiet_since = time.monotonic()
+                        quiet_since = last_message = time.monotonic()
                         if self._batch_handler is not None and len(messages) > 1:
                             await self.handle_batch(messages)
                         else:

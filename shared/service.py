@@ -173,7 +173,8 @@ class ServiceRuntime:
         always finishes (an orchestrator's SIGKILL would otherwise do it less politely)."""
         self.draining = True
         steps = [(f"job {name}", job.stop()) for name, job in self.jobs.items()]
-        steps += [(f"consumer {c.name}", c.stop()) for c in self.consumers]
+        if self.consumers:  # together: each may be waiting out a quiet pull (shared.consumer)
+            steps.append(("consumers", _stop_all(self.consumers)))
         if self.relay is not None:
             steps.append(("outbox relay", self.relay.stop()))
         steps.append(("nats", self.link.close()))
@@ -284,6 +285,10 @@ def build_app(
 
 def _constant(value: Any):
     return lambda: value
+
+
+async def _stop_all(consumers: Sequence[EventConsumer]) -> None:
+    await asyncio.gather(*(consumer.stop() for consumer in consumers))
 
 
 def serve(factory: str, settings: BaseSettings) -> None:
