@@ -326,6 +326,34 @@ def _busiest(before: dict[int, int], after: dict[int, int], seconds: float, tick
     return ", ".join(names)
 
 
+def _machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine so far, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _machine_quiet(*, below: float = 0.25, hold: float = 5.0, limit: float = 120.0) -> float:
+    """Wait (at most `limit` s) until the whole machine has been under `below` of its cores busy for
+    `hold` s in a row; returns the seconds waited. After the import stage Postgres goes on writing
+    its checkpoint and vacuuming for a minute or more, and the next run's idle stage measured the
+    suite beside it (3.35-5.25 % against 1.4-2.1 % on a quiet machine). Our own idle cost is a few
+    % of one core, far under the threshold, so this waits out the machine, not the suite."""
+    started = time.monotonic()
+    quiet_since = started
+    last = _machine_busy()
+    while time.monotonic() - started < limit:
+        time.sleep(1.0)
+        now = _machine_busy()
+        busy = (now[0] - last[0]) / max(1, now[1] - last[1])
+        last = now
+        if busy >= below:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= hold:
+            break
+    return round(time.monotonic() - started, 1)
+
+
 def _idle(args: argparse.Namespace, secret: str) -> tuple[dict, list]:
     console.rule(f"the suite idle for {args.idle_seconds:g} s")
     quiesce(secret)  # idle means nothing left to apply either (an earlier run's events)
@@ -335,6 +363,8 @@ def _idle(args: argparse.Namespace, secret: str) -> tuple[dict, list]:
     if settle > 0:
         console.print(f"[dim]waiting {settle:.0f} s for the suite to settle after its start[/]")
         time.sleep(settle)
+    waited = _machine_quiet()
+    console.print(f"[dim]the machine was quiet after {waited:g} s (under a quarter of its cores busy for 5 s)[/]")
     pids = _suite_pids()
     before = _ticks(pids)
     time.sleep(args.idle_seconds)
