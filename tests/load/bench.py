@@ -335,10 +335,10 @@ def _machine_busy() -> tuple[int, int]:
 
 def _machine_quiet(*, below: float = 0.25, hold: float = 5.0, limit: float = 120.0) -> float:
     """Wait (at most `limit` s) until the whole machine has been under `below` of its cores busy for
-    `hold` s in a row; returns the seconds waited. After the import stage Postgres goes on writing
-    its checkpoint and vacuuming for a minute or more, and the next run's idle stage measured the
-    suite beside it (3.35-5.25 % against 1.4-2.1 % on a quiet machine). Our own idle cost is a few
-    % of one core, far under the threshold, so this waits out the machine, not the suite."""
+    `hold` s in a row; returns the seconds waited. The idle stage measures the suite, not whatever
+    else the machine is still doing (a run whose idle stage read 5.25 %, against 1.4-2.1 % on a
+    quiet machine, was slower in every other stage too). Our own idle cost is a few % of one core,
+    far under the threshold, so this waits out the machine, not the suite."""
     started = time.monotonic()
     quiet_since = started
     last = _machine_busy()
