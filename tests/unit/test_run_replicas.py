@@ -47,3 +47,34 @@ def test_the_pools_of_every_process_fit_in_postgres(available, processes):
 
 def test_one_replica_on_a_default_postgres_keeps_the_default_pool():
     assert pool_size_for(97, 4) == 10
+
+
+def test_run_json_is_never_seen_empty_or_half_written_while_it_is_rewritten(tmp_path):
+    """Tests poll `.run/run.json` while `make run` rewrites it (after restarting a replica); a
+    reader in another process once read it empty (`write_text` truncates first)."""
+    import json
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from tools.run import Suite
+
+    suite = Suite({"RUN_DIR": str(tmp_path)})
+    suite.infra = SimpleNamespace(nats_url="nats://127.0.0.1:4222", embedded_postgres=False,
+                                  embedded_nats=False, postgres_pid=None, nats_pid=None)
+    suite.tokens = {"padding": "x" * 200_000}  # a bigger file: a longer window between truncate and write
+    suite.write_state()
+    reader = subprocess.Popen([sys.executable, "-c", (
+        "import json, sys, time\n"
+        "path, bad, end = sys.argv[1], 0, time.monotonic() + 3\n"
+        "while time.monotonic() < end:\n"
+        "    try:\n"
+        "        json.loads(open(path).read())\n"
+        "    except ValueError:\n"
+        "        bad += 1\n"
+        "print(bad)\n"), str(suite.state_file)], stdout=subprocess.PIPE, text=True)
+    while reader.poll() is None:
+        suite.write_state()
+    assert reader.stdout is not None and int(reader.stdout.read()) == 0
+    assert json.loads(suite.state_file.read_text())["padding"] == "x" * 200_000
+    assert suite.state_file.stat().st_mode & 0o777 == 0o600
