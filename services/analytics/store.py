@@ -99,9 +99,8 @@ class StatusTotal(msgspec.Struct, frozen=True, kw_only=True):
     amount: Decimal
 
 
-_LOCK_FACTS = sa.text(
-    "SELECT count(pg_advisory_xact_lock(hashtextextended('analytics-fact:' || id, 0))) "
-    "FROM unnest(CAST(:ids AS text[])) AS id")
+_LOCK_FACTS = ("SELECT count(pg_advisory_xact_lock(hashtextextended('analytics-fact:' || id, 0))) "
+               "FROM unnest($1::text[]) AS id")
 COUNTS = ("transaction_count", "completed_count", "failed_count")
 
 
@@ -118,29 +117,23 @@ async def lock_facts(session: AsyncSession, transaction_ids: list[str]) -> dict[
     locks (so facts not inserted yet are serialised too), taken in one order so that two replicas
     locking overlapping batches cannot deadlock."""
     ids = sorted(set(transaction_ids))  # unnest keeps the array's order: the locks are taken in it
-    await session.execute(_LOCK_FACTS, {"ids": ids})
-    rows = await session.execute(sa.select(tf).where(tf.c.transaction_id.in_(ids)))
-    return {r["transaction_id"]: FactRow(**r) for r in rows.mappings()}
-
-
-def _fact_upsert() -> Any:
-    stmt = pg_insert(tf)
-    return stmt.on_conflict_do_update(index_elements=[tf.c.transaction_id], set_={
-        c.name: stmt.excluded[c.name] for c in tf.columns if c.name != "transaction_id"})
-
-
-def _rollup_upsert() -> Any:
-    stmt = pg_insert(dp)
-    return stmt.on_conflict_do_update(
-        index_elements=[dp.c.day, dp.c.barber_id, dp.c.payment_type, dp.c.processor, dp.c.currency, dp.c.source],
-        set_={m: dp.c[m] + stmt.excluded[m] for m in MEASURES})
-
-
-# Built once and run with a list of rows (one cached statement whatever the batch's size).
-_SAVE_FACTS, _ADD_TO_ROLLUPS = _fact_upsert(), _rollup_upsert()
+    # On the session's own asyncpg connection, inside its transaction, as the live consumer's
+    # statements all are: through the ORM, building and binding them was most of analytics' CPU at
+    # 400 payments/s (tests/load/README.md). Two statements: the second's snapshot must be taken
+    # after the locks are held, to read what their last holder committed.
+    raw = await driver_connection(session)
+    await raw.fetchval(_LOCK_FACTS, ids)
+    return {r["transaction_id"]: FactRow(**r) for r in await raw.fetch(_FACTS_OF, ids)}
 
 
 FACT_COLUMNS = tuple(FactRow.__struct_fields__)
+_FACTS_OF = (f"SELECT {', '.join(FACT_COLUMNS)} FROM {t.SCHEMA}.transaction_facts "
+             "WHERE transaction_id = ANY($1::text[])")
+_FACTS_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in FACT_COLUMNS if c != "transaction_id")
+# A small batch's rows, one `executemany` (one prepared statement, one round trip).
+_SAVE_FACTS = (f"INSERT INTO {t.SCHEMA}.transaction_facts ({', '.join(FACT_COLUMNS)}) "
+               f"VALUES ({', '.join(f'${i}' for i in range(1, len(FACT_COLUMNS) + 1))}) "
+               f"ON CONFLICT (transaction_id) DO UPDATE SET {_FACTS_SET}")
 # Big batches (the legacy import's `transaction.imported`, 10,000 payments a transaction) are
 # COPYed into a temporary table and upserted from it in one statement: a row-by-row upsert spent
 # most of the catch-up after a 1,000,000-payment import in Postgres's per-row execution.
@@ -150,18 +143,18 @@ _FACTS_STAGE = (f"CREATE TEMP TABLE IF NOT EXISTS facts_in (LIKE {t.SCHEMA}.tran
 _FACTS_FROM_STAGE = (
     f"INSERT INTO {t.SCHEMA}.transaction_facts ({', '.join(FACT_COLUMNS)}) "
     f"SELECT {', '.join(FACT_COLUMNS)} FROM facts_in ORDER BY transaction_id "
-    "ON CONFLICT (transaction_id) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in FACT_COLUMNS if c != "transaction_id"))
+    f"ON CONFLICT (transaction_id) DO UPDATE SET {_FACTS_SET}")
 
 
 async def save_facts(session: AsyncSession, rows: list[FactRow]) -> None:
     ordered = sorted(rows, key=lambda r: r.transaction_id)
-    if len(ordered) < COPY_FROM:
-        if ordered:
-            await session.execute(_SAVE_FACTS, [msgspec.structs.asdict(r) for r in ordered])
+    if not ordered:
         return
-    # The session's own connection, inside its transaction: the COPY commits or rolls back with it.
+    # The session's own connection, inside its transaction: what it writes commits or rolls back with it.
     raw = await driver_connection(session)
+    if len(ordered) < COPY_FROM:
+        await raw.executemany(_SAVE_FACTS, [msgspec.structs.astuple(r) for r in ordered])
+        return
     await raw.execute(_FACTS_STAGE)
     await raw.copy_records_to_table("facts_in", columns=FACT_COLUMNS,
                                     records=[msgspec.structs.astuple(r) for r in ordered])
@@ -176,24 +169,27 @@ _ROLLUPS_FROM_STAGE = (
     f"SELECT {', '.join(ROLLUP_KEY + MEASURES)} FROM rollups_in ORDER BY {', '.join(ROLLUP_KEY)} "
     f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET "
     + ", ".join(f"{m} = dp.{m} + EXCLUDED.{m}" for m in MEASURES))
+_ADD_TO_ROLLUPS = (
+    f"INSERT INTO {t.SCHEMA}.daily_payments AS dp ({', '.join(ROLLUP_KEY + MEASURES)}) "
+    f"VALUES ({', '.join(f'${i}' for i in range(1, len(ROLLUP_KEY + MEASURES) + 1))}) "
+    f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET "
+    + ", ".join(f"{m} = dp.{m} + EXCLUDED.{m}" for m in MEASURES))
 
 
 async def add_to_daily_payments(session: AsyncSession, deltas: dict[RollupKey, Measures]) -> None:
     """Add each delta to its rollup row, in key order (see the module's note on deadlocks); a big
     batch's (the legacy import's) through a COPY and one statement, as `save_facts` does."""
     ordered = sorted(deltas.items())
+    if not ordered:
+        return
+    records = [(*key, *(getattr(d, m) for m in MEASURES)) for key, d in ordered]
+    raw = await driver_connection(session)
     if len(ordered) >= COPY_FROM:
-        raw = await driver_connection(session)
         await raw.execute(_ROLLUPS_STAGE)
-        await raw.copy_records_to_table("rollups_in", columns=ROLLUP_KEY + MEASURES, records=[
-            (*key, d.transaction_count, d.completed_count, d.failed_count, d.gross_volume, d.refunded_amount,
-             d.commission, d.processor_fees, d.barber_net) for key, d in ordered])
+        await raw.copy_records_to_table("rollups_in", columns=ROLLUP_KEY + MEASURES, records=records)
         await raw.execute(_ROLLUPS_FROM_STAGE)
-    elif ordered:
-        await session.execute(_ADD_TO_ROLLUPS, [
-            dict(day=day, barber_id=barber, payment_type=payment_type, processor=processor, currency=currency,
-                 source=source, **{m: getattr(delta, m) for m in MEASURES})
-            for (day, barber, payment_type, processor, currency, source), delta in ordered])
+    else:
+        await raw.executemany(_ADD_TO_ROLLUPS, records)
 
 
 async def daily_payments(session: AsyncSession, *, barber_id: int, currency: str, start: date, end: date,
