@@ -129,51 +129,57 @@ async def lock_facts(session: AsyncSession, transaction_ids: list[str]) -> dict[
 FACT_COLUMNS = tuple(FactRow.__struct_fields__)
 _FACTS_OF = (f"SELECT {', '.join(FACT_COLUMNS)} FROM {t.SCHEMA}.transaction_facts "
              "WHERE transaction_id = ANY($1::text[])")
+
+
+def _upsert(table: str, columns: tuple[str, ...], rows: str, key: tuple[str, ...], update: str) -> str:
+    """`INSERT ... <rows> ON CONFLICT (key) DO UPDATE SET update` into analytics' `table`; `update`
+    names the row already there `held`."""
+    return (f"INSERT INTO {t.SCHEMA}.{table} AS held "
+            f"({', '.join(columns)}) {rows} ON CONFLICT ({', '.join(key)}) DO UPDATE SET {update}")
+
+
+def _values(columns: tuple[str, ...]) -> str:
+    """One row of parameters, for `executemany` (one prepared statement, one round trip)."""
+    return f"VALUES ({', '.join(f'${i}' for i in range(1, len(columns) + 1))})"
+
+
 _FACTS_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in FACT_COLUMNS if c != "transaction_id")
-# A small batch's rows, one `executemany` (one prepared statement, one round trip).
-_SAVE_FACTS = (f"INSERT INTO {t.SCHEMA}.transaction_facts ({', '.join(FACT_COLUMNS)}) "
-               f"VALUES ({', '.join(f'${i}' for i in range(1, len(FACT_COLUMNS) + 1))}) "
-               f"ON CONFLICT (transaction_id) DO UPDATE SET {_FACTS_SET}")
 # Big batches (the legacy import's `transaction.imported`, 10,000 payments a transaction) are
 # COPYed into a temporary table and upserted from it in one statement: a row-by-row upsert spent
-# most of the catch-up after a 1,000,000-payment import in Postgres's per-row execution.
+# most of the catch-up after a 1,000,000-payment import in Postgres's per-row execution. Small
+# batches (the live consumer's) go as one `executemany`.
 COPY_FROM = 200
 _FACTS_STAGE = (f"CREATE TEMP TABLE IF NOT EXISTS facts_in (LIKE {t.SCHEMA}.transaction_facts) "
                 "ON COMMIT DELETE ROWS")
-_FACTS_FROM_STAGE = (
-    f"INSERT INTO {t.SCHEMA}.transaction_facts ({', '.join(FACT_COLUMNS)}) "
-    f"SELECT {', '.join(FACT_COLUMNS)} FROM facts_in ORDER BY transaction_id "
-    f"ON CONFLICT (transaction_id) DO UPDATE SET {_FACTS_SET}")
+_SAVE_FACTS = _upsert("transaction_facts", FACT_COLUMNS, _values(FACT_COLUMNS), ("transaction_id",), _FACTS_SET)
+_FACTS_FROM_STAGE = _upsert(
+    "transaction_facts", FACT_COLUMNS,
+    f"SELECT {', '.join(FACT_COLUMNS)} FROM facts_in ORDER BY transaction_id", ("transaction_id",), _FACTS_SET)
 
 
 async def save_facts(session: AsyncSession, rows: list[FactRow]) -> None:
-    ordered = sorted(rows, key=lambda r: r.transaction_id)
-    if not ordered:
+    records = [msgspec.structs.astuple(r) for r in sorted(rows, key=lambda r: r.transaction_id)]
+    if not records:
         return
     # The session's own connection, inside its transaction: what it writes commits or rolls back with it.
     raw = await driver_connection(session)
-    if len(ordered) < COPY_FROM:
-        await raw.executemany(_SAVE_FACTS, [msgspec.structs.astuple(r) for r in ordered])
+    if len(records) < COPY_FROM:
+        await raw.executemany(_SAVE_FACTS, records)
         return
     await raw.execute(_FACTS_STAGE)
-    await raw.copy_records_to_table("facts_in", columns=FACT_COLUMNS,
-                                    records=[msgspec.structs.astuple(r) for r in ordered])
+    await raw.copy_records_to_table("facts_in", columns=FACT_COLUMNS, records=records)
     await raw.execute(_FACTS_FROM_STAGE)
 
 
 ROLLUP_KEY = ("day", "barber_id", "payment_type", "processor", "currency", "source")
+_ROLLUP_COLUMNS = ROLLUP_KEY + MEASURES
+_ROLLUPS_ADD = ", ".join(f"{m} = held.{m} + EXCLUDED.{m}" for m in MEASURES)
 _ROLLUPS_STAGE = (f"CREATE TEMP TABLE IF NOT EXISTS rollups_in (LIKE {t.SCHEMA}.daily_payments) "
                   "ON COMMIT DELETE ROWS")
-_ROLLUPS_FROM_STAGE = (
-    f"INSERT INTO {t.SCHEMA}.daily_payments AS dp ({', '.join(ROLLUP_KEY + MEASURES)}) "
-    f"SELECT {', '.join(ROLLUP_KEY + MEASURES)} FROM rollups_in ORDER BY {', '.join(ROLLUP_KEY)} "
-    f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET "
-    + ", ".join(f"{m} = dp.{m} + EXCLUDED.{m}" for m in MEASURES))
-_ADD_TO_ROLLUPS = (
-    f"INSERT INTO {t.SCHEMA}.daily_payments AS dp ({', '.join(ROLLUP_KEY + MEASURES)}) "
-    f"VALUES ({', '.join(f'${i}' for i in range(1, len(ROLLUP_KEY + MEASURES) + 1))}) "
-    f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET "
-    + ", ".join(f"{m} = dp.{m} + EXCLUDED.{m}" for m in MEASURES))
+_ROLLUPS_FROM_STAGE = _upsert(
+    "daily_payments", _ROLLUP_COLUMNS,
+    f"SELECT {', '.join(_ROLLUP_COLUMNS)} FROM rollups_in ORDER BY {', '.join(ROLLUP_KEY)}", ROLLUP_KEY, _ROLLUPS_ADD)
+_ADD_TO_ROLLUPS = _upsert("daily_payments", _ROLLUP_COLUMNS, _values(_ROLLUP_COLUMNS), ROLLUP_KEY, _ROLLUPS_ADD)
 
 
 async def add_to_daily_payments(session: AsyncSession, deltas: dict[RollupKey, Measures]) -> None:
@@ -186,7 +192,7 @@ async def add_to_daily_payments(session: AsyncSession, deltas: dict[RollupKey, M
     raw = await driver_connection(session)
     if len(ordered) >= COPY_FROM:
         await raw.execute(_ROLLUPS_STAGE)
-        await raw.copy_records_to_table("rollups_in", columns=ROLLUP_KEY + MEASURES, records=records)
+        await raw.copy_records_to_table("rollups_in", columns=_ROLLUP_COLUMNS, records=records)
         await raw.execute(_ROLLUPS_FROM_STAGE)
     else:
         await raw.executemany(_ADD_TO_ROLLUPS, records)
