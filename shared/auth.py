@@ -1,4 +1,5 @@
-"""JWT authentication (HS256 or RS256), the caller as a `Principal`, and role guards.
+"""JWT authentication (HS256 or RS256) and the caller as a `Principal` (`shared.edge` checks both
+and the route's roles on every request).
 
 Tokens carry `sub` (user id; a barber's id for barbers), `role` and `exp`. Verified tokens are
 cached until they expire, so the hot path does not re-run the signature check per request.
@@ -12,10 +13,6 @@ from typing import Any, Literal
 
 import jwt
 import msgspec
-from litestar.connection import ASGIConnection
-from litestar.handlers.base import BaseRouteHandler
-from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
-from litestar.middleware.base import DefineMiddleware
 
 from shared.errors import ProblemError
 
@@ -89,15 +86,15 @@ class TokenVerifier:
                 leeway=self._leeway,
             )
         except jwt.ExpiredSignatureError:
-            raise _unauthorized("token has expired") from None
+            raise unauthorized("token has expired") from None
         except jwt.PyJWTError as exc:
-            raise _unauthorized(f"invalid token: {exc}") from None
+            raise unauthorized(f"invalid token: {exc}") from None
         role = claims.get("role")
         if not isinstance(role, str) or role not in ROLES:
-            raise _unauthorized("token has no valid role claim (barber, admin or service)")
+            raise unauthorized("token has no valid role claim (barber, admin or service)")
         user_id = user_id_claim(claims.get("sub"))
         if user_id is None:
-            raise _unauthorized(f"token subject must be a positive integer user id up to {MAX_USER_ID}")
+            raise unauthorized(f"token subject must be a positive integer user id up to {MAX_USER_ID}")
         principal = Principal(subject=str(user_id), role=role)
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
@@ -115,39 +112,8 @@ def issue_token(
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-def _unauthorized(detail: str) -> ProblemError:
+def unauthorized(detail: str) -> ProblemError:
     return ProblemError(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
-
-
-class JWTAuthMiddleware(AbstractAuthenticationMiddleware):
-    verifier: TokenVerifier
-
-    async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
-        header = connection.headers.get("authorization")
-        if not header:
-            raise _unauthorized("missing Authorization header")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise _unauthorized("Authorization header must be 'Bearer <token>'")
-        return AuthenticationResult(user=self.verifier.verify(token.strip()), auth=token)
-
-
-def auth_middleware(verifier: TokenVerifier, exclude: list[str]) -> DefineMiddleware:
-    """Routes under `exclude` (regexes), or with `opt={"exclude_from_auth": True}`, are public."""
-    middleware_cls = type("BoundJWTAuthMiddleware", (JWTAuthMiddleware,), {"verifier": verifier})
-    return DefineMiddleware(middleware_cls, exclude=exclude)
-
-
-def require_roles(*roles: Role):
-    """A Litestar guard admitting only the given roles (403 otherwise)."""
-
-    # Async on purpose: Litestar runs a sync guard in a worker thread, which costs more than the check.
-    async def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-        principal = connection.user
-        if not isinstance(principal, Principal) or principal.role not in roles:
-            raise ProblemError(403, "forbidden", f"requires role {' or '.join(roles)}")
-
-    return guard
 
 
 def acting_barber_id(principal: Principal, requested: int | None, *, field: str = "barber_id") -> int:

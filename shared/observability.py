@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
-import uuid
 
 import structlog
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Scope
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 REQUEST_LATENCY = Histogram(
@@ -92,47 +90,14 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
 
 
-def request_context_middleware(service: str):
-    """ASGI middleware: request id in and out, one latency observation per request."""
-
-    def factory(app: ASGIApp) -> ASGIApp:
-        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http":
-                await app(scope, receive, send)
-                return
-            request_id = _header(scope, REQUEST_ID_HEADER.encode()) or uuid.uuid4().hex
-            structlog.contextvars.bind_contextvars(request_id=request_id)
-            started = time.perf_counter()
-            status = 500
-
-            async def send_wrapper(message: Message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                    message.setdefault("headers", [])
-                    message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
-                await send(message)
-
-            try:
-                await app(scope, receive, send_wrapper)
-            finally:
-                route = scope.get("path_template") or "unmatched"
-                REQUEST_LATENCY.labels(service, scope["method"], route, str(status)).observe(
-                    time.perf_counter() - started
-                )
-                structlog.contextvars.unbind_contextvars("request_id")
-
-        return middleware
-
-    return factory
-
-
 def metrics_payload() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header_value(scope: Scope, name: bytes, *, limit: int | None = 128) -> str | None:
+    """A request header (lower-case `name`) from the ASGI scope, cut to `limit` characters."""
     for key, value in scope["headers"]:
         if key == name:
-            return value.decode("latin-1")[:128]
+            text = value.decode("latin-1")
+            return text[:limit] if limit else text
     return None

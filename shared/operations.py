@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from litestar import Controller, Request, get, post
 from litestar.params import JSONBody, QueryParameter, SkipValidation
 
-from shared.auth import Principal, require_roles
+from shared.auth import Principal
+from shared.edge import roles
 from shared.errors import ProblemError, not_found, validation_error
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, after_cursor, page_of
 from shared.requests import NO_CONTROL_CHARACTERS
@@ -27,7 +28,7 @@ DeadLetterState = Literal["waiting", "replayed", "discarded"]
 # How handlers ask for the service runtime (`shared.service`; wiring, not input) and the caller.
 Runtime = SkipValidation[Any]
 Admin = Request[Principal, str, object]
-ADMIN = [require_roles("admin")]
+ADMIN = roles("admin")
 
 
 # ---- wire -----------------------------------------------------------------------------------------------
@@ -240,15 +241,14 @@ def operations_controller(api_prefix: str) -> type[Controller]:
     class OperationsController(Controller):
         path = f"{api_prefix}/operations"
         tags = ["operations"]
-        # Guards per route, not on the controller: a controller's guards also guard Litestar's own
-        # OPTIONS answers, which run before authentication (no user in scope: a 500).
+        # Roles per route (`shared.edge`), as in every service's controllers.
 
-        @get("/status", guards=ADMIN)
+        @get("/status", opt=ADMIN)
         async def status(self, runtime: Runtime) -> PipelineStatus:
             """Readiness, outbox backlog, dead letters waiting and each consumer's lag, read now."""
             return await pipeline_status(runtime)
 
-        @get("/audit", guards=ADMIN)
+        @get("/audit", opt=ADMIN)
         async def audit_log(
             self, runtime: Runtime,
             subject: Annotated[str | None, QueryParameter(max_length=200)] = None,
@@ -258,7 +258,7 @@ def operations_controller(api_prefix: str) -> type[Controller]:
             """Operator actions in this service, newest first; `subject` e.g. `barber:42`."""
             return await audit_page(runtime, subject=subject, limit=limit, cursor=cursor)
 
-        @get("/dead-letters", guards=ADMIN)
+        @get("/dead-letters", opt=ADMIN)
         async def dead_letters(
             self, runtime: Runtime,
             state_filter: Annotated[DeadLetterState | None, QueryParameter(query="state")] = None,
@@ -268,13 +268,13 @@ def operations_controller(api_prefix: str) -> type[Controller]:
             """Events this service's consumers parked, newest first; `state` waiting, replayed or discarded."""
             return await dead_letter_page(runtime, state=state_filter, limit=limit, cursor=cursor)
 
-        @post("/dead-letters/{letter_id:int}/replay", guards=ADMIN, status_code=200)
+        @post("/dead-letters/{letter_id:int}/replay", opt=ADMIN, status_code=200)
         async def replay(self, request: Admin, runtime: Runtime, letter_id: int) -> DeadLetterOut:
             """Publish a parked event again (audited); consumers that applied it skip it."""
             _positive(letter_id)
             return await replay_dead_letter(runtime, request.user, letter_id)
 
-        @post("/dead-letters/{letter_id:int}/discard", guards=ADMIN, status_code=200)
+        @post("/dead-letters/{letter_id:int}/discard", opt=ADMIN, status_code=200)
         async def discard(self, request: Admin, runtime: Runtime, letter_id: int,
                           data: JSONBody[DiscardIn]) -> DeadLetterOut:
             """Mark a parked event as not to be applied, with a note saying why (audited)."""

@@ -35,7 +35,6 @@ from collections import Counter, OrderedDict
 from typing import Any
 
 import structlog
-from litestar.types import ASGIApp, Receive, Scope, Send
 
 from shared.db import GroupCommit, HotPath
 from shared.errors import ProblemError
@@ -265,36 +264,7 @@ class SharedLimiter:
             return self.local.take(key, now)
 
 
-def rate_limit_middleware(limiter: Any, *, key_func=None):
-    """ASGI middleware placed after authentication, so `scope["user"]` is known. `limiter.take(key)`
-    answers 0 or the seconds to wait (`SharedLimiter`).
-
-    `key_func(scope)` may name another bucket (webhooks count per connection).
-    """
-
-    def factory(app: ASGIApp) -> ASGIApp:
-        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http":
-                await app(scope, receive, send)
-                return
-            user = scope.get("user")
-            if getattr(user, "is_privileged", False):
-                await app(scope, receive, send)
-                return
-            key = key_func(scope) if key_func else None
-            if key is None:
-                subject = getattr(user, "subject", None)
-                client = scope.get("client")
-                key = f"sub:{subject}" if subject else f"addr:{client[0] if client else 'unknown'}"
-            wait = await limiter.take(key)
-            if wait > 0:
-                # Raised, not answered here: Litestar's exception middleware renders it.
-                raise ProblemError(
-                    429, "rate_limited", f"more than {limiter.per_minute} requests a minute",
-                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
-                )
-            await app(scope, receive, send)
-
-        return middleware
-
-    return factory
+def too_many(per_minute: int, wait: float) -> ProblemError:
+    """The 429 for a caller past its budget, saying when to come back."""
+    return ProblemError(429, "rate_limited", f"more than {per_minute} requests a minute",
+                        headers={"Retry-After": str(max(1, math.ceil(wait)))})

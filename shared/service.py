@@ -22,11 +22,12 @@ from litestar import Litestar, MediaType, Response, get
 from litestar.di import Provide
 from litestar.params import SkipValidation
 
-from shared.auth import TokenVerifier, auth_middleware
+from shared.auth import TokenVerifier
 from shared.config import BaseSettings
 from shared.consumer import BatchHandler, EventConsumer, Handler
 from shared.db import HotPath, PlatformTables, create_engine, session_factory
 from shared.docs import openapi_config
+from shared.edge import edge_middleware
 from shared.errors import ProblemError, exception_handlers
 from shared.idempotency import IdempotencyStore
 from shared.messaging import NatsLink
@@ -37,11 +38,10 @@ from shared.observability import (
     OUTBOX_BACKLOG,
     configure_logging,
     metrics_payload,
-    request_context_middleware,
 )
 from shared.operations import operations_controller, pipeline_status
 from shared.outbox import OutboxRelay, UnitOfWork
-from shared.ratelimit import SharedLimiter, rate_limit_middleware, rate_limit_sweep_sql
+from shared.ratelimit import SharedLimiter, rate_limit_sweep_sql
 from shared.requests import TYPE_DECODERS, ExactJSONRequest, PlainDecimalSchema
 from shared.scheduler import Job, SingletonJob
 
@@ -264,10 +264,9 @@ def build_app(
             **{name: Provide(_constant(value), sync_to_thread=False) for name, value in (dependencies or {}).items()},
         },
         middleware=[
-            request_context_middleware(settings.service_name),
-            auth_middleware(verifier, PUBLIC_PATHS),
-            rate_limit_middleware(SharedLimiter(settings.rate_limit_per_minute, runtime, runtime.metadata.schema),
-                                  key_func=rate_limit_key),
+            edge_middleware(settings.service_name, verifier,
+                            SharedLimiter(settings.rate_limit_per_minute, runtime, runtime.metadata.schema),
+                            PUBLIC_PATHS, key_func=rate_limit_key),
         ],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         request_class=ExactJSONRequest,

@@ -30,7 +30,8 @@ _ENV = {
 }
 
 
-def document(service: str) -> dict[str, Any]:
+def build(service: str) -> Any:
+    """The service's Litestar app as `create_app()` builds it, with placeholder settings."""
     import os
 
     saved = {k: os.environ.get(k) for k in _ENV}
@@ -41,6 +42,11 @@ def document(service: str) -> dict[str, Any]:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
+    return app
+
+
+def document(service: str) -> dict[str, Any]:
+    app = build(service)
     # Encoded as the served /schema/openapi.json is (the app's own type encoders), then re-read.
     return json.loads(encode_json(app.openapi_schema.to_schema(), serializer=get_serializer(app.type_encoders)))
 

@@ -9,11 +9,12 @@ from litestar.params import QueryParameter, SkipValidation
 
 from services.analytics.usecases import AnalyticsUseCases
 from services.analytics.wire import DashboardOut, InsightsOut
-from shared.auth import MAX_USER_ID, Principal, require_roles
+from shared.auth import MAX_USER_ID, Principal
+from shared.edge import roles
 
 Analytics = SkipValidation[AnalyticsUseCases]
 Caller = Request[Principal, str, object]
-barbers_and_admins = [require_roles("barber", "admin")]
+barbers_and_admins = roles("barber", "admin")
 BarberId = Annotated[int | None, QueryParameter(ge=1, le=MAX_USER_ID)]
 Day = Annotated[str | None, QueryParameter(max_length=10, description="a UTC day, YYYY-MM-DD")]
 Currency = Annotated[str, QueryParameter(min_length=3, max_length=3)]
@@ -23,7 +24,7 @@ class AnalyticsController(Controller):
     path = "/api/v1/unified-payment-analytics"
     tags = ["unified-payment-analytics"]
 
-    @get("/dashboard", guards=barbers_and_admins)
+    @get("/dashboard", opt=barbers_and_admins)
     async def dashboard(
         self, request: Caller, analytics: Analytics, barber_id: BarberId = None,
         start: Annotated[str | None, QueryParameter(
@@ -39,7 +40,7 @@ class AnalyticsController(Controller):
         return await analytics.reports.dashboard(request.user, barber_id=barber_id, start=start, end=end,
                                                  currency=currency, source=source)
 
-    @get("/six-figure-insights", guards=barbers_and_admins)
+    @get("/six-figure-insights", opt=barbers_and_admins)
     async def six_figure_insights(self, request: Caller, analytics: Analytics, barber_id: BarberId = None,
                                   currency: Currency = "USD") -> InsightsOut:
         """How far the barber's last 90 days put it from SIX_FIGURE_TARGET a year, and what alone

@@ -23,8 +23,9 @@ from services.external.wire import (
     WebhookAck,
     WebhookEventPage,
 )
-from shared.auth import MAX_USER_ID, Principal, require_roles
+from shared.auth import MAX_USER_ID, Principal
 from shared.docs import IdempotentOperation, PUBLIC
+from shared.edge import roles
 from shared.idempotency import run_idempotent
 from shared.internal_api import ChargeRequest, ExternalTransactionOut, RefundOutcome, RefundRequest
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, time_filter
@@ -32,9 +33,9 @@ from shared.requests import NO_CONTROL_CHARACTERS, BigId, Id, optional_body
 
 External = SkipValidation[ExternalUseCases]
 Caller = Request[Principal, str, object]
-people = [require_roles("barber", "admin")]
-admin_only = [require_roles("admin")]
-service_only = [require_roles("service")]
+people = roles("barber", "admin")
+admin_only = roles("admin")
+service_only = roles("service")
 Processor = Literal["stripe", "square", "paypal"]
 TransactionStatus = Literal["pending", "completed", "failed", "canceled", "refunded", "partially_refunded"]
 BarberFilter = Annotated[int | None, QueryParameter(ge=1, le=MAX_USER_ID)]
@@ -46,7 +47,7 @@ class ExternalPaymentsController(Controller):
     path = "/api/v1/external-payments"
     tags = ["external-payments"]
 
-    @post("/connections", guards=people, status_code=201, operation_class=IdempotentOperation)
+    @post("/connections", opt=people, status_code=201, operation_class=IdempotentOperation)
     async def create_connection(self, request: Caller, data: JSONBody[ConnectionIn], external: External
                                 ) -> ConnectionOut:
         """Connect a barber's own processor account. Answers 201 with the connection `active` when the
@@ -55,27 +56,27 @@ class ExternalPaymentsController(Controller):
                                     lambda claim: external.connections.create(request.user, data, claim),
                                     status_code=201)
 
-    @get("/connections", guards=people)
+    @get("/connections", opt=people)
     async def list_connections(self, request: Caller, external: External, barber_id: BarberFilter = None,
                                limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> ConnectionPage:
         return await external.connections.list(request.user, barber_id=barber_id, cursor=cursor, limit=limit)
 
-    @get("/connections/{connection_id:int}", guards=people)
+    @get("/connections/{connection_id:int}", opt=people)
     async def get_connection(self, request: Caller, connection_id: Id, external: External) -> ConnectionOut:
         return await external.connections.get(request.user, connection_id)
 
-    @patch("/connections/{connection_id:int}", guards=people)
+    @patch("/connections/{connection_id:int}", opt=people)
     async def update_connection(self, request: Caller, connection_id: Id,
                                 data: JSONBody[ConnectionUpdate], external: External) -> ConnectionOut:
         """Change a connection; new `credentials` are checked with the processor again."""
         return await external.connections.update(request.user, connection_id, data)
 
-    @delete("/connections/{connection_id:int}", guards=people, status_code=200)
+    @delete("/connections/{connection_id:int}", opt=people, status_code=200)
     async def disconnect(self, request: Caller, connection_id: Id, external: External) -> ConnectionOut:
         """Disconnect: the connection is kept (its transactions refer to it) with status `disconnected`."""
         return await external.connections.disconnect(request.user, connection_id)
 
-    @get("/transactions", guards=people)
+    @get("/transactions", opt=people)
     async def list_transactions(
         self, request: Caller, external: External, barber_id: BarberFilter = None,
         status: FromQuery[TransactionStatus | None] = None, processor: FromQuery[Processor | None] = None,
@@ -91,18 +92,18 @@ class ExternalPaymentsController(Controller):
             external_transaction_id=external_transaction_id, since=time_filter("from", since),
             until=time_filter("to", until), cursor=cursor, limit=limit)
 
-    @get("/transactions/{transaction_id:uuid}", guards=people)
+    @get("/transactions/{transaction_id:uuid}", opt=people)
     async def get_transaction(self, request: Caller, transaction_id: FromPath[uuid.UUID],
                               external: External) -> ExternalTransactionOut:
         return await external.transactions.get(request.user, transaction_id)
 
-    @post("/reconcile", guards=admin_only, status_code=200)
+    @post("/reconcile", opt=admin_only, status_code=200)
     async def reconcile(self, request: Caller, external: External) -> ReconcileReport:
         """Compare each active connection's processor-side payments in a window with our records."""
         body = await optional_body(request, ReconcileIn)
         return await external.reconciliation.run(body, actor=request.user)
 
-    @get("/reconciliation-runs", guards=admin_only)
+    @get("/reconciliation-runs", opt=admin_only)
     async def reconciliation_runs(self, external: External,
                                   connection_id: Annotated[int | None, QueryParameter(ge=1, le=2**31 - 1)] = None,
                                   limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> ReconciliationRunPage:
@@ -110,7 +111,7 @@ class ExternalPaymentsController(Controller):
         and differences; `connection_id` keeps the runs that covered that connection."""
         return await external.reconciliation.history(connection_id=connection_id, cursor=cursor, limit=limit)
 
-    @get("/webhook-events", guards=admin_only)
+    @get("/webhook-events", opt=admin_only)
     async def webhook_events(self, external: External,
                              connection_id: Annotated[int | None, QueryParameter(ge=1, le=2**31 - 1)] = None,
                              outcome: FromQuery[Literal["applied", "ignored", "not_found", "unattributed"] | None] = None,
@@ -119,14 +120,14 @@ class ExternalPaymentsController(Controller):
         return await external.webhooks.recent(connection_id=connection_id, outcome=outcome, cursor=cursor,
                                               limit=limit)
 
-    @get("/unattributed", guards=admin_only)
+    @get("/unattributed", opt=admin_only)
     async def list_unattributed(self, external: External, waiting: FromQuery[bool] = True, limit: Limit = DEFAULT_LIMIT,
                                 cursor: Cursor = None) -> UnattributedPage:
         """Payments nobody started, on a processor account several barbers connected (newest first;
         `waiting=false` includes the ones already attributed)."""
         return await external.attribution.list(waiting_only=waiting, cursor=cursor, limit=limit)
 
-    @post("/unattributed/{unattributed_id:int}/attribute", guards=admin_only, status_code=200)
+    @post("/unattributed/{unattributed_id:int}/attribute", opt=admin_only, status_code=200)
     async def attribute(self, request: Caller, unattributed_id: BigId, data: JSONBody[AttributeIn],
                         external: External) -> ExternalTransactionOut:
         """Record such a payment as one connection's (as the processor says it is now)."""
@@ -154,16 +155,16 @@ class InternalController(Controller):
     path = "/internal/v1"
     tags = ["internal"]
 
-    @post("/charges", guards=service_only, status_code=200)
+    @post("/charges", opt=service_only, status_code=200)
     async def charge(self, request: Caller, data: JSONBody[ChargeRequest], external: External
                      ) -> ExternalTransactionOut:
         return await external.charges.charge(data)
 
-    @post("/refunds", guards=service_only, status_code=200)
+    @post("/refunds", opt=service_only, status_code=200)
     async def refund(self, data: JSONBody[RefundRequest], external: External) -> Response[RefundOutcome]:
         return await external.refunds.refund(data)
 
-    @get("/transactions/{transaction_id:uuid}", guards=service_only)
+    @get("/transactions/{transaction_id:uuid}", opt=service_only)
     async def transaction(self, request: Caller, transaction_id: FromPath[uuid.UUID],
                           external: External) -> ExternalTransactionOut:
         return await external.transactions.get(request.user, transaction_id)

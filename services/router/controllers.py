@@ -24,17 +24,18 @@ from services.router.wire import (
     TransactionOut,
     TransactionPage,
 )
-from shared.auth import MAX_USER_ID, Principal, require_roles
+from shared.auth import MAX_USER_ID, Principal
 from shared.docs import IdempotentOperation
+from shared.edge import roles
 from shared.idempotency import run_idempotent
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, time_filter
 from shared.requests import Id, optional_body
 
 Router = SkipValidation[RouterUseCases]
 Caller = Request[Principal, str, object]
-barber_only = [require_roles("barber")]
-admin_only = [require_roles("admin")]
-any_caller = [require_roles("barber", "admin", "service")]
+barber_only = roles("barber")
+admin_only = roles("admin")
+any_caller = roles("barber", "admin", "service")
 TransactionStatus = Literal["pending", "completed", "failed", "canceled", "refunded", "partially_refunded"]
 
 
@@ -42,19 +43,19 @@ class HybridPaymentsController(Controller):
     path = "/api/v1/hybrid-payments"
     tags = ["hybrid-payments"]
 
-    @get("/my-options", guards=barber_only)
+    @get("/my-options", opt=barber_only)
     async def my_options(self, request: Caller, router: Router) -> MyOptions:
         return await router.configs.my_options(request.user.user_id)
 
-    @get("/config", guards=barber_only)
+    @get("/config", opt=barber_only)
     async def own_config(self, request: Caller, router: Router) -> ConfigOut:
         return await router.configs.get_config(request.user.user_id)
 
-    @put("/config", guards=barber_only)
+    @put("/config", opt=barber_only)
     async def update_own_config(self, request: Caller, data: JSONBody[ConfigUpdate], router: Router) -> ConfigOut:
         return await router.configs.update_config(request.user, request.user.user_id, data, None)
 
-    @get("/configs", guards=admin_only)
+    @get("/configs", opt=admin_only)
     async def list_configs(
         self,
         router: Router,
@@ -69,44 +70,44 @@ class HybridPaymentsController(Controller):
         return await router.configs.list_configs(payment_mode=payment_mode, processor=processor,
                                                  fallback_enabled=fallback_enabled, cursor=cursor, limit=limit)
 
-    @get("/circuits", guards=admin_only)
+    @get("/circuits", opt=admin_only)
     async def circuits(self, router: Router) -> CircuitsOut:
         """The circuit breakers of the router process that answered (each replica keeps its own)."""
         return router.configs.circuit_states()
 
-    @get("/config/{barber_id:int}", guards=admin_only)
+    @get("/config/{barber_id:int}", opt=admin_only)
     async def barber_config(self, barber_id: Id, router: Router) -> ConfigOut:
         return await router.configs.get_config(barber_id)
 
-    @put("/config/{barber_id:int}", guards=admin_only)
+    @put("/config/{barber_id:int}", opt=admin_only)
     async def update_barber_config(
         self, request: Caller, barber_id: Id, data: JSONBody[ConfigUpdate], router: Router
     ) -> ConfigOut:
         return await router.configs.update_config(request.user, barber_id, data, None)
 
-    @post("/route", guards=any_caller, status_code=200, operation_class=IdempotentOperation)
+    @post("/route", opt=any_caller, status_code=200, operation_class=IdempotentOperation)
     async def route(self, request: Caller, data: JSONBody[RouteIn], router: Router) -> RouteOut:
         return await run_idempotent(
             router.idempotency, request, data, lambda claim: router.routing.route_payment(request.user, data, claim)
         )
 
-    @get("/routes/{route_id:uuid}", guards=any_caller)
+    @get("/routes/{route_id:uuid}", opt=any_caller)
     async def get_route(self, request: Caller, route_id: FromPath[uuid.UUID], router: Router) -> RouteOut:
         return await router.routing.get_route(request.user, route_id)
 
-    @post("/process", guards=any_caller, status_code=200, operation_class=IdempotentOperation)
+    @post("/process", opt=any_caller, status_code=200, operation_class=IdempotentOperation)
     async def process(self, request: Caller, data: JSONBody[ProcessIn], router: Router) -> ProcessOut:
         return await run_idempotent(
             router.idempotency, request, data, lambda claim: router.payments.process_payment(request.user, data, claim),
             deferred=True,  # route-and-pay claims the key in its first statement (PaymentService._hold)
         )
 
-    @get("/transactions/{transaction_id:uuid}", guards=any_caller)
+    @get("/transactions/{transaction_id:uuid}", opt=any_caller)
     async def get_transaction(self, request: Caller, transaction_id: FromPath[uuid.UUID],
                               router: Router) -> TransactionOut:
         return await router.transactions.get_transaction(request.user, transaction_id)
 
-    @get("/transactions", guards=admin_only)
+    @get("/transactions", opt=admin_only)
     async def list_transactions(
         self,
         router: Router,
@@ -125,7 +126,7 @@ class HybridPaymentsController(Controller):
             until=time_filter("to", until), cursor=cursor, limit=limit,
         )
 
-    @post("/transactions/{transaction_id:uuid}/refund", guards=any_caller, status_code=200,
+    @post("/transactions/{transaction_id:uuid}/refund", opt=any_caller, status_code=200,
           operation_class=IdempotentOperation)
     async def refund(self, request: Caller, transaction_id: FromPath[uuid.UUID],
                      router: Router) -> Response[RefundOut]:

@@ -10,13 +10,14 @@ import asyncio
 import msgspec
 import pytest
 import sqlalchemy as sa
-from litestar import Request, post
+from litestar import Request, get, post
 from litestar.params import JSONBody
 from litestar.testing import AsyncTestClient
 
 from services.router.settings import RouterSettings
-from shared.auth import issue_token, require_roles
+from shared.auth import issue_token
 from shared.db import PlatformTables, session_factory
+from shared.edge import roles
 from shared.errors import ProblemError
 from shared.idempotency import Claim, IdempotencyStore, fingerprint, run_idempotent
 from shared.money import PlainDecimal, amount_field, format_amount
@@ -43,7 +44,7 @@ class WidgetOut(msgspec.Struct):
     amount: str
 
 
-@post("/api/v1/widgets", guards=[require_roles("barber", "admin")])
+@post("/api/v1/widgets", opt=roles("barber", "admin"))
 async def create_widget(request: Request, data: JSONBody[WidgetIn], runtime: Runtime) -> WidgetOut:
     async def action(claim: Claim | None) -> WidgetOut:
         if data.name == "refused":
@@ -69,14 +70,19 @@ async def create_widget(request: Request, data: JSONBody[WidgetIn], runtime: Run
     return await run_idempotent(runtime.idempotency, request, data, action, status_code=201)
 
 
-@post("/api/v1/admin-only", guards=[require_roles("admin")], status_code=200)
+@post("/api/v1/admin-only", opt=roles("admin"), status_code=200)
 async def admin_only() -> dict[str, bool]:
+    return {"ok": True}
+
+
+@get("/api/v1/no-roles")
+async def no_roles() -> dict[str, bool]:
     return {"ok": True}
 
 
 def make_app(settings: RouterSettings):
     runtime = ServiceRuntime(settings=settings, metadata=metadata)
-    return build_app(settings=settings, runtime=runtime, route_handlers=[create_widget, admin_only],
+    return build_app(settings=settings, runtime=runtime, route_handlers=[create_widget, admin_only, no_roles],
                      api_prefix="/api/v1/widgets", title="test")
 
 
@@ -127,6 +133,14 @@ async def test_missing_or_bad_token_is_401(client):
 
 async def test_wrong_role_is_403(client):
     assert_problem(await client.post("/api/v1/admin-only", headers=auth()), 403, "forbidden")
+    assert (await client.post("/api/v1/admin-only", headers=auth(role="admin"))).json() == {"ok": True}
+
+
+async def test_a_route_naming_no_roles_admits_no_caller(client):
+    """Deny by default: a route that forgot `opt=roles(...)` is closed, not open to every token."""
+    for role in ("barber", "admin", "service"):
+        assert_problem(await client.get("/api/v1/no-roles", headers=auth(role=role)), 403, "forbidden")
+    assert_problem(await client.get("/api/v1/no-roles"), 401, "unauthorized")
     assert (await client.post("/api/v1/admin-only", headers=auth("1000", "admin"))).json() == {"ok": True}
 
 

@@ -99,3 +99,28 @@ def test_acting_barber_id():
     with pytest.raises(ProblemError) as info:
         acting_barber_id(admin, None)
     assert info.value.status == 422
+
+
+@pytest.mark.parametrize("service", ["router", "external", "collections", "analytics"])
+def test_every_route_is_public_or_names_its_roles(service):
+    """Deny by default: `shared.edge` answers 403 on an authenticated route naming no roles, so a
+    route that forgot them would be unusable, not open; this lists any such route up front."""
+    import re
+
+    from shared.edge import ROLES_OPT
+    from shared.service import PUBLIC_PATHS
+    from tools.openapi import build
+
+    public = re.compile("|".join(PUBLIC_PATHS))
+    app = build(service)
+    unnamed = []
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            methods = set(getattr(handler, "http_methods", ())) - {"OPTIONS"}
+            if not methods or public.search(route.path) or handler.opt.get("exclude_from_auth"):
+                continue
+            allowed = handler.opt.get(ROLES_OPT)
+            if not allowed or not set(allowed) <= {"barber", "admin", "service"}:
+                unnamed.append(f"{sorted(methods)} {route.path}")
+    assert not unnamed, unnamed
+    assert any(handler.opt.get(ROLES_OPT) for route in app.routes for handler in getattr(route, "route_handlers", []))
