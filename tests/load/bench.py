@@ -2,8 +2,10 @@
 
 Stages (`--only` picks some; `make load` is `--only route`):
   idle     CPU of the whole suite, idle, over 60 s (% of one core)
-  route    the one-insert ceiling and `/route` at concurrency 32 side by side; `/route` at 500 req/s
-  pay      the pay ceiling and route-and-pay at concurrency 32 side by side; route-and-pay at 400/s
+  route    the one-insert ceiling and `/route` at concurrency 32 side by side (taking turns in
+           --rounds slices); `/route` at 500 req/s
+  pay      the pay ceiling and route-and-pay at concurrency 32 side by side (likewise); route-and-pay
+           at 400/s
   lag      route-and-pay at 300/s: from the router's commit to analytics' commit, per payment
   webhooks verified webhooks/s against the ceiling (tests.load.webhooks)
   import   the legacy import of --import-payments with its services running (tests.load.legacy_import)
@@ -44,6 +46,7 @@ from tests.load.loadtest import (
     check_target,
     render,
     run_load,
+    run_side_by_side,
     write_json,
 )
 from tests.load.stats import (
@@ -205,6 +208,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jwt-secret", help="default: $JWT_SECRET, else JWT_SECRET in .env")
     p.add_argument("--duration", type=float, default=15.0, help="measured seconds per closed-loop run")
     p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="a ratio's two closed loops take turns in this many slices of duration/rounds")
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--rate", type=float, default=500.0, help="the fixed /route rate")
     p.add_argument("--pay-rate", type=float, default=400.0, help="the fixed route-and-pay rate")
@@ -230,11 +235,10 @@ async def _route(args: argparse.Namespace, ceiling_url: str, secret: str) -> tup
                        concurrency=args.concurrency, barbers=args.barbers,
                        barber_id_start=args.barber_id_start, jwt_secret=secret)
     runs = {}
-    console.rule("ceiling app")
-    runs["ceiling"] = await run_load(replace(route, url=ceiling_url, path=CEILING_PATH, seed=False), console)
+    console.rule(f"the ceiling and /route at concurrency {args.concurrency}, taking turns")
+    runs["ceiling"], runs["route"] = await run_side_by_side(
+        [replace(route, url=ceiling_url, path=CEILING_PATH, seed=False), route], args.rounds, console)
     render(runs["ceiling"], console, title="ceiling")
-    console.rule(f"/route at concurrency {args.concurrency}")
-    runs["route"] = await run_load(route, console)
     render(runs["route"], console, title="/route")
     console.rule(f"/route at {args.rate:g} req/s")
     runs["route_at_rate"] = await run_load(replace(route, concurrency=None, rate=args.rate, seed=False), console)
@@ -259,11 +263,10 @@ async def _pay(args: argparse.Namespace, ceiling_url: str, secret: str) -> tuple
                      warmup=args.warmup, concurrency=args.concurrency, barbers=args.barbers,
                      barber_id_start=args.barber_id_start + 50_000, jwt_secret=secret)
     runs = {}
-    console.rule("pay ceiling")
-    runs["pay_ceiling"] = await run_load(replace(pay, url=ceiling_url, path=PAY_PATH, seed=False), console)
+    console.rule(f"the pay ceiling and route-and-pay at concurrency {args.concurrency}, taking turns")
+    runs["pay_ceiling"], runs["pay"] = await run_side_by_side(
+        [replace(pay, url=ceiling_url, path=PAY_PATH, seed=False), pay], args.rounds, console)
     render(runs["pay_ceiling"], console, title="pay ceiling")
-    console.rule(f"route-and-pay at concurrency {args.concurrency}")
-    runs["pay"] = await run_load(pay, console)
     render(runs["pay"], console, title="route-and-pay")
     console.rule(f"route-and-pay at {args.pay_rate:g}/s")
     runs["pay_at_rate"] = await run_load(replace(pay, concurrency=None, rate=args.pay_rate,

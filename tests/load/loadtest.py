@@ -13,6 +13,8 @@ import random
 import socket
 import sys
 import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from itertools import count
@@ -24,7 +26,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from tests.load.stats import CLIENT_OVERLOAD, Recorder, send_offsets, verdict
+from tests.load.stats import CLIENT_OVERLOAD, Recorder, combined_summary, send_offsets, verdict
 
 ROUTE_PATH = "/api/v1/hybrid-payments/route"
 PROCESS_PATH = "/api/v1/hybrid-payments/process"
@@ -260,7 +262,51 @@ async def run_load(cfg: LoadConfig, console: Console | None = None) -> dict[str,
             await driver.closed_loop(cfg.concurrency, end)
         else:
             await driver.open_loop(cfg.rate, start, cfg.warmup + cfg.duration, cfg.max_inflight)
-    summary = recorder.summary()
+    return _result(cfg, started_at, recorder.summary())
+
+
+# Seconds of load before each slice of a side-by-side run is measured: the target's pools, batches
+# and caches are warm from its earlier slices; this only lets the switch from the other target settle.
+SLICE_SETTLE = 1.0
+
+
+async def run_side_by_side(cfgs: Sequence[LoadConfig], rounds: int = 3,
+                           console: Console | None = None) -> list[dict[str, Any]]:
+    """Closed loops against several targets taking turns: `rounds` slices of duration/rounds each,
+    a, b, a, b, ... after one warmup each, so a machine that is busier in one part of the run than
+    in another weighs on every target alike. One result per config, as `run_load` gives it, over all
+    of its slices."""
+    if not cfgs or any(not c.concurrency for c in cfgs) or any(not c.jwt_secret for c in cfgs):
+        raise LoadError("side by side runs are closed loops with a JWT secret")
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    async with AsyncExitStack() as stack:
+        drivers = []
+        for cfg in cfgs:
+            connector = aiohttp.TCPConnector(limit=cfg.concurrency, limit_per_host=0)
+            session = await stack.enter_async_context(aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=cfg.timeout), auto_decompress=False))
+            await probe(session, cfg.url)
+            if cfg.seed:
+                await seed_barbers(session, cfg)
+            drivers.append(Driver(cfg, session))
+        if console is not None:
+            console.print(f"[dim]side by side, {rounds} rounds: "
+                          + "; ".join(f"{d.url} ({c.concurrency} workers, {c.duration / rounds:g} s a slice)"
+                                      for d, c in zip(drivers, cfgs, strict=True)) + "[/]")
+        slices: list[list[Recorder]] = [[] for _ in cfgs]
+        for round_no in range(rounds):
+            for index, (cfg, driver) in enumerate(zip(cfgs, drivers, strict=True)):
+                settle = cfg.warmup if round_no == 0 else SLICE_SETTLE
+                start = time.perf_counter()
+                end = start + settle + cfg.duration / rounds
+                driver.recorder = recorder = Recorder(start + settle, end)
+                await driver.closed_loop(cfg.concurrency, end)
+                slices[index].append(recorder)
+    return [_result(cfg, started_at, combined_summary(recorders)) | {"slices": len(recorders)}
+            for cfg, recorders in zip(cfgs, slices, strict=True)]
+
+
+def _result(cfg: LoadConfig, started_at: str, summary: dict[str, Any]) -> dict[str, Any]:
     failures = verdict(summary, p95_ms=cfg.p95_ms)
     return {
         "target": cfg.url.rstrip("/") + cfg.path,

@@ -67,11 +67,22 @@ class Recorder:
             self.errors[kind] += 1
 
     def summary(self) -> dict[str, Any]:
-        summary = summarize(self.latencies_ms, self.successes, self.errors, self.end - self.start)
-        lags = sorted(self.lags_ms)
-        summary["send_lag_ms"] = {f"p{p}": round(percentile(lags, p), 3) for p in (50, 99)}
-        summary["send_lag_ms"]["max"] = round(lags[-1], 3) if lags else 0.0
-        return summary
+        return combined_summary([self])
+
+
+def combined_summary(recorders: Sequence[Recorder]) -> dict[str, Any]:
+    """One summary of several measured windows (the slices of a side-by-side run): their outcomes
+    together over the sum of their lengths."""
+    latencies = [ms for r in recorders for ms in r.latencies_ms]
+    errors: Counter[str] = Counter()
+    for r in recorders:
+        errors.update(r.errors)
+    summary = summarize(latencies, sum(r.successes for r in recorders), errors,
+                        sum(r.end - r.start for r in recorders))
+    lags = sorted(ms for r in recorders for ms in r.lags_ms)
+    summary["send_lag_ms"] = {f"p{p}": round(percentile(lags, p), 3) for p in (50, 99)}
+    summary["send_lag_ms"]["max"] = round(lags[-1], 3) if lags else 0.0
+    return summary
 
 
 def summarize(latencies_ms: Sequence[float], successes: int, errors: Counter[str] | dict[str, int],

@@ -70,6 +70,23 @@ def test_recorder_drops_warmup_and_late_starts_and_counts_kinds():
     json.dumps(s)  # the report is plain JSON
 
 
+def test_slices_of_a_side_by_side_run_add_up_over_their_own_windows():
+    """Two measured slices (5 s and 10 s) with a pause between: throughput is their outcomes over
+    15 s, not over the 30 s from the first start to the last end; percentiles over every sample."""
+    first, second = stats.Recorder(start=0.0, end=5.0), stats.Recorder(start=20.0, end=30.0)
+    for i in range(500):
+        first.add(i * 0.01, 0.001, None)
+    for i in range(1000):
+        second.add(20.0 + i * 0.01, 0.004, None if i % 100 else "timeout")
+    s = stats.combined_summary([first, second])
+    assert s["requests"] == 1500 and s["successes"] == 1490 and s["errors_by_kind"] == {"timeout": 10}
+    assert s["throughput_rps"] == 100.0 and s["success_rps"] == pytest.approx(99.3, abs=0.05)
+    assert s["latency_ms"]["samples"] == 1500
+    assert s["latency_ms"]["p50"] == 4.0 and s["latency_ms"]["p95"] == 4.0
+    assert stats.combined_summary([first])["latency_ms"]["p99"] == 1.0
+    assert s["duration_s"] == 15.0
+
+
 def test_summary_of_nothing_is_zeros():
     s = stats.summarize([], 0, Counter(), 5.0)
     assert s["requests"] == 0 and s["success_rate"] == 0.0 and s["latency_ms"]["p99"] == 0.0
