@@ -13,11 +13,12 @@ In order, for each HTTP request:
 4. the route's roles: a route declares who may call it with `opt=roles("barber", ...)` (403 for any
    other role); an authenticated route that declares none answers 403 to everyone (deny by default);
 5. `http_request_duration_seconds` by method, route template and status.
+Steps 2-4 skip `OPTIONS`, which Litestar answers itself (allowed methods, no data).
 
 One layer rather than a middleware per concern, and roles checked here rather than by Litestar
 guards: under load each layer and each guard call (Litestar copies the handler per guard call) was
-a measurable share of `/route`'s CPU (tests/load/README.md). A refusal is raised as a
-`ProblemError`; Litestar's exception handling renders it in the contract's error format.
+a measurable share of `/route`'s CPU (tests/load/README.md). A refusal (401, 403, 429) is answered
+here, in the contract's error format, with the request id like every other answer.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.auth import Principal, Role, TokenVerifier, unauthorized
-from shared.errors import ProblemError
+from shared.errors import ProblemError, problem_asgi
 from shared.observability import REQUEST_ID_HEADER, REQUEST_LATENCY, header_value
 from shared.ratelimit import too_many
 
@@ -69,7 +70,7 @@ def edge_middleware(
 ):
     """The Litestar middleware factory (see the module's docstring)."""
     public_path = re.compile("|".join(f"(?:{pattern})" for pattern in public_paths)) if public_paths else None
-    routes: dict[int, _Route] = {}
+    routes: dict[Any, _Route] = {}  # by handler: they live as long as the app
     latency: dict[tuple[str, str, int], Any] = {}
 
     def observe(method: str, template: str, status: int, seconds: float) -> None:
@@ -79,9 +80,9 @@ def edge_middleware(
         child.observe(seconds)
 
     def route_of(handler: Any) -> _Route:
-        route = routes.get(id(handler))
+        route = routes.get(handler)
         if route is None:
-            route = routes[id(handler)] = _Route(handler)
+            route = routes[handler] = _Route(handler)
         return route
 
     async def admit(scope: Scope) -> None:
@@ -121,12 +122,15 @@ def edge_middleware(
                 await send(message)
 
             try:
-                if scope["method"] != "OPTIONS":
-                    await admit(scope)
-                await app(scope, receive, send_with_id)
-            except ProblemError as refused:
-                status = refused.status
-                raise
+                try:
+                    if scope["method"] != "OPTIONS":
+                        await admit(scope)
+                except ProblemError as refused:
+                    headers, body = problem_asgi(refused)
+                    await send_with_id({"type": "http.response.start", "status": refused.status, "headers": headers})
+                    await send_with_id({"type": "http.response.body", "body": body})
+                else:
+                    await app(scope, receive, send_with_id)
             finally:
                 observe(scope["method"], scope.get("path_template") or "unmatched", status,
                         time.perf_counter() - started)

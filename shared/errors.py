@@ -107,6 +107,15 @@ def forbidden(detail: str = "not allowed for this caller") -> ProblemError:
     return ProblemError(403, "forbidden", detail)
 
 
+def problem_asgi(problem: ProblemError) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The problem as raw ASGI parts, headers and body, for a layer that answers before Litestar
+    does (`shared.edge`); the same body and headers as `problem_response`."""
+    body = msgspec.json.encode(problem.to_dict())
+    headers = [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode()),
+               *((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in problem.headers.items())]
+    return headers, body
+
+
 def problem_response(problem: ProblemError) -> Response[bytes]:
     return Response(
         content=msgspec.json.encode(problem.to_dict()),

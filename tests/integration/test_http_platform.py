@@ -141,6 +141,21 @@ async def test_a_route_naming_no_roles_admits_no_caller(client):
     for role in ("barber", "admin", "service"):
         assert_problem(await client.get("/api/v1/no-roles", headers=auth(role=role)), 403, "forbidden")
     assert_problem(await client.get("/api/v1/no-roles"), 401, "unauthorized")
+
+
+async def test_refusals_at_the_door_carry_the_request_id_and_count_by_status(client):
+    """401, 403 and 429 are answered by the edge itself: the caller's request id comes back on them
+    as on every answer, and the latency metric counts them under their own status, not as 500s."""
+    for headers, status, code in ((auth(role="barber"), 403, "forbidden"), ({}, 401, "unauthorized")):
+        response = await client.post("/api/v1/admin-only", headers={**headers, "x-request-id": f"door-{status}"})
+        assert_problem(response, status, code)
+        assert response.headers["x-request-id"] == f"door-{status}"
+    assert (await client.post("/api/v1/admin-only", headers=auth())).headers["x-request-id"]  # made up when absent
+    counted = [line for line in (await client.get("/metrics")).text.splitlines()
+               if line.startswith("http_request_duration_seconds_count") and 'route="/api/v1/admin-only"' in line]
+    for status in ("401", "403"):
+        assert any(f'status="{status}"' in line for line in counted), (status, counted)
+    assert not any('status="500"' in line for line in counted), counted
     assert (await client.post("/api/v1/admin-only", headers=auth("1000", "admin"))).json() == {"ok": True}
 
 
@@ -258,9 +273,10 @@ async def test_bad_idempotency_keys_are_422(client, key):
 async def test_rate_limit_is_per_caller_and_spares_admins(client):
     headers = auth("17")
     statuses = [(await client.post("/api/v1/admin-only", headers=headers)).status_code for _ in range(21)]
-    assert statuses[:20] == [403] * 20  # allowed through the limiter, refused by the guard
-    limited = await client.post("/api/v1/admin-only", headers=headers)
+    assert statuses[:20] == [403] * 20  # allowed through the limiter, refused for its role
+    limited = await client.post("/api/v1/admin-only", headers={**headers, "x-request-id": "over-budget"})
     assert_problem(limited, 429, "rate_limited")
+    assert limited.headers["x-request-id"] == "over-budget"
     assert int(limited.headers["retry-after"]) >= 1
     assert (await client.post("/api/v1/admin-only", headers=auth("18"))).status_code == 403
     admin = auth("1000", "admin")
