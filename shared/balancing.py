@@ -4,7 +4,9 @@ base URLs, comma separated). In Kubernetes a Service balances instead and the li
 
 A replica that refuses the connection is skipped for the next one: safe for any method, since
 nothing was sent. A replica that took the request and then failed is not retried elsewhere
-(the request may have been acted on; idempotency keys make the caller's own retry safe).
+(the request may have been acted on; idempotency keys make the caller's own retry safe), except
+by the dev gateway when the replica hung up without an answer and the request is a read or
+carries an Idempotency-Key (`tools.gateway.repeatable`).
 """
 
 from __future__ import annotations

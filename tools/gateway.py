@@ -118,6 +118,13 @@ def problem(
     return response
 
 
+def repeatable(request: web.Request) -> bool:
+    """Whether sending the request twice is as good as once: a read, or a write with an
+    Idempotency-Key (the services answer its repeat with the first answer, or 409 while the first
+    is still running)."""
+    return request.method in READ_ONLY or bool(request.headers.get("Idempotency-Key"))
+
+
 def _forwardable(headers: Mapping[str, str]) -> CIMultiDict[str]:
     # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
     named = {h.strip().lower() for h in headers.get("Connection", "").split(",") if h.strip()}
@@ -278,7 +285,8 @@ def create_gateway_app(
 ) -> web.Application:
     """`routes` maps a service name to its base URL (`{"router": "http://127.0.0.1:8001", ...}`), or
     to the base URLs of its replicas, which take requests in turn (round robin; a replica that
-    refuses the connection is skipped, which is safe for any method: nothing was sent);
+    refuses the connection is skipped, which is safe for any method: nothing was sent; one that
+    hangs up without an answer is skipped for reads and for writes with an Idempotency-Key);
     `prefixes` maps a path prefix to a service name. Longest prefix wins."""
     replicas = {name: Replicas(bases) for name, bases in routes.items()}
     table = sorted(
@@ -338,6 +346,14 @@ def create_gateway_app(
                 if attempt < len(bases):
                     continue
                 return problem(502, detail=f"{service} unreachable: {type(exc).__name__}")
+            except aiohttp.ServerDisconnectedError as exc:
+                # Closed without an answer: most often a kept-alive connection that a replica
+                # shutting down closed as the request went out on it. A request that may be sent
+                # twice (a read, or a write carrying its Idempotency-Key) goes to the next replica;
+                # any other one may have been acted on, and only its caller can decide.
+                if attempt < len(bases) and repeatable(request):
+                    continue
+                return problem(502, detail=f"{base} unreachable: {type(exc).__name__}")
             except TimeoutError:  # before ClientError: ServerTimeoutError is both
                 return problem(504, detail=f"{base} did not answer in time")
             except aiohttp.ClientError as exc:

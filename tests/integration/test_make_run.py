@@ -329,6 +329,51 @@ async def test_gateway_answers_problems_for_unknown_paths_down_and_slow_upstream
                     assert "secret" not in problem["detail"]
 
 
+async def _hang_up(request: web.Request) -> web.Response:
+    """A replica closing the connection without an answer (as one shutting down closes a kept-alive
+    connection a request just went out on)."""
+    await request.read()
+    assert request.transport is not None
+    request.transport.close()
+    return web.Response()  # never sent: the connection is gone
+
+
+async def test_gateway_sends_a_repeatable_request_on_when_a_replica_hangs_up() -> None:
+    """Two replicas, the first hanging up on every request. Reads and writes carrying an
+    Idempotency-Key reach the second on the first try; a write without one is answered 502 when the
+    first replica had its turn (it may have been acted on: only its caller can decide)."""
+    hanging = web.Application()
+    hanging.router.add_route("*", "/{tail:.*}", _hang_up)
+    echo = web.Application()
+    echo.router.add_route("*", "/{tail:.*}", _echo)
+    (hang_runner, hang_url), (echo_runner, echo_url) = await _serve(hanging), await _serve(echo)
+    app = create_gateway_app({"router": [hang_url, echo_url], "external": echo_url, "collections": echo_url,
+                              "analytics": echo_url})
+    path = "/api/v1/hybrid-payments/process"
+    try:
+        async with (
+            serve(app, "127.0.0.1", 0, shutdown_timeout=0.1) as (host, port),
+            aiohttp.ClientSession() as client,
+        ):
+            url = f"http://{host}:{port}{path}"
+            for n in range(4):  # both replicas get the first turn twice
+                async with client.post(url, data=b"{}", headers={"Idempotency-Key": f"k-{n}"}) as resp:
+                    assert resp.status == 200 and (await resp.json())["method"] == "POST"
+                async with client.get(url) as resp:
+                    assert resp.status == 200
+            plain = []
+            for _ in range(4):
+                async with client.post(url, data=b"{}") as resp:
+                    plain.append(resp.status)
+                    if resp.status != 200:
+                        assert_gateway_problem(resp.status, resp.headers, await resp.read(), 502,
+                                               "upstream_unavailable")
+            assert sorted(plain) == [200, 200, 502, 502], plain
+    finally:
+        await hang_runner.cleanup()
+        await echo_runner.cleanup()
+
+
 async def test_gateway_refuses_over_limit_bodies_with_a_problem() -> None:
     async with _gateway(max_body=1024) as (client, url):
         path = "/api/v1/hybrid-payments/route"
