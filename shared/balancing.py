@@ -5,8 +5,9 @@ base URLs, comma separated). In Kubernetes a Service balances instead and the li
 A replica that refuses the connection is skipped for the next one: safe for any method, since
 nothing was sent. A replica that took the request and then failed is not retried elsewhere
 (the request may have been acted on; idempotency keys make the caller's own retry safe), except
-by the dev gateway when the replica hung up without an answer and the request is a read or
-carries an Idempotency-Key (`tools.gateway.repeatable`).
+when the replica hung up without an answer and the request is repeatable: the dev gateway sends
+reads and writes carrying an Idempotency-Key on (`tools.gateway.repeatable`), the internal client
+every call (each is keyed or a read).
 """
 
 from __future__ import annotations

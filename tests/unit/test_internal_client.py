@@ -67,3 +67,33 @@ async def test_other_problems_keep_the_callees_status_code_and_fields(upstream, 
 async def test_nobody_listening_is_unreachable():
     problem = await problem_of(f"http://127.0.0.1:{free_port()}", "/status/200")
     assert (problem.status, problem.code, problem.extra["unreachable"]) == (503, "upstream_unavailable", True)
+
+
+async def test_a_replica_that_hangs_up_passes_the_call_to_the_next(upstream):
+    """A replica closing the connection without an answer (shutting down as the call went out): the
+    call is repeatable (keyed or a read), so the next replica answers it; with no other replica left
+    it is a 502 that does not claim nothing happened."""
+    async def hang_up(request: web.Request) -> web.Response:
+        await request.read()
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/status/{n}", hang_up)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    hanging = f"http://127.0.0.1:{port}"
+    try:
+        client = InternalClient(f"{hanging},{upstream}", jwt_secret="s" * 32)
+        try:
+            for _ in range(4):  # each replica has the first turn twice
+                assert (await client.call("POST", "/status/200", {"a": 1}))["ok"] is True
+        finally:
+            await client.close()
+        problem = await problem_of(hanging, "/status/200")
+        assert (problem.status, problem.code, problem.extra["unreachable"]) == (502, "upstream_unavailable", False)
+    finally:
+        await runner.cleanup()
