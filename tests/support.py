@@ -10,9 +10,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from aiohttp import web
 
 
 async def eventually(predicate, *, timeout: float = 5.0, interval: float = 0.05):
@@ -84,3 +86,28 @@ def scratch_database(infra, name: str, *, migrated: bool = True) -> Iterator[str
         yield url
     finally:
         drop_database(infra.postgres_url, name)
+
+
+@contextlib.asynccontextmanager
+async def serving(method: str, path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                  ) -> AsyncIterator[str]:
+    """An aiohttp server on a free local port with one route; yields its base URL."""
+    app = web.Application()
+    app.router.add_route(method, path, handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def hang_up(request: web.Request) -> web.Response:
+    """A server closing the connection without an answer (as a replica shutting down closes a
+    kept-alive connection a request just went out on)."""
+    await request.read()
+    assert request.transport is not None
+    request.transport.close()
+    return web.Response()  # never sent: the connection is gone

@@ -33,6 +33,7 @@ from tests.run_support import (  # noqa: F401 (make_run and friends live there, 
     port_free,
     processes_with,
 )
+from tests.support import hang_up
 from tools import run
 from tools.gateway import GATEWAY_NAME, PREFIXES, create_gateway_app, serve
 
@@ -329,21 +330,12 @@ async def test_gateway_answers_problems_for_unknown_paths_down_and_slow_upstream
                     assert "secret" not in problem["detail"]
 
 
-async def _hang_up(request: web.Request) -> web.Response:
-    """A replica closing the connection without an answer (as one shutting down closes a kept-alive
-    connection a request just went out on)."""
-    await request.read()
-    assert request.transport is not None
-    request.transport.close()
-    return web.Response()  # never sent: the connection is gone
-
-
 async def test_gateway_sends_a_repeatable_request_on_when_a_replica_hangs_up() -> None:
     """Two replicas, the first hanging up on every request. Reads and writes carrying an
     Idempotency-Key reach the second on the first try; a write without one is answered 502 when the
     first replica had its turn (it may have been acted on: only its caller can decide)."""
     hanging = web.Application()
-    hanging.router.add_route("*", "/{tail:.*}", _hang_up)
+    hanging.router.add_route("*", "/{tail:.*}", hang_up)
     echo = web.Application()
     echo.router.add_route("*", "/{tail:.*}", _echo)
     (hang_runner, hang_url), (echo_runner, echo_url) = await _serve(hanging), await _serve(echo)

@@ -242,15 +242,9 @@ async def run_load(cfg: LoadConfig, console: Console | None = None) -> dict[str,
         raise LoadError("no JWT secret: pass --jwt-secret or set JWT_SECRET (the one the services use)")
     if (cfg.concurrency is None) == (cfg.rate is None):
         raise LoadError("give exactly one of concurrency or rate")
-    width = cfg.concurrency or cfg.max_inflight
-    connector = aiohttp.TCPConnector(limit=width, limit_per_host=0)
-    timeout = aiohttp.ClientTimeout(total=cfg.timeout)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
-        await probe(session, cfg.url)
-        if cfg.seed:
-            await seed_barbers(session, cfg)
-        driver = Driver(cfg, session)
+    async with AsyncExitStack() as stack:
+        driver = await _driver(stack, cfg)
         if console is not None:
             how = f"{cfg.concurrency} workers" if cfg.concurrency else f"{cfg.rate:g} req/s"
             console.print(f"[dim]{driver.url}: {how}, {cfg.warmup:g} s warmup + {cfg.duration:g} s measured, "
@@ -263,6 +257,18 @@ async def run_load(cfg: LoadConfig, console: Console | None = None) -> dict[str,
         else:
             await driver.open_loop(cfg.rate, start, cfg.warmup + cfg.duration, cfg.max_inflight)
     return _result(cfg, started_at, recorder.summary())
+
+
+async def _driver(stack: AsyncExitStack, cfg: LoadConfig) -> Driver:
+    """A driver for `cfg` on a session of its own (closed with `stack`): target probed, barbers
+    seeded when asked."""
+    connector = aiohttp.TCPConnector(limit=cfg.concurrency or cfg.max_inflight, limit_per_host=0)
+    session = await stack.enter_async_context(aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=cfg.timeout), auto_decompress=False))
+    await probe(session, cfg.url)
+    if cfg.seed:
+        await seed_barbers(session, cfg)
+    return Driver(cfg, session)
 
 
 # Seconds of load before each slice of a side-by-side run is measured: the target's pools, batches
@@ -280,15 +286,7 @@ async def run_side_by_side(cfgs: Sequence[LoadConfig], rounds: int = 3,
         raise LoadError("side by side runs are closed loops with a JWT secret")
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     async with AsyncExitStack() as stack:
-        drivers = []
-        for cfg in cfgs:
-            connector = aiohttp.TCPConnector(limit=cfg.concurrency, limit_per_host=0)
-            session = await stack.enter_async_context(aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=cfg.timeout), auto_decompress=False))
-            await probe(session, cfg.url)
-            if cfg.seed:
-                await seed_barbers(session, cfg)
-            drivers.append(Driver(cfg, session))
+        drivers = [await _driver(stack, cfg) for cfg in cfgs]
         if console is not None:
             console.print(f"[dim]side by side, {rounds} rounds: "
                           + "; ".join(f"{d.url} ({c.concurrency} workers, {c.duration / rounds:g} s a slice)"

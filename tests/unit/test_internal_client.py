@@ -8,7 +8,7 @@ from aiohttp import web
 
 from shared.errors import ProblemError
 from shared.internal_api import InternalClient
-from tests.support import free_port
+from tests.support import free_port, hang_up, serving
 
 
 @pytest.fixture
@@ -22,14 +22,8 @@ async def upstream():
                                       "detail": "refused by the callee", "transaction_id": "t-1"}, status=status)
         return web.json_response({"ok": True, "auth": request.headers.get("Authorization", "")[:7]})
 
-    app = web.Application()
-    app.router.add_post("/status/{n}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serving("POST", "/status/{n}", answer) as url:
+        yield url
 
 
 async def test_an_answer_is_decoded_and_the_call_carries_a_service_token(upstream):
@@ -73,20 +67,7 @@ async def test_a_replica_that_hangs_up_passes_the_call_to_the_next(upstream):
     """A replica closing the connection without an answer (shutting down as the call went out): the
     call is repeatable (keyed or a read), so the next replica answers it; with no other replica left
     it is a 502 that does not claim nothing happened."""
-    async def hang_up(request: web.Request) -> web.Response:
-        await request.read()
-        assert request.transport is not None
-        request.transport.close()
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_post("/status/{n}", hang_up)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    hanging = f"http://127.0.0.1:{port}"
-    try:
+    async with serving("POST", "/status/{n}", hang_up) as hanging:
         client = InternalClient(f"{hanging},{upstream}", jwt_secret="s" * 32)
         try:
             for _ in range(4):  # each replica has the first turn twice
@@ -95,5 +76,3 @@ async def test_a_replica_that_hangs_up_passes_the_call_to_the_next(upstream):
             await client.close()
         problem = await problem_of(hanging, "/status/200")
         assert (problem.status, problem.code, problem.extra["unreachable"]) == (502, "upstream_unavailable", False)
-    finally:
-        await runner.cleanup()
