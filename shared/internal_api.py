@@ -135,15 +135,12 @@ class InternalClient:
                     continue
                 raise ProblemError(503, "upstream_unavailable",
                                    f"{path}: cannot reach the service: {type(exc).__name__}", unreachable=True) from None
-            except aiohttp.ServerDisconnectedError as exc:
+            except aiohttp.ClientError as exc:
                 # Hung up without an answer (a replica shutting down closes a kept-alive connection
                 # as a call goes out on it). Every call here is repeatable (a charge is one attempt
                 # per route id, a refund one per refund id, the rest are reads): the next replica.
-                if attempt < len(bases):
+                if isinstance(exc, aiohttp.ServerDisconnectedError) and attempt < len(bases):
                     continue
-                raise ProblemError(502, "upstream_unavailable", f"{path}: the connection broke: {type(exc).__name__}",
-                                   unreachable=False) from None
-            except aiohttp.ClientError as exc:
                 raise ProblemError(502, "upstream_unavailable", f"{path}: the connection broke: {type(exc).__name__}",
                                    unreachable=False) from None
         if status in (401, 403):  # our own token was refused: a deployment problem, not the caller's

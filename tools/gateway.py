@@ -346,17 +346,15 @@ def create_gateway_app(
                 if attempt < len(bases):
                     continue
                 return problem(502, detail=f"{service} unreachable: {type(exc).__name__}")
-            except aiohttp.ServerDisconnectedError as exc:
+            except TimeoutError:  # before ClientError: ServerTimeoutError is both
+                return problem(504, detail=f"{base} did not answer in time")
+            except aiohttp.ClientError as exc:
                 # Closed without an answer: most often a kept-alive connection that a replica
                 # shutting down closed as the request went out on it. A request that may be sent
                 # twice (a read, or a write carrying its Idempotency-Key) goes to the next replica;
                 # any other one may have been acted on, and only its caller can decide.
-                if attempt < len(bases) and repeatable(request):
+                if isinstance(exc, aiohttp.ServerDisconnectedError) and attempt < len(bases) and repeatable(request):
                     continue
-                return problem(502, detail=f"{base} unreachable: {type(exc).__name__}")
-            except TimeoutError:  # before ClientError: ServerTimeoutError is both
-                return problem(504, detail=f"{base} did not answer in time")
-            except aiohttp.ClientError as exc:
                 return problem(502, detail=f"{base} unreachable: {type(exc).__name__}")
             response.headers.add("Via", f"1.1 {GATEWAY_NAME}")
             return response
