@@ -20,9 +20,9 @@ from litestar.params import JSONBody, QueryParameter, SkipValidation
 
 from shared.auth import Principal
 from shared.edge import roles
-from shared.errors import ProblemError, not_found, validation_error
+from shared.errors import ProblemError, not_found
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, after_cursor, page_of
-from shared.requests import NO_CONTROL_CHARACTERS
+from shared.requests import NO_CONTROL_CHARACTERS, BigId
 
 DeadLetterState = Literal["waiting", "replayed", "discarded"]
 # How handlers ask for the service runtime (`shared.service`; wiring, not input) and the caller.
@@ -261,7 +261,7 @@ def operations_controller(api_prefix: str) -> type[Controller]:
         @get("/dead-letters", opt=ADMIN)
         async def dead_letters(
             self, runtime: Runtime,
-            state_filter: Annotated[DeadLetterState | None, QueryParameter(query="state")] = None,
+            state_filter: Annotated[DeadLetterState | None, QueryParameter(name="state")] = None,
             limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
             cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
         ) -> DeadLetterPage:
@@ -269,21 +269,15 @@ def operations_controller(api_prefix: str) -> type[Controller]:
             return await dead_letter_page(runtime, state=state_filter, limit=limit, cursor=cursor)
 
         @post("/dead-letters/{letter_id:int}/replay", opt=ADMIN, status_code=200)
-        async def replay(self, request: Admin, runtime: Runtime, letter_id: int) -> DeadLetterOut:
+        async def replay(self, request: Admin, runtime: Runtime, letter_id: BigId) -> DeadLetterOut:
             """Publish a parked event again (audited); consumers that applied it skip it."""
-            _positive(letter_id)
             return await replay_dead_letter(runtime, request.user, letter_id)
 
         @post("/dead-letters/{letter_id:int}/discard", opt=ADMIN, status_code=200)
-        async def discard(self, request: Admin, runtime: Runtime, letter_id: int,
+        async def discard(self, request: Admin, runtime: Runtime, letter_id: BigId,
                           data: JSONBody[DiscardIn]) -> DeadLetterOut:
             """Mark a parked event as not to be applied, with a note saying why (audited)."""
-            _positive(letter_id)
             return await discard_dead_letter(runtime, request.user, letter_id, data.note)
 
     return OperationsController
 
-
-def _positive(letter_id: int) -> None:
-    if not 1 <= letter_id <= 2**63 - 1:
-        raise validation_error("letter_id", "a positive id")

@@ -120,6 +120,9 @@ async def test_a_dead_letter_is_replayed_on_nats_or_discarded_and_both_are_audit
                                     ("999999999/replay", None, 404)):
         response = await client.post(f"{OPS}/dead-letters/{path}", json=body_json, headers=admin())
         assert response.status_code == status, (path, response.text)
+    for letter_id in (0, 2**63):  # outside the bigint column: refused naming the parameter, never sent to Postgres
+        response = await client.post(f"{OPS}/dead-letters/{letter_id}/replay", headers=admin())
+        assert response.status_code in (400, 422) and "letter_id" in response.text, response.text
     assert (await client.post(f"{OPS}/dead-letters/{replay_id}/replay", headers=barber(1))).status_code == 403
 
     audit = {(e["subject"], e["action"]): e for e in

@@ -46,3 +46,19 @@ def test_the_document_declares_the_bearer_scheme_and_idempotency_keys(service: s
             if any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in operation.get("parameters", [])):
                 with_key.add((method, path))
     assert with_key == IDEMPOTENT[service]
+
+
+@pytest.mark.parametrize("service", [*openapi.SERVICES, "console"])
+def test_no_route_declares_its_parameters_in_a_deprecated_style(service: str) -> None:
+    """Litestar 2 still reads inferred path parameters and `Parameter(query=...)`, with a warning;
+    Litestar 3 will not. Every parameter names where it comes from (FromPath, QueryParameter(name=...))."""
+    import warnings
+
+    from litestar.utils.deprecation import LitestarDeprecationWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        openapi.document(service) if service in openapi.SERVICES else openapi.build(service)
+    deprecated = [str(w.message) for w in caught if issubclass(w.category, LitestarDeprecationWarning)
+                  or (issubclass(w.category, DeprecationWarning) and "parameter" in str(w.message).lower())]
+    assert not deprecated, deprecated
