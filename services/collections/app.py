@@ -39,7 +39,7 @@ def create_app(settings: settings_module.CollectionsSettings | None = None, *,
     )
     runtime.consumer_specs = [
         ConsumerSpec("accruals", ["transaction.recorded"], collections.accruals.apply_transaction_recorded,
-                     batch_handler=collections.accruals.apply_transactions_recorded, batch=500, linger=0.05),
+                     batch_handler=collections.accruals.apply_transactions_recorded, batch=500, linger=0.1),
         ConsumerSpec("settings", ["config.changed"], collections.accruals.apply_config_changed,
                      batch_handler=collections.accruals.apply_configs_changed, batch=500),
         ConsumerSpec("collecting", ["collection.due"], collections.collecting.apply_collection_due),
