@@ -62,6 +62,7 @@ from tests.load.stats import (
     route_checks,
     shown,
 )
+from shared.config import libpq_url
 from tools.runstate import pick_database_url, pick_jwt_secret, run_state
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,6 +111,34 @@ def quiesce(secret: str, *, timeout: float = 120.0) -> None:
             return
         time.sleep(1.0)
     console.print(f"[yellow]the pipeline did not drain within {timeout:.0f} s: {backlog}; measuring anyway[/]")
+
+
+async def vacuum_when_autovacuum_is_off(database_url: str) -> float | None:
+    """`VACUUM (ANALYZE)` the database when its server runs without autovacuum (this machine's CI
+    config turns it off), as a production server's autovacuum would have by then; the seconds it
+    took, or None when the server vacuums by itself. Without it every settled payment's old row
+    version stays in its table and indexes, and each stage (and each run) measured a more bloated
+    database than the one before (tests/load/README.md, "Sixth session")."""
+    import asyncpg
+
+    conn = await asyncpg.connect(libpq_url(database_url))
+    try:
+        if await conn.fetchval("SHOW autovacuum") != "off":
+            return None
+        started = time.monotonic()
+        await conn.execute("VACUUM (ANALYZE)")  # every table this user may vacuum; outside a transaction
+        return time.monotonic() - started
+    finally:
+        await conn.close()
+
+
+def prepare(secret: str, database_url: str, vacuums: list[float]) -> None:
+    """Before a stage: the pipeline drained, and the database vacuumed if its server does not."""
+    quiesce(secret)
+    seconds = asyncio.run(vacuum_when_autovacuum_is_off(database_url))
+    if seconds is not None:
+        vacuums.append(round(seconds, 1))
+        console.print(f"[dim]autovacuum is off on this server: vacuumed the database ({seconds:.1f} s)[/]")
 
 
 def via_gateway(router_url: str) -> bool:
@@ -436,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     secret = pick_jwt_secret(args.jwt_secret)
     runs: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
+    vacuums: list[float] = []  # seconds of each vacuum before a stage (none when autovacuum is on)
     try:
         check_target(args.router_url, allow_remote=False)
         if (why := reachable(args.router_url)) is not None:
@@ -443,28 +473,29 @@ def main(argv: list[str] | None = None) -> int:
                             "start the suite with `make run` first")
         if not secret:
             raise LoadError("no JWT secret: set JWT_SECRET to the one `make run` uses (it prints it)")
+        database_url, db_source = pick_database_url(args.database_url)
+        console.print(f"[dim]database (the ceiling's, and vacuumed when its server does not) from {db_source}[/]")
         if "idle" in args.stages:  # first: nothing of ours is running yet
+            prepare(secret, database_url, vacuums)
             more_runs, more_rows = _idle(args, secret)
             runs |= more_runs
             rows += more_rows
         if {"route", "pay", "webhooks"} & set(args.stages):
-            database_url, db_source = pick_database_url(args.database_url)
-            console.print(f"[dim]ceiling database from {db_source}[/]")
             with ceiling_app(database_url, ROOT / ".run" / "logs" / "load-ceiling.log") as ceiling_url:
                 # The ceiling stays up (idle) during the router runs; it is stopped when they end.
                 for stage, measure in (("route", _route), ("pay", _pay), ("webhooks", _webhooks)):
                     if stage in args.stages:
-                        quiesce(secret)
+                        prepare(secret, database_url, vacuums)
                         more_runs, more_rows = asyncio.run(measure(args, ceiling_url, secret))
                         runs |= more_runs
                         rows += more_rows
         if "lag" in args.stages:
-            quiesce(secret)
+            prepare(secret, database_url, vacuums)
             more_runs, more_rows = asyncio.run(_lag(args, secret))
             runs |= more_runs
             rows += more_rows
         if "import" in args.stages:
-            quiesce(secret)
+            prepare(secret, database_url, vacuums)
             more_runs, more_rows = _import(args)
             runs |= more_runs
             rows += more_rows
@@ -482,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "router_url": args.router_url, "via_gateway": gateway, "note": note, "stages": args.stages,
         "workers_per_service": run_state().get("workers_per_service"),
+        "vacuumed_before_stages_s": vacuums,
         "runs": runs, "checks": rows, "passed": passed,
     }, args.json)
     console.print(f"results: {args.json}\n" + ("[bold green]PASS[/]" if passed else "[bold red]FAIL[/]"))
