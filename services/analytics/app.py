@@ -27,7 +27,7 @@ def create_app(settings: settings_module.AnalyticsSettings | None = None, *,
     projections, reports = analytics.projections, analytics.reports
     runtime.consumer_specs = [
         ConsumerSpec("transactions", ["transaction.recorded"], projections.apply_transaction_recorded,
-                     batch_handler=projections.apply_transactions, batch=500, linger=0.05),
+                     batch_handler=projections.apply_transactions, batch=500, linger=0.02),
         # The legacy import's bulk subject: up to 500 payments an event, 20 events a transaction.
         ConsumerSpec("imports", ["transaction.imported"], projections.apply_transactions_imported,
                      batch_handler=projections.apply_imports, batch=20),

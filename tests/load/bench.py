@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from rich.console import Console
 from rich.table import Table
 
+from shared.config import libpq_url
 from tests.load.ceiling import PATH as CEILING_PATH
 from tests.load.ceiling import PAY_PATH
 from tests.load.loadtest import (
@@ -62,7 +63,6 @@ from tests.load.stats import (
     route_checks,
     shown,
 )
-from shared.config import libpq_url
 from tools.runstate import pick_database_url, pick_jwt_secret, run_state
 
 ROOT = Path(__file__).resolve().parents[2]
