@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 from rich.console import Console
 from rich.table import Table
 
@@ -119,8 +120,6 @@ async def vacuum_when_autovacuum_is_off(database_url: str) -> float | None:
     took, or None when the server vacuums by itself. Without it every settled payment's old row
     version stays in its table and indexes, and each stage (and each run) measured a more bloated
     database than the one before (tests/load/README.md, "Sixth session")."""
-    import asyncpg
-
     conn = await asyncpg.connect(libpq_url(database_url))
     try:
         if await conn.fetchval("SHOW autovacuum") != "off":

@@ -58,7 +58,7 @@ def test_no_route_declares_its_parameters_in_a_deprecated_style(service: str) ->
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        openapi.document(service) if service in openapi.SERVICES else openapi.build(service)
+        openapi.build(service)  # handlers read their parameters as the app is built
     deprecated = [str(w.message) for w in caught if issubclass(w.category, LitestarDeprecationWarning)
                   or (issubclass(w.category, DeprecationWarning) and "parameter" in str(w.message).lower())]
     assert not deprecated, deprecated
