@@ -215,22 +215,25 @@ def _database_unavailable(exc: BaseException) -> bool:
 
 
 def _handle_unexpected(request: Request, exc: Exception) -> Response[bytes]:
+    return problem_response(unexpected_problem(request.url.path, exc))
+
+
+def unexpected_problem(path: str, exc: Exception) -> ProblemError:
+    """What an exception that is not a `ProblemError` answers (logged here): a 503 while the
+    database cannot serve, a 422 for a value it refused to store, else a 500."""
     if _database_unavailable(exc):
-        log.warning("database_unavailable", path=request.url.path, error=str(exc).splitlines()[0][:200])
-        return problem_response(ProblemError(503, "database_unavailable",
-                                             "the database cannot take this request now; retry shortly",
-                                             headers={"Retry-After": "1"}))
+        log.warning("database_unavailable", path=path, error=str(exc).splitlines()[0][:200])
+        return ProblemError(503, "database_unavailable", "the database cannot take this request now; retry shortly",
+                            headers={"Retry-After": "1"})
     if (_sqlstate(exc) or "").startswith("22"):
         # A data exception (a number out of a column's range, a NUL in text): input that slipped past
         # validation. It is the caller's to fix, so a 4xx; logged with its trace, as the validation
         # that should have caught it is ours to add.
-        log.warning("data_exception", path=request.url.path, error=type(exc).__name__, exc_info=exc)
+        log.warning("data_exception", path=path, error=type(exc).__name__, exc_info=exc)
         reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
-        return problem_response(ProblemError(422, "invalid_value", f"a value in the request cannot be stored: {reason}"))
-    log.exception("unhandled_error", path=request.url.path, error=type(exc).__name__)
-    return problem_response(
-        ProblemError(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "an unexpected error occurred")
-    )
+        return ProblemError(422, "invalid_value", f"a value in the request cannot be stored: {reason}")
+    log.exception("unhandled_error", path=path, error=type(exc).__name__, exc_info=exc)
+    return ProblemError(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "an unexpected error occurred")
 
 
 exception_handlers = {
@@ -247,5 +250,6 @@ __all__ = [
     "forbidden",
     "not_found",
     "problem_response",
+    "unexpected_problem",
     "validation_error",
 ]
