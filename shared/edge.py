@@ -12,12 +12,12 @@ In order, for each HTTP request:
    admins and services are not limited;
 4. the route's roles: a route declares who may call it with `opt=roles("barber", ...)` (403 for any
    other role); an authenticated route that declares none answers 403 to everyone (deny by default);
-5. the route's fast path, when it names one (`opt=fast_path(answer)`) and the request is its plain
-   case: no `Idempotency-Key`, a body of at most `FAST_BODY_LIMIT` bytes. `answer(scope, body)`
-   returns the 200 response's JSON bytes, raises `ProblemError` for a refusal, or returns None for
-   anything it does not take (a body that does not decode, say); then, as for every other request,
-   Litestar serves the route as documented, the body read so far replayed to it. Other exceptions
-   answer as Litestar's handlers would (`shared.errors.unexpected_problem`);
+5. the route's fast path, when it names one (`opt=fast_path(answer)`) and the body is at most
+   `FAST_BODY_LIMIT` bytes: `answer(scope, body)` returns the 200 response's JSON bytes, raises
+   `ProblemError` for a refusal, or returns None for anything it does not take (a body that does
+   not decode, say) before it wrote anything; then, as for every other request, Litestar serves
+   the route as documented, the body read so far replayed to it. Other exceptions answer as
+   Litestar's handlers would (`shared.errors.unexpected_problem`);
 6. `http_request_duration_seconds` by method, route template and status.
 Steps 2-5 skip `OPTIONS`, which Litestar answers itself (allowed methods, no data).
 
@@ -55,7 +55,6 @@ FAST_PATH_OPT = "fast_path"
 FAST_BODY_LIMIT = 65_536
 _REQUEST_ID = REQUEST_ID_HEADER.encode()
 _AUTHORIZATION = b"authorization"
-_IDEMPOTENCY_KEY = b"idempotency-key"
 _JSON = (b"content-type", b"application/json")
 
 # A route's fast path: (scope, body) -> the 200 answer's JSON bytes, or None to decline.
@@ -185,8 +184,6 @@ def _bearer(scope: Scope) -> str:
 async def _fast(answer: FastPath, scope: Scope, receive: Receive, send: Send) -> Receive | None:
     """Serve the request through the route's fast path: None when answered, else the receive to
     hand Litestar (what was read of the body replayed first)."""
-    if header_value(scope, _IDEMPOTENCY_KEY) is not None:
-        return receive
     messages: list[Message] = []
     chunks: list[bytes] = []
     size, more = 0, True

@@ -19,15 +19,18 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 from litestar import Request, Response
+from litestar.types import Scope
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from shared.db import HotPath, PlatformTables
 from shared.errors import PROBLEM_MEDIA_TYPE, ProblemError
+from shared.observability import header_value
 from shared.outbox import UnitOfWork
 
 HEADER = "Idempotency-Key"
 REPLAY_HEADER = "Idempotent-Replayed"
+_HEADER = HEADER.lower().encode()
 KEY_TTL = timedelta(hours=24)
 # An in-flight claim older than this is treated as abandoned (its process died) and taken over
 # (IDEMPOTENCY_CLAIM_TIMEOUT).
@@ -195,7 +198,10 @@ class IdempotencyStore:
 
 
 def idempotency_key(request: Request) -> str | None:
-    key = request.headers.get(HEADER)
+    return _checked(request.headers.get(HEADER))
+
+
+def _checked(key: str | None) -> str | None:
     if key is None:
         return None
     if not 1 <= len(key) <= 255 or not key.isprintable():
@@ -204,13 +210,17 @@ def idempotency_key(request: Request) -> str | None:
 
 
 def caller_scope(request: Request) -> str:
-    user = request.scope.get("user")
+    return _caller_scope(request.scope)
+
+
+def _caller_scope(scope: Scope) -> str:
+    user = scope.get("user")
     subject = getattr(user, "subject", None)
     role = getattr(user, "role", None)
     if subject is not None:
         return f"{role}:{subject}"
-    client = request.client
-    return f"addr:{client.host if client else 'unknown'}"
+    client = scope.get("client")
+    return f"addr:{client[0] if client else 'unknown'}"
 
 
 async def run_idempotent(
@@ -243,6 +253,28 @@ async def run_idempotent(
     if isinstance(outcome, Replay):
         return outcome.response()
     return await _run_claimed(store, outcome, action, status_code)
+
+
+async def run_deferred_first(
+    store: IdempotencyStore,
+    scope: Scope,
+    body: Any,
+    action: Callable[[Claim | None], Awaitable[Any]],
+    *,
+    status_code: int = 200,
+) -> Any | None:
+    """`run_idempotent(deferred=True)` from the raw ASGI scope, for a route's fast path
+    (`shared.edge`), up to the key being found taken: then None, with nothing written, and the
+    route's Litestar handler runs `run_idempotent` for the request (a replay, a 409, a 422)."""
+    key = _checked(header_value(scope, _HEADER, limit=None))
+    if key is None:
+        return await action(None)
+    path = scope.get("root_path", "") + scope["path"]  # as Litestar's request.url.path
+    claim = Claim(_caller_scope(scope), key, fingerprint(scope["method"], path, body), held=False)
+    try:
+        return await _run_claimed(store, claim, action, status_code)
+    except ClaimTaken:
+        return None
 
 
 async def _run_claimed(store: IdempotencyStore, claim: Claim, action: Callable[[Claim | None], Awaitable[Any]],

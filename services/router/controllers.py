@@ -29,7 +29,8 @@ from services.router.wire import (
 from shared.auth import MAX_USER_ID, Principal
 from shared.docs import IdempotentOperation
 from shared.edge import fast_path, roles
-from shared.idempotency import run_idempotent
+from shared.idempotency import run_deferred_first, run_idempotent
+from shared.observability import header_value
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, time_filter
 from shared.requests import Id, decode_body, optional_body
 
@@ -41,18 +42,34 @@ any_caller = roles("barber", "admin", "service")
 TransactionStatus = Literal["pending", "completed", "failed", "canceled", "refunded", "partially_refunded"]
 
 
+# The hot routes' plain cases, served by the edge layer off Litestar's request machinery
+# (`shared.edge`): the same decoding, use case and answer as the handlers below, which serve every
+# case these decline (None): a body that does not decode, and for /route an Idempotency-Key, for
+# /process a key someone holds already (nothing is written before that is known).
 _encoder = msgspec.json.Encoder()
+_BODY_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)  # Litestar's answer names them
 
 
 async def route_fast(scope: Scope, body: bytes) -> bytes | None:
-    """`/route`'s plain case (no Idempotency-Key) off Litestar's request machinery (`shared.edge`):
-    the same decoding, use case and answer as `route` below, which serves every other case."""
+    if header_value(scope, b"idempotency-key", limit=None) is not None:
+        return None
     try:
         data = decode_body(body, RouteIn)
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-        return None  # Litestar's answer names the problem
+    except _BODY_ERRORS:
+        return None
     router: RouterUseCases = scope["app"].state.router
     return _encoder.encode(await router.routing.route_payment(scope["user"], data, None))
+
+
+async def process_fast(scope: Scope, body: bytes) -> bytes | None:
+    try:
+        data = decode_body(body, ProcessIn)
+    except _BODY_ERRORS:
+        return None
+    router: RouterUseCases = scope["app"].state.router
+    paid = await run_deferred_first(router.idempotency, scope, data,
+                                    lambda claim: router.payments.process_payment(scope["user"], data, claim))
+    return None if paid is None else _encoder.encode(paid)
 
 
 class HybridPaymentsController(Controller):
@@ -112,7 +129,8 @@ class HybridPaymentsController(Controller):
     async def get_route(self, request: Caller, route_id: FromPath[uuid.UUID], router: Router) -> RouteOut:
         return await router.routing.get_route(request.user, route_id)
 
-    @post("/process", opt=any_caller, status_code=200, operation_class=IdempotentOperation)
+    @post("/process", opt={**any_caller, **fast_path(process_fast)}, status_code=200,
+          operation_class=IdempotentOperation)
     async def process(self, request: Caller, data: JSONBody[ProcessIn], router: Router) -> ProcessOut:
         return await run_idempotent(
             router.idempotency, request, data, lambda claim: router.payments.process_payment(request.user, data, claim),

@@ -84,12 +84,6 @@ async def test_a_client_gone_mid_body_is_litestars_to_handle():
     assert await drain(receive, 2) == channel.messages
 
 
-async def test_a_keyed_request_is_not_read_at_all():
-    answer, channel = Answer(), Channel(*chunks(b"{}"))
-    receive = await _fast(answer, scope((b"idempotency-key", b"k-1")), channel.receive, channel.send)
-    assert receive == channel.receive and channel.read == 0 and answer.bodies == []
-
-
 async def test_refusals_pass_through_and_other_errors_answer_as_litestars_handlers_would():
     refusal = ProblemError(422, "no_payment_route", "none")
     with pytest.raises(ProblemError) as raised:
