@@ -559,7 +559,9 @@ class Suite:
             f"http://{_dial(host)}:{gateway_port}",
         )
         checks = {c.name: "/health/ready" for c in self.children if c.restart} | {"gateway": "/health/live"}
-        wait_ready(self.children, checks, float(config.get("RUN_READY_TIMEOUT", "30")))
+        # Every process imports the whole stack at once: on two slow cores ten of them (REPLICAS=2)
+        # took over 30 s to be ready, so the default grows with the replicas.
+        wait_ready(self.children, checks, float(config.get("RUN_READY_TIMEOUT", str(60 * replicas))))
 
         secret = self.generated_secret or config.get("JWT_SECRET")
         if secret and not config.get("JWT_PUBLIC_KEY"):  # with a public key we cannot mint tokens
@@ -717,7 +719,7 @@ environment (also read from .env; the environment wins):
                               RUN_DIR/connection-encryption-key (so stored connections stay readable)
   EXTERNAL_SERVICE_URL, WEBHOOK_BASE_URL   default to the local external service and gateway
   LOG_JSON                    default false under make run
-  RUN_READY_TIMEOUT           seconds to wait for every /health/ready (default 30)
+  RUN_READY_TIMEOUT           seconds to wait for every /health/ready (default 60 per replica)
   RUN_FOLLOW_LOGS=0           do not echo the children's logs on the console
   everything else (EVENT_STREAM, EVENT_SUBJECT_PREFIX, LOG_LEVEL, ...) passes through to
   the services
