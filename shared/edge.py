@@ -26,11 +26,11 @@ guards: under load each layer and each guard call (Litestar copies the handler p
 a measurable share of `/route`'s CPU (tests/load/README.md). A refusal (401, 403, 429) is answered
 here, in the contract's error format, with the request id like every other answer.
 
-The fast path is for a route whose plain case is the hot path under load (`/route`): reading the
-body, the signature model, the kwargs, the dependencies and the response object were about a fifth
-of the router's CPU per decision, for a route that takes one body and answers one struct. The route
-stays a Litestar route (documented, validated, and serving every case its fast path declines); its
-tests run each request through both and compare the answers.
+A fast path is for a route whose common case is the hot path under load (the router's `/route`
+and `/process`): reading the body, the signature model, the kwargs, the dependencies and the
+response object were about a fifth of the router's CPU per decision, for a route that takes one
+body and answers one struct. The route stays a Litestar route (documented, validated, and serving
+every case its fast path declines); its tests send each request both ways and compare the answers.
 """
 
 from __future__ import annotations
