@@ -218,11 +218,16 @@ def _handle_unexpected(request: Request, exc: Exception) -> Response[bytes]:
     return problem_response(unexpected_problem(request.url.path, exc))
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception's message's first line (its type's name when it has none), cut to 200 characters."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
 def unexpected_problem(path: str, exc: Exception) -> ProblemError:
     """What an exception that is not a `ProblemError` answers (logged here): a 503 while the
     database cannot serve, a 422 for a value it refused to store, else a 500."""
     if _database_unavailable(exc):
-        log.warning("database_unavailable", path=path, error=str(exc).splitlines()[0][:200])
+        log.warning("database_unavailable", path=path, error=_first_line(exc))
         return ProblemError(503, "database_unavailable", "the database cannot take this request now; retry shortly",
                             headers={"Retry-After": "1"})
     if (_sqlstate(exc) or "").startswith("22"):
@@ -230,7 +235,7 @@ def unexpected_problem(path: str, exc: Exception) -> ProblemError:
         # validation. It is the caller's to fix, so a 4xx; logged with its trace, as the validation
         # that should have caught it is ours to add.
         log.warning("data_exception", path=path, error=type(exc).__name__, exc_info=exc)
-        reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+        reason = _first_line(getattr(exc, "orig", exc))
         return ProblemError(422, "invalid_value", f"a value in the request cannot be stored: {reason}")
     log.exception("unhandled_error", path=path, error=type(exc).__name__, exc_info=exc)
     return ProblemError(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "an unexpected error occurred")

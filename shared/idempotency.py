@@ -262,19 +262,17 @@ async def run_deferred_first(
     action: Callable[[Claim | None], Awaitable[Any]],
     *,
     status_code: int = 200,
-) -> Any | None:
+) -> Any:
     """`run_idempotent(deferred=True)` from the raw ASGI scope, for a route's fast path
-    (`shared.edge`), up to the key being found taken: then None, with nothing written, and the
-    route's Litestar handler runs `run_idempotent` for the request (a replay, a 409, a 422)."""
+    (`shared.edge`), up to the key being found taken: then `ClaimTaken` propagates, with nothing
+    written, and the fast path declines so that the route's Litestar handler runs `run_idempotent`
+    for the request (a replay, a 409, a 422)."""
     key = _checked(header_value(scope, _HEADER, limit=None))
     if key is None:
         return await action(None)
     path = scope.get("root_path", "") + scope["path"]  # as Litestar's request.url.path
     claim = Claim(_caller_scope(scope), key, fingerprint(scope["method"], path, body), held=False)
-    try:
-        return await _run_claimed(store, claim, action, status_code)
-    except ClaimTaken:
-        return None
+    return await _run_claimed(store, claim, action, status_code)
 
 
 async def _run_claimed(store: IdempotencyStore, claim: Claim, action: Callable[[Claim | None], Awaitable[Any]],

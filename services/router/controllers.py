@@ -29,7 +29,7 @@ from services.router.wire import (
 from shared.auth import MAX_USER_ID, Principal
 from shared.docs import IdempotentOperation
 from shared.edge import fast_path, roles
-from shared.idempotency import run_deferred_first, run_idempotent
+from shared.idempotency import ClaimTaken, run_deferred_first, run_idempotent
 from shared.observability import header_value
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, time_filter
 from shared.requests import Id, decode_body, optional_body
@@ -67,9 +67,12 @@ async def process_fast(scope: Scope, body: bytes) -> bytes | None:
     except _BODY_ERRORS:
         return None
     router: RouterUseCases = scope["app"].state.router
-    paid = await run_deferred_first(router.idempotency, scope, data,
-                                    lambda claim: router.payments.process_payment(scope["user"], data, claim))
-    return None if paid is None else _encoder.encode(paid)
+    try:
+        paid = await run_deferred_first(router.idempotency, scope, data,
+                                        lambda claim: router.payments.process_payment(scope["user"], data, claim))
+    except ClaimTaken:  # declined only here, so no answer of the action's can read as a decline
+        return None
+    return _encoder.encode(paid)
 
 
 class HybridPaymentsController(Controller):

@@ -32,6 +32,7 @@ def wrapped(orig: Exception) -> Exception:
     asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
     ConnectionRefusedError(111, "Connection refused"),
     wrapped(ConnectionResetError(104, "reset")),
+    ConnectionResetError(),  # no message at all
 ], ids=lambda exc: type(exc).__name__)
 def test_a_database_that_cannot_serve_now_is_a_503_to_retry(exc):
     status, body, headers = answer(exc)
