@@ -30,7 +30,7 @@ from shared.outbox import UnitOfWork
 
 HEADER = "Idempotency-Key"
 REPLAY_HEADER = "Idempotent-Replayed"
-_HEADER = HEADER.lower().encode()
+HEADER_ASGI = HEADER.lower().encode()  # as ASGI scopes carry it
 KEY_TTL = timedelta(hours=24)
 # An in-flight claim older than this is treated as abandoned (its process died) and taken over
 # (IDEMPOTENCY_CLAIM_TIMEOUT).
@@ -209,18 +209,19 @@ def _checked(key: str | None) -> str | None:
     return key
 
 
-def caller_scope(request: Request) -> str:
-    return _caller_scope(request.scope)
-
-
-def _caller_scope(scope: Scope) -> str:
+def _unwritten_claim(scope: Scope, key: str, body: Any) -> Claim:
+    """The claim of `key` for this request: the caller's scope (its token's subject, else its
+    address) and the fingerprint of method, path and body, computed alike by the Litestar routes
+    and the fast paths (`run_deferred_first`)."""
     user = scope.get("user")
     subject = getattr(user, "subject", None)
-    role = getattr(user, "role", None)
     if subject is not None:
-        return f"{role}:{subject}"
-    client = scope.get("client")
-    return f"addr:{client[0] if client else 'unknown'}"
+        caller = f"{getattr(user, 'role', None)}:{subject}"
+    else:
+        client = scope.get("client")
+        caller = f"addr:{client[0] if client else 'unknown'}"
+    path = scope.get("root_path", "") + scope["path"]  # as Litestar's request.url.path
+    return Claim(caller, key, fingerprint(scope["method"], path, body), held=False)
 
 
 async def run_idempotent(
@@ -243,13 +244,13 @@ async def run_idempotent(
     key = idempotency_key(request)
     if key is None:
         return await action(None)
-    scope, fp = caller_scope(request), fingerprint(request.method, request.url.path, body)
+    claim = _unwritten_claim(request.scope, key, body)
     if deferred:
         try:
-            return await _run_claimed(store, Claim(scope, key, fp, held=False), action, status_code)
+            return await _run_claimed(store, claim, action, status_code)
         except ClaimTaken:
             pass
-    outcome = await store.claim(scope, key, fp)
+    outcome = await store.claim(claim.scope, claim.key, claim.fingerprint)
     if isinstance(outcome, Replay):
         return outcome.response()
     return await _run_claimed(store, outcome, action, status_code)
@@ -267,12 +268,10 @@ async def run_deferred_first(
     (`shared.edge`), up to the key being found taken: then `ClaimTaken` propagates, with nothing
     written, and the fast path declines so that the route's Litestar handler runs `run_idempotent`
     for the request (a replay, a 409, a 422)."""
-    key = _checked(header_value(scope, _HEADER, limit=None))
+    key = _checked(header_value(scope, HEADER_ASGI, limit=None))
     if key is None:
         return await action(None)
-    path = scope.get("root_path", "") + scope["path"]  # as Litestar's request.url.path
-    claim = Claim(_caller_scope(scope), key, fingerprint(scope["method"], path, body), held=False)
-    return await _run_claimed(store, claim, action, status_code)
+    return await _run_claimed(store, _unwritten_claim(scope, key, body), action, status_code)
 
 
 async def _run_claimed(store: IdempotencyStore, claim: Claim, action: Callable[[Claim | None], Awaitable[Any]],

@@ -29,7 +29,7 @@ from services.router.wire import (
 from shared.auth import MAX_USER_ID, Principal
 from shared.docs import IdempotentOperation
 from shared.edge import fast_path, roles
-from shared.idempotency import ClaimTaken, run_deferred_first, run_idempotent
+from shared.idempotency import HEADER_ASGI, ClaimTaken, run_deferred_first, run_idempotent
 from shared.observability import header_value
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, time_filter
 from shared.requests import Id, decode_body, optional_body
@@ -51,7 +51,7 @@ _BODY_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)  #
 
 
 async def route_fast(scope: Scope, body: bytes) -> bytes | None:
-    if header_value(scope, b"idempotency-key", limit=None) is not None:
+    if header_value(scope, HEADER_ASGI, limit=None) is not None:
         return None
     try:
         data = decode_body(body, RouteIn)
