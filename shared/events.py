@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from shared.money import MoneyError, format_rate, minor_unit_exponent, normalise_currency
+from shared.money import MoneyError, format_rate, minor_unit, normalise_currency
 
 log = structlog.get_logger("events")
 
@@ -52,7 +52,7 @@ class EventPayload(msgspec.Struct, kw_only=True):
             self.currency = normalise_currency(currency)
         except MoneyError as exc:
             raise ValueError(f"currency: {exc}") from None
-        quantum = Decimal(1).scaleb(-minor_unit_exponent(self.currency))
+        quantum = minor_unit(self.currency)
         for name in self.money_fields:
             value = getattr(self, name)
             if value is None:

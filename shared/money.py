@@ -49,17 +49,20 @@ def plain_decimal(value: object) -> PlainDecimal:
 
 
 def minor_unit_exponent(currency: str) -> int:
-    currency = normalise_currency(currency)
-    if currency in _ZERO_DECIMAL:
-        return 0
-    if currency in _THREE_DECIMAL:
-        return 3
-    return 2
+    exponent = _EXPONENTS.get(currency)  # a code already normalised: one lookup (hot in bulk paths)
+    return exponent if exponent is not None else _EXPONENTS[normalise_currency(currency)]
+
+
+def minor_unit(currency: str) -> Decimal:
+    """The currency's smallest amount as a quantum (`Decimal("0.01")` for USD)."""
+    return _QUANTA[minor_unit_exponent(currency)]
 
 
 def normalise_currency(currency: str) -> str:
     if not isinstance(currency, str):
         raise MoneyError("currency must be a string ISO 4217 code")
+    if currency in SUPPORTED_CURRENCIES:
+        return currency
     code = currency.strip().upper()
     if code not in SUPPORTED_CURRENCIES:
         raise MoneyError(f"unsupported currency {currency!r}")
@@ -178,4 +181,9 @@ def format_rate(rate: Decimal) -> str:
 
 
 def _quantum(exponent: int) -> Decimal:
-    return Decimal(1).scaleb(-exponent)
+    return _QUANTA[exponent]
+
+
+_EXPONENTS: dict[str, int] = {code: 0 if code in _ZERO_DECIMAL else 3 if code in _THREE_DECIMAL else 2
+                              for code in SUPPORTED_CURRENCIES}
+_QUANTA: dict[int, Decimal] = {exponent: Decimal(1).scaleb(-exponent) for exponent in (0, 2, 3)}

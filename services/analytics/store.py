@@ -19,7 +19,7 @@ from services.analytics import tables as t
 from services.analytics.domain import ALL_BARBERS, MEASURES, Measures, RollupKey
 from shared.db import HotPath
 from shared.db import all_rows as _all
-from shared.db import driver_connection
+from shared.db import Stage, driver_connection
 from shared.db import one_row as _one
 
 Values = dict[str, Any]  # columns to write
@@ -148,13 +148,14 @@ _FACTS_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in FACT_COLUMNS if c != "tran
 # COPYed into a temporary table and upserted from it in one statement: a row-by-row upsert spent
 # most of the catch-up after a 1,000,000-payment import in Postgres's per-row execution. Small
 # batches (the live consumer's) go as one `executemany`.
+# Their amounts travel as exact text (`shared.db.Stage`).
 COPY_FROM = 200
-_FACTS_STAGE = (f"CREATE TEMP TABLE IF NOT EXISTS facts_in (LIKE {t.SCHEMA}.transaction_facts) "
-                "ON COMMIT DELETE ROWS")
+_FACTS_STAGE = Stage("facts_in", f"{t.SCHEMA}.transaction_facts", FACT_COLUMNS,
+                     ("amount", "refunded_amount", "commission_rate", "commission_amount", "processor_fee"))
 _SAVE_FACTS = _upsert("transaction_facts", FACT_COLUMNS, _values(FACT_COLUMNS), ("transaction_id",), _FACTS_SET)
 _FACTS_FROM_STAGE = _upsert(
     "transaction_facts", FACT_COLUMNS,
-    f"SELECT {', '.join(FACT_COLUMNS)} FROM facts_in ORDER BY transaction_id", ("transaction_id",), _FACTS_SET)
+    f"SELECT {_FACTS_STAGE.select} FROM facts_in ORDER BY transaction_id", ("transaction_id",), _FACTS_SET)
 
 
 async def save_facts(session: AsyncSession, rows: list[FactRow]) -> None:
@@ -166,19 +167,18 @@ async def save_facts(session: AsyncSession, rows: list[FactRow]) -> None:
     if len(records) < COPY_FROM:
         await raw.executemany(_SAVE_FACTS, records)
         return
-    await raw.execute(_FACTS_STAGE)
-    await raw.copy_records_to_table("facts_in", columns=FACT_COLUMNS, records=records)
+    await _FACTS_STAGE.copy(raw, _FACTS_STAGE.records(records))
     await raw.execute(_FACTS_FROM_STAGE)
 
 
 ROLLUP_KEY = ("day", "barber_id", "payment_type", "processor", "currency", "source")
 _ROLLUP_COLUMNS = ROLLUP_KEY + MEASURES
 _ROLLUPS_ADD = ", ".join(f"{m} = held.{m} + EXCLUDED.{m}" for m in MEASURES)
-_ROLLUPS_STAGE = (f"CREATE TEMP TABLE IF NOT EXISTS rollups_in (LIKE {t.SCHEMA}.daily_payments) "
-                  "ON COMMIT DELETE ROWS")
+_ROLLUPS_STAGE = Stage("rollups_in", f"{t.SCHEMA}.daily_payments", _ROLLUP_COLUMNS,
+                       ("gross_volume", "refunded_amount", "commission", "processor_fees", "barber_net"))
 _ROLLUPS_FROM_STAGE = _upsert(
     "daily_payments", _ROLLUP_COLUMNS,
-    f"SELECT {', '.join(_ROLLUP_COLUMNS)} FROM rollups_in ORDER BY {', '.join(ROLLUP_KEY)}", ROLLUP_KEY, _ROLLUPS_ADD)
+    f"SELECT {_ROLLUPS_STAGE.select} FROM rollups_in ORDER BY {', '.join(ROLLUP_KEY)}", ROLLUP_KEY, _ROLLUPS_ADD)
 _ADD_TO_ROLLUPS = _upsert("daily_payments", _ROLLUP_COLUMNS, _values(_ROLLUP_COLUMNS), ROLLUP_KEY, _ROLLUPS_ADD)
 
 
@@ -191,8 +191,7 @@ async def add_to_daily_payments(session: AsyncSession, deltas: dict[RollupKey, M
     records = [(*key, *(getattr(d, m) for m in MEASURES)) for key, d in ordered]
     raw = await driver_connection(session)
     if len(ordered) >= COPY_FROM:
-        await raw.execute(_ROLLUPS_STAGE)
-        await raw.copy_records_to_table("rollups_in", columns=_ROLLUP_COLUMNS, records=records)
+        await _ROLLUPS_STAGE.copy(raw, _ROLLUPS_STAGE.records(records))
         await raw.execute(_ROLLUPS_FROM_STAGE)
     else:
         await raw.executemany(_ADD_TO_ROLLUPS, records)

@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import cached_property
 from typing import Literal
 
 import msgspec
@@ -109,8 +108,10 @@ def barber_of(row: V2UserRow, default_rate: Decimal) -> LegacyBarber | Skip:
     return LegacyBarber(row.id, rate.normalize() if rate else Decimal(0), account, note)
 
 
-@dataclass(frozen=True)
-class LegacyPayment:
+class LegacyPayment(msgspec.Struct, frozen=True, kw_only=True):
+    """A legacy payment as the suite keeps it (a Struct: a million are built per import)."""
+
+    transaction_id: str  # `legacy_transaction_id(legacy_id)`
     legacy_id: int
     barber_id: int
     appointment_id: int | None
@@ -124,10 +125,6 @@ class LegacyPayment:
     processor_fee: Decimal
     stripe_payment_intent_id: str | None
     processed_at: datetime
-
-    @cached_property
-    def transaction_id(self) -> str:
-        return legacy_transaction_id(self.legacy_id)
 
 
 def payment_of(row: V2PaymentRow, barbers: Mapping[int, Decimal], currency: str) -> LegacyPayment | Skip:
@@ -157,8 +154,8 @@ def payment_of(row: V2PaymentRow, barbers: Mapping[int, Decimal], currency: str)
         return skip("missing_created_at", "created_at is null")
     rate = barbers[barber_id]
     return LegacyPayment(
-        legacy_id=legacy_id, barber_id=barber_id, appointment_id=row.appointment_id,
-        client_id=row.client_id, amount=amount, refunded_amount=amount if status == "refunded" else Decimal(0),
+        transaction_id=legacy_transaction_id(legacy_id), legacy_id=legacy_id, barber_id=barber_id,
+        appointment_id=row.appointment_id, client_id=row.client_id, amount=amount, refunded_amount=amount if status == "refunded" else Decimal(0),
         currency=currency, status=status, commission_rate=rate, commission_amount=percentage_of(amount, rate, currency),
         processor_fee=processor_fee("stripe", None, amount, currency),
         stripe_payment_intent_id=row.stripe_payment_intent_id,
