@@ -209,6 +209,12 @@ def _checked(key: str | None) -> str | None:
     return key
 
 
+# Set in the ASGI scope when a fast path's deferred claim found the key taken: the Litestar route
+# that then serves the request claims the key straight away instead of running the action's first
+# statement a second time only to find the key taken again.
+_TAKEN_SCOPE_KEY = "hybrid_payments.idempotency_key_taken"
+
+
 def _unwritten_claim(scope: Scope, key: str, body: Any) -> Claim:
     """The claim of `key` for this request: the caller's scope (its token's subject, else its
     address) and the fingerprint of method, path and body, computed alike by the Litestar routes
@@ -245,7 +251,7 @@ async def run_idempotent(
     if key is None:
         return await action(None)
     claim = _unwritten_claim(request.scope, key, body)
-    if deferred:
+    if deferred and not request.scope.get(_TAKEN_SCOPE_KEY):  # a fast path found it taken already
         try:
             return await _run_claimed(store, claim, action, status_code)
         except ClaimTaken:
@@ -271,7 +277,11 @@ async def run_deferred_first(
     key = _checked(header_value(scope, HEADER_ASGI, limit=None))
     if key is None:
         return await action(None)
-    return await _run_claimed(store, _unwritten_claim(scope, key, body), action, status_code)
+    try:
+        return await _run_claimed(store, _unwritten_claim(scope, key, body), action, status_code)
+    except ClaimTaken:
+        scope[_TAKEN_SCOPE_KEY] = True  # type: ignore[literal-required]  # the route claims it at once
+        raise
 
 
 async def _run_claimed(store: IdempotencyStore, claim: Claim, action: Callable[[Claim | None], Awaitable[Any]],

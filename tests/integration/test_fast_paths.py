@@ -165,6 +165,13 @@ async def test_a_body_past_the_limit_and_a_keyed_route_go_to_litestar(client, pl
 
 # ---- /process ------------------------------------------------------------------------------
 
+def counted(action, calls: list):
+    async def wrapped(*args, **kwargs):
+        calls.append(args)
+        return await action(*args, **kwargs)
+    return wrapped
+
+
 def keyed(headers: dict, key: str) -> dict:
     return {**headers, "Idempotency-Key": key}
 
@@ -206,21 +213,28 @@ async def test_route_and_pay_matches_the_litestar_route(client, plain_client, li
         k: v for k, v in plain.json().items() if k != "transaction_id"}
 
 
-async def test_a_key_used_through_one_path_is_honoured_by_the_other(client, plain_client, litestar_reads):
+async def test_a_key_used_through_one_path_is_honoured_by_the_other(client, plain_client, litestar_reads,
+                                                                     monkeypatch):
     """The fingerprint the fast path stores is the Litestar route's: a retry served by either side
-    replays the first answer, and another body under the key is refused alike."""
+    replays the first answer, and another body under the key is refused alike. A retry tries the
+    payment's first statement once (which finds the key taken), not once per side."""
     b = await paying_barber(client)
     body = {"appointment_id": 1, "amount": "30.00", "payment_method": "pm_card_visa"}
     before = len(litestar_reads)
     first = await client.post(f"{BASE}/process", headers=keyed(barber(b), f"k-{b}"), json=body)
     assert first.status_code == 200 and "idempotent-replayed" not in first.headers
     assert len(litestar_reads) == before  # the fast path paid it
+    tries = []
+    for app_client in (client, plain_client):
+        payments = app_client.app.state.router.payments
+        monkeypatch.setattr(payments, "process_payment", counted(payments.process_payment, tries))
     for retry_client in (plain_client, client):  # the fast side finds the key taken and declines
-        before = len(litestar_reads)
+        before, tries[:] = len(litestar_reads), []
         retry = await retry_client.post(f"{BASE}/process", headers=keyed(barber(b), f"k-{b}"), json=body)
         assert len(litestar_reads) == before + 1
         assert retry.status_code == 200 and retry.headers["idempotent-replayed"] == "true"
         assert retry.json() == first.json()
+        assert len(tries) == 1, retry_client
     other = {**body, "amount": "31.00"}
     status, _, refused = await both(client, plain_client, litestar_reads, served_fast=False, path="/process",
                                     headers=keyed(barber(b), f"k-{b}"), json=other)
