@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
+
+import msgspec
 
 from shared.commission import SETTLED, commission_earned
 from shared.money import minor_unit_exponent, round_money
@@ -27,9 +29,10 @@ ZERO = Decimal(0)
 
 # ---- rollups -----------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Measures:
-    """What a set of transactions adds up to. Amounts are in one currency."""
+class Measures(msgspec.Struct, frozen=True):
+    """What a set of transactions adds up to. Amounts are in one currency. (A frozen Struct, as
+    `Fact`: analytics builds a few for each payment it applies, and a frozen dataclass builds
+    itself one `object.__setattr__` per field.)"""
 
     transaction_count: int = 0
     completed_count: int = 0
@@ -61,12 +64,11 @@ class Measures:
                     or self.refunded_amount or self.commission or self.processor_fees or self.barber_net)
 
 
-MEASURES = tuple(f.name for f in fields(Measures))
+MEASURES: tuple[str, ...] = Measures.__struct_fields__
 NONE = Measures()
 
 
-@dataclass(frozen=True)
-class Fact:
+class Fact(msgspec.Struct, frozen=True, kw_only=True):
     """The latest known state of one transaction, as analytics keeps it."""
 
     barber_id: int
