@@ -17,7 +17,10 @@ async def _serve(status: int, log: list[tuple[str, float]], name: str) -> tuple[
         return web.json_response({"code": "refused"} if status != 200 else {"ok": True}, status=status)
 
     app = web.Application()
-    app.router.add_get("/health/live", lambda _: web.json_response({}))
+    async def live(_: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app.router.add_get("/health/live", live)
     app.router.add_post("/load", answer)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
