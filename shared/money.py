@@ -49,7 +49,8 @@ def plain_decimal(value: object) -> PlainDecimal:
 
 
 def minor_unit_exponent(currency: str) -> int:
-    exponent = _EXPONENTS.get(currency)  # a code already normalised: one lookup (hot in bulk paths)
+    # A code already normalised: one lookup (hot in bulk paths); anything else is normalised (or refused).
+    exponent = _EXPONENTS.get(currency) if isinstance(currency, str) else None
     return exponent if exponent is not None else _EXPONENTS[normalise_currency(currency)]
 
 

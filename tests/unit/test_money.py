@@ -13,6 +13,7 @@ from shared.money import (
     format_rate,
     from_minor_units,
     minor_unit_exponent,
+    normalise_currency,
     parse_amount,
     parse_rate,
     percentage_of,
@@ -174,3 +175,16 @@ def test_percentage_matches_integer_half_up(units, rate_units, currency_exponent
     expected_units = (2 * units * rate_units + 10_000) // 20_000
     got = percentage_of(amount, Decimal(rate_units).scaleb(-4), currency)
     assert to_minor_units(got, currency) == expected_units
+
+
+@pytest.mark.parametrize("currency", [["USD"], {"USD": 1}, None, 2, b"USD", "US D", "XXX", ""])
+def test_a_currency_that_is_not_a_supported_code_is_a_money_error(currency):
+    """Never a TypeError (a 500) from the lookups' fast path, whatever reaches them."""
+    with pytest.raises(MoneyError):
+        minor_unit_exponent(currency)
+
+
+@pytest.mark.parametrize(("given", "code", "exponent"), [("USD", "USD", 2), (" usd ", "USD", 2), ("jpy", "JPY", 0),
+                                                         ("KWD", "KWD", 3)])
+def test_codes_are_normalised_alike_with_or_without_the_fast_path(given, code, exponent):
+    assert normalise_currency(given) == code and minor_unit_exponent(given) == exponent
