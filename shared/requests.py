@@ -42,7 +42,8 @@ def text(max_length: int, *, min_length: int = 1) -> Any:
 
 
 # Ids in paths, bounded by their columns (an id past them is refused as a 4xx, never sent to Postgres).
-Id = Annotated[int, PathParameter(ge=1, le=2**31 - 1)]  # integer / serial columns (barber ids, connections)
+MAX_ID = 2**31 - 1  # Postgres integer
+Id = Annotated[int, PathParameter(ge=1, le=MAX_ID)]  # integer / serial columns (barber ids, connections)
 BigId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]  # bigint columns
 
 
