@@ -515,7 +515,11 @@ def main(argv: list[str] | None = None) -> int:
         "vacuumed_before_stages_s": vacuums,
         "runs": runs, "checks": rows, "passed": passed,
     }, args.json)
-    console.print(f"results: {args.json}\n" + ("[bold green]PASS[/]" if passed else "[bold red]FAIL[/]"))
+    failed = [row["check"] for row in rows if row["passed"] is False]
+    console.print(f"results: {args.json}\n" + ("[bold green]PASS[/]" if passed else
+                                                  f"[bold red]FAIL[/] ({len(failed)} of "
+                                                  f"{sum(row['passed'] is not None for row in rows)} checks: "
+                                                  f"{'; '.join(failed)})"))
     return 0 if passed else 1
 
 
