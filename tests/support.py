@@ -31,6 +31,20 @@ async def eventually(predicate, *, timeout: float = 5.0, interval: float = 0.05)
         await asyncio.sleep(interval)
 
 
+def litestar_reads(monkeypatch, request_class: type, method: str) -> list[str]:
+    """The paths of the requests whose body Litestar read through `request_class.method` (a fast
+    path reads the body itself, so it adds none): the edge layer's fast-path tests count them."""
+    reads: list[str] = []
+    original = getattr(request_class, method)
+
+    async def counted(self):
+        reads.append(self.url.path)
+        return await original(self)
+
+    monkeypatch.setattr(request_class, method, counted)
+    return reads
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
