@@ -31,7 +31,7 @@ async def eventually(predicate, *, timeout: float = 5.0, interval: float = 0.05)
         await asyncio.sleep(interval)
 
 
-def litestar_reads(monkeypatch, request_class: type, method: str) -> list[str]:
+def count_body_reads(monkeypatch, request_class: type, method: str) -> list[str]:
     """The paths of the requests whose body Litestar read through `request_class.method` (a fast
     path reads the body itself, so it adds none): the edge layer's fast-path tests count them."""
     reads: list[str] = []

@@ -19,7 +19,7 @@ from shared.edge import FAST_BODY_LIMIT, FAST_PATH_OPT
 from shared.requests import ExactJSONRequest
 from tests.integration.conftest import ROUTER_SIM_KEY
 from tests.integration.router_support import BASE, admin, barber
-from tests.support import litestar_reads as counted_reads
+from tests.support import count_body_reads
 
 _ids = itertools.count(1)
 # New with every decision or payment, so not compared (each must be there in a 200).
@@ -51,7 +51,7 @@ async def plain_client(make_settings, stripe_sim):
 @pytest.fixture
 def litestar_reads(monkeypatch):
     """How many requests Litestar decoded a JSON body for (the fast path does not)."""
-    return counted_reads(monkeypatch, ExactJSONRequest, "json")
+    return count_body_reads(monkeypatch, ExactJSONRequest, "json")
 
 
 def answer(response, path: str = "/route") -> tuple:

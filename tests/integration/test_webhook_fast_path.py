@@ -30,7 +30,7 @@ from tests.integration.external_support import (  # noqa: F401 (fixtures)
     sdk,
     stripe_key,
 )
-from tests.support import litestar_reads as counted_reads
+from tests.support import count_body_reads
 
 _ids = itertools.count(1)
 WEBHOOKS = "/api/v1/webhooks"
@@ -63,7 +63,7 @@ async def clients(external_url, make_settings, stripe_sim):
 @pytest.fixture
 def litestar_reads(monkeypatch):
     """The requests whose body Litestar read (the fast path reads it itself)."""
-    return counted_reads(monkeypatch, Request, "body")
+    return count_body_reads(monkeypatch, Request, "body")
 
 
 def signed(secret: str, event: dict) -> tuple[bytes, dict]:

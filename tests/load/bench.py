@@ -537,10 +537,10 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs, "checks": rows, "passed": passed,
     }, args.json)
     failed = [row["check"] for row in rows if row["passed"] is False]
-    console.print(f"results: {args.json}\n" + ("[bold green]PASS[/]" if passed else
-                                                  f"[bold red]FAIL[/] ({len(failed)} of "
-                                                  f"{sum(row['passed'] is not None for row in rows)} checks: "
-                                                  f"{'; '.join(failed)})"))
+    checked = sum(row["passed"] is not None for row in rows)  # "(shown)" rows are not checks
+    verdict_line = "[bold green]PASS[/]" if passed else \
+        f"[bold red]FAIL[/] ({len(failed)} of {checked} checks: {'; '.join(failed)})"
+    console.print(f"results: {args.json}\n{verdict_line}")
     return 0 if passed else 1
 
 
