@@ -6,6 +6,8 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.synced
 PYTEST_ARGS ?=
+# make test's pytest-xdist workers (tests/conftest.py says which tests share one); 0 runs in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: setup vendor openapi client run test test-unit test-integration test-e2e migrate downgrade load bench rollback backup restore import validate clean
 
@@ -37,7 +39,7 @@ run: setup
 	$(PY) -m tools.run
 
 test: setup
-	$(PY) -m pytest tests/unit tests/integration tests/e2e tests/load tests/fuzz $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) tests/unit tests/integration tests/e2e tests/load tests/fuzz $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

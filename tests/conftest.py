@@ -3,11 +3,16 @@
 The servers come from `tools.devinfra` (configured, already running locally, or embedded), so
 the suite runs the same on a developer's machine, in CI and on a machine with only Python.
 Every name a run creates carries `RUN_ID`, so parallel runs never touch each other's data.
+
+`make test` runs the tests in two pytest-xdist workers (`-n 2`): each worker is a run of its own
+(its own `RUN_ID`, database and stream), and `pytest_xdist_make_scheduler` below decides which
+tests go to a worker together.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -23,6 +28,40 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = uuid.uuid4().hex[:10]
 JWT_SECRET = "test-secret-" + RUN_ID + "-long-enough-for-hs256-signing"
 ENCRYPTION_KEY = Fernet.generate_key().decode()
+
+
+# ---- pytest-xdist: which tests run on one worker, one after the other -----------------------------
+
+# The tests that start the whole suite (`make run`, each with up to 8 service processes and their
+# pools): one after another on one worker, so two of them never share Postgres' 100 connections.
+WHOLE_SUITE = ("tests/e2e/", "tests/integration/test_make_run.py")
+# The fuzz module runs the four services once per worker; its parameters, one service each, are
+# units of their own (the module is a third of the run's time).
+FUZZ = re.compile(r"^tests/fuzz/test_schemathesis\.py::\w+\[(\w+)-")
+# Handed out first, longest first (`--durations`: about 250, 110, 60, 55 and 30 s on one worker).
+LONG_FIRST = ("make-run", "fuzz-external", "fuzz-router", "fuzz-collections", "fuzz-analytics")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Whole modules go to one worker (their module fixtures start once), except the groups above;
+    the long units are handed out first so that neither worker is left with one at the end."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Units(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith(WHOLE_SUITE):
+                return "make-run"
+            if fuzzed := FUZZ.match(nodeid):
+                return f"fuzz-{fuzzed[1]}"
+            return nodeid.split("::", 1)[0]
+
+        def _assign_work_unit(self, node) -> None:
+            for scope in reversed(LONG_FIRST):
+                if scope in self.workqueue:
+                    self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
+
+    return Units(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -158,6 +158,18 @@ def _schemathesis_node_id(request):
         request.node._nodeid = request.node.nodeid
 
 
+def pytest_sessionfinish(session):
+    """Under pytest-xdist a worker hands its counts to the controller, which prints the summary."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["fuzz_statuses"] = [[service, role, dict(counts)]
+                                                        for (service, role), counts in STATUSES.items()]
+
+
+def pytest_testnodedown(node, error):
+    for service, role, counts in getattr(node, "workeroutput", {}).get("fuzz_statuses", []):
+        STATUSES[service, role].update({int(status): n for status, n in counts.items()})
+
+
 def pytest_terminal_summary(terminalreporter):
     if not STATUSES:
         return
