@@ -36,6 +36,11 @@ that subclasses `SimState`. What it gets from here, so that it only has to write
 - Runners: `start_sim(create_app)` serves on a real port inside the caller's loop (tests), and
   `main(create_app, name=..., default_port=...)` is a simulator's command line. Sleeping faults and
   webhook waits wake at shutdown, so stopping never waits for them.
+- Keeping what a processor keeps (`--state-file PATH`, which `make run` passes): the objects a
+  simulator names in `SimState.durable` (accounts with their payments, refunds, events, webhook
+  endpoints and idempotency records) are written to PATH when it stops and read back when it
+  starts, so a restarted sandbox still knows the payments it took (reconciliation, re-fetches,
+  retries under the same key). Switches, held webhooks and delivery records are not kept.
 """
 
 from __future__ import annotations
@@ -45,11 +50,14 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import secrets
 import string
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import aiohttp
 import msgspec
@@ -444,6 +452,11 @@ class SimState:
     `sign_webhook` and `snapshot`, and set `api_prefixes` (where faults apply by default)."""
 
     api_prefixes: tuple[str, ...] = ("/",)
+    # What a real processor keeps across a restart: attribute name -> its type (msgspec), written
+    # by `dump` and read back by `restore` (`--state-file`); `key_source` is the one the
+    # idempotency stores inside them take.
+    durable: ClassVar[Mapping[str, Any]] = {}
+    key_source: ClassVar[KeySource | None] = None
 
     def __init__(self) -> None:
         self.closing = asyncio.Event()
@@ -483,6 +496,39 @@ class SimState:
         """The simulator's own objects for `GET /_sim/state`."""
         return {}
 
+    def dump(self) -> bytes:
+        """The `durable` objects as JSON (idempotency records whose request never answered are
+        left out: that request was never done)."""
+        return msgspec.json.encode({"version": STATE_FILE_VERSION,
+                                    "objects": {name: getattr(self, name) for name in self.durable}},
+                                   enc_hook=_encode_store)
+
+    def restore(self, data: bytes) -> None:
+        """Replace the `durable` objects with those `dump` wrote; all or nothing."""
+        envelope = msgspec.json.decode(data, type=_StateFile)
+        if envelope.version != STATE_FILE_VERSION:
+            raise ValueError(f"state file version {envelope.version}, this simulator reads {STATE_FILE_VERSION}")
+        if missing := set(self.durable) - set(envelope.objects):
+            raise ValueError(f"state file without {', '.join(sorted(missing))}")
+        restored = {name: msgspec.json.decode(envelope.objects[name], type=kind, dec_hook=self._decode_store)
+                    for name, kind in self.durable.items()}
+        for name, value in restored.items():
+            setattr(self, name, value)
+
+    def _decode_store(self, kind: type, value: Any) -> Any:
+        if kind is not IdempotencyStore:
+            raise NotImplementedError(kind)
+        key_source = type(self).key_source  # read off the class: a function, not a bound method
+        if key_source is None:
+            raise ValueError(f"{type(self).__name__} keeps idempotency stores but names no key_source")
+        store = IdempotencyStore(key_source)
+        for key, record in msgspec.convert(value, dict[str, IdempotencyRecord]).items():
+            # The fingerprints were (method, path, body) tuples; JSON brought them back as lists.
+            record.fingerprint = tuple(record.fingerprint) if isinstance(record.fingerprint, list) \
+                else record.fingerprint
+            store.records[key] = record
+        return store
+
     # Shorthands kept from the Stripe simulator's first version.
     @property
     def deliveries(self) -> list[dict]:
@@ -502,6 +548,48 @@ class SimState:
 
 
 STATE = web.AppKey("sim_state", SimState)
+STATE_FILE = web.AppKey("sim_state_file", Path)
+STATE_FILE_VERSION = 1
+
+log = logging.getLogger("sandbox")
+
+
+class _StateFile(msgspec.Struct):
+    version: int
+    objects: dict[str, msgspec.Raw]
+
+
+def _encode_store(obj: Any) -> Any:
+    if isinstance(obj, IdempotencyStore):
+        return {key: record for key, record in obj.records.items() if record.status is not None}
+    raise NotImplementedError(f"cannot keep a {type(obj).__name__}")
+
+
+def load_state(state: SimState, path: Path) -> None:
+    """Read what the last run kept, if anything. A file this simulator cannot read is moved aside
+    (`<name>.unreadable`) and the simulator starts empty, saying so: a sandbox must start."""
+    if not path.exists():
+        return
+    started = time.perf_counter()
+    try:
+        state.restore(path.read_bytes())
+    except (OSError, ValueError, msgspec.MsgspecError) as exc:
+        aside = path.with_name(path.name + ".unreadable")
+        os.replace(path, aside)
+        log.warning("could not read %s (%s); moved it to %s and started empty", path, exc, aside)
+        return
+    log.info("restored %s (%.1f MB) in %.2f s", path, path.stat().st_size / 1e6, time.perf_counter() - started)
+
+
+def save_state(state: SimState, path: Path) -> None:
+    """Write the `durable` objects to `path` (a temporary file renamed over it: a crash mid-write
+    leaves the last complete one)."""
+    started = time.perf_counter()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(state.dump())
+    os.replace(partial, path)
+    log.info("kept %s (%.1f MB) in %.2f s", path, path.stat().st_size / 1e6, time.perf_counter() - started)
 
 
 # --- /_sim controls -------------------------------------------------------------------------
@@ -612,6 +700,8 @@ SIM_ROUTES = [
 async def _lifecycle(app: web.Application) -> Any:
     yield
     await app[STATE].webhooks.close()
+    if (path := app.get(STATE_FILE)) is not None:  # after the last request was answered
+        save_state(app[STATE], path)
 
 
 async def _wake_sleepers(app: web.Application) -> None:
@@ -689,6 +779,8 @@ def main(create_app: Callable[[], web.Application], *, name: str, default_port: 
     parser = argparse.ArgumentParser(prog=name, description="Local processor simulator.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=default_port)
+    parser.add_argument("--state-file", type=Path,
+                        help="keep the processor's objects here across restarts (read at start, written at stop)")
     parser.add_argument("--access-log", action="store_true",
                         help="log every request (off by default: a line per request cost the simulator "
                              "a fifth of its CPU under load)")
@@ -697,6 +789,9 @@ def main(create_app: Callable[[], web.Application], *, name: str, default_port: 
     print(f"{name} listening on http://{args.host}:{args.port}", flush=True)
     # uvloop, as the services run on: socket I/O in C (asyncio's own loop was a tenth of the CPU).
     app = create_app()
+    if args.state_file is not None:
+        load_state(app[STATE], args.state_file)
+        app[STATE_FILE] = args.state_file
     app.cleanup_ctx.append(_freeze_survivors)
     web.run_app(app, host=args.host, port=args.port, print=None, loop=uvloop.new_event_loop(),
                 shutdown_timeout=SHUTDOWN_TIMEOUT, **({} if args.access_log else {"access_log": None}))

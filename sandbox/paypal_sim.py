@@ -340,6 +340,9 @@ class PayPalWebhook(Webhook):
 
 class PayPalState(SimState):
     api_prefixes = ("/v1/", "/v2/")
+    # Access tokens too: a client keeps using the one it was given until it expires.
+    durable = {"accounts": dict[str, Account], "tokens": dict[str, tuple[str, float]]}
+    key_source = REQUEST_ID
 
     def __init__(self) -> None:
         # The signing key and its certificate outlive /_sim/reset: a receiver may have cached it.

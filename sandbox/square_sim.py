@@ -313,6 +313,8 @@ class Merchant:
 
 class SquareState(SimState):
     api_prefixes = ("/v2/",)
+    durable = {"merchants": dict[str, Merchant]}
+    key_source = IDEMPOTENCY_KEY
 
     def reset(self) -> None:
         super().reset()

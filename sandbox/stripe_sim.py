@@ -279,6 +279,8 @@ class Account:
 
 class StripeState(SimState):
     api_prefixes = ("/v1/",)
+    durable = {"accounts": dict[str, Account]}
+    key_source = IDEMPOTENCY_KEY
 
     def reset(self) -> None:
         super().reset()

@@ -508,7 +508,8 @@ class Suite:
             spawn(
                 self.children,
                 f"{sim.name}-sim",
-                [sim.module, "--port", str(port)],
+                # What the sandbox processors were sent outlives a restart, as at a real processor.
+                [sim.module, "--port", str(port), "--state-file", str(self.run_dir / "sandbox" / f"{sim.name}.json")],
                 env,
                 logs,
                 env[sim.base_var],

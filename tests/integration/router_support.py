@@ -21,11 +21,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_sim(module: str) -> tuple[subprocess.Popen, str]:
+def start_sim(module: str, *args: str, port: int | None = None) -> tuple[subprocess.Popen, str]:
     """A processor simulator as its own process, as it runs in the sandbox (apps under test in
-    the in-process test client run on another loop, so an in-loop server could not answer them)."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", module, "--port", str(port)],
+    the in-process test client run on another loop, so an in-loop server could not answer them);
+    `args` are more of its command-line flags."""
+    port = port or free_port()
+    proc = subprocess.Popen([sys.executable, "-m", module, "--port", str(port), *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
