@@ -78,3 +78,31 @@ def test_run_json_is_never_seen_empty_or_half_written_while_it_is_rewritten(tmp_
     assert reader.stdout is not None and int(reader.stdout.read()) == 0
     assert json.loads(suite.state_file.read_text())["padding"] == "x" * 200_000
     assert suite.state_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_stop_waits_for_each_child_as_long_as_its_own_grace(tmp_path):
+    """The simulators write what they were sent when they stop (seconds, after `make bench`): a
+    stop gives each child its own grace before SIGKILL, not one deadline for all."""
+    import signal as _signal
+    import time as _time
+
+    from tools.run import Child, spawn, stop_children
+
+    slow_exit = ("import signal, sys, time\n"
+                 "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(float(sys.argv[1])), sys.exit(0)))\n"
+                 "print('up', flush=True)\n"
+                 "time.sleep(60)\n")
+    (tmp_path / "slow_exit.py").write_text(slow_exit)
+    children: list[Child] = []
+    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    # Each takes longer to stop than the other's grace: one deadline for both would fail either.
+    spawn(children, "patient", ["slow_exit", "1.5"], env, tmp_path, "http://127.0.0.1:1", stop_grace=10.0)
+    spawn(children, "hurried", ["slow_exit", "4"], env, tmp_path, "http://127.0.0.1:1", stop_grace=0.3)
+    deadline = _time.monotonic() + 15
+    while not all(b"up" in (tmp_path / f"{c.name}.log").read_bytes() for c in children):
+        assert _time.monotonic() < deadline, "the children did not start"
+        _time.sleep(0.05)
+    stop_children(children)
+    patient, hurried = children
+    assert patient.proc.returncode == 0  # its SIGTERM handler finished
+    assert hurried.proc.returncode == -_signal.SIGKILL
