@@ -601,11 +601,17 @@ def save_state(state: SimState, path: Path) -> None:
     """Write the `durable` objects to `path` (a temporary file renamed over it: a crash mid-write
     leaves the last complete one)."""
     started = time.perf_counter()
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    with _collector_paused():
-        partial.write_bytes(state.dump())
-    os.replace(partial, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _collector_paused():
+            partial.write_bytes(state.dump())
+        os.replace(partial, path)
+    except (OSError, msgspec.MsgspecError) as exc:  # a full disk, say: the stop itself must finish
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        log.error("could not keep %s (%s); the last one kept stays", path, exc)
+        return
     log.info("kept %s (%.1f MB) in %.2f s", path, path.stat().st_size / 1e6, time.perf_counter() - started)
 
 

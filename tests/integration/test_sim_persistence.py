@@ -139,3 +139,12 @@ async def test_a_kept_idempotency_record_is_replayed_not_refused(state_type: typ
     assert kept.claim("key-1", ("POST", "/v1/payments", {"amount": 1}), "req-4").outcome == "mismatch"
     assert "key-2" not in kept
     assert kept.key_source is store.key_source
+
+
+async def test_a_state_file_that_cannot_be_written_does_not_spoil_the_stop(tmp_path: Path) -> None:
+    (tmp_path / "not-a-directory").write_text("")
+    state_file = tmp_path / "not-a-directory" / "stripe.json"
+    proc, url = start_sim("sandbox.stripe_sim", "--state-file", str(state_file))
+    objects(url)
+    stop(proc)  # exits 0 (a stop that raised would not), saying it could not keep the file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-directory"]
