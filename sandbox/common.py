@@ -589,10 +589,14 @@ def load_state(state: SimState, path: Path) -> None:
     try:
         with _collector_paused():
             state.restore(path.read_bytes())
-    except (OSError, ValueError, msgspec.MsgspecError) as exc:
+    except (OSError, ValueError, TypeError, msgspec.MsgspecError) as exc:
         aside = path.with_name(path.name + ".unreadable")
-        os.replace(path, aside)
-        log.warning("could not read %s (%s); moved it to %s and started empty", path, exc, aside)
+        try:
+            os.replace(path, aside)
+        except OSError as move:
+            log.warning("could not read %s (%s) nor move it aside (%s); started empty", path, exc, move)
+        else:
+            log.warning("could not read %s (%s); moved it to %s and started empty", path, exc, aside)
         return
     log.info("restored %s (%.1f MB) in %.2f s", path, path.stat().st_size / 1e6, time.perf_counter() - started)
 
@@ -605,9 +609,13 @@ def save_state(state: SimState, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _collector_paused():
-            partial.write_bytes(state.dump())
+            data = state.dump()
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()  # so that the mode below applies: it holds the accounts' API keys
+        with open(partial, "wb", opener=lambda name, flags: os.open(name, flags, 0o600)) as out:
+            out.write(data)
         os.replace(partial, path)
-    except (OSError, msgspec.MsgspecError) as exc:  # a full disk, say: the stop itself must finish
+    except Exception as exc:  # a full disk, something unencodable: the stop itself must finish
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
         log.error("could not keep %s (%s); the last one kept stays", path, exc)

@@ -92,6 +92,9 @@ def make_run(service_env: dict[str, str], tmp_path: Path, *, replicas: int = 1) 
     ports = {name: ",".join(str(next(free)) for _ in range(n)) for name, n in per_name.items()}
     env = {**os.environ, **service_env, **ports, "RUN_DIR": str(run_dir), "RUN_FOLLOW_LOGS": "0",
            "REPLICAS": str(replicas)}
+    # make run sizes its pools as if it had Postgres to itself; under `make test` the other
+    # pytest-xdist worker's services share it (tools/run.py's own sizing has its unit tests).
+    env.setdefault("DB_POOL_SIZE", "4")
     # Exercise the generated secret and tokens, and the simulators, whatever the caller's env says.
     for var in (
         "JWT_SECRET",

@@ -146,8 +146,9 @@ class Child:
     restart: bool = False
     started_at: float = field(default_factory=time.monotonic)
     quick_exits: int = 0
-    # How long a stop waits for it after SIGTERM before SIGKILL.
+    # How long a stop waits for it after SIGTERM before SIGKILL, and whether it stops after the rest.
     stop_grace: float = 5.0
+    stops_last: bool = False
 
     def signal_group(self, sig: int) -> None:
         # Each child leads its own process group, so its workers go with it.
@@ -157,12 +158,12 @@ class Child:
 
 def spawn(
     children: list[Child], name: str, args: list[str], env: dict[str, str], logs: Path, url: str,
-    *, restart: bool = False, stop_grace: float = 5.0,
+    *, restart: bool = False, stop_grace: float = 5.0, stops_last: bool = False,
 ) -> None:
     """Start `python -m *args` in its own session, output to logs/<name>.log, and record it."""
     log = logs / f"{name}.log"
     children.append(Child(name, _popen(args, env, log, "wb"), log, url, args, env, restart,
-                          stop_grace=stop_grace))
+                          stop_grace=stop_grace, stops_last=stops_last))
 
 
 def _popen(args: list[str], env: dict[str, str], log: Path, mode: str) -> subprocess.Popen:
@@ -207,15 +208,19 @@ SIMULATOR_STOP_GRACE = 60.0
 
 
 def stop_children(children: list[Child]) -> None:
-    for child in reversed(children):  # gateway first, simulators last
-        child.signal_group(signal.SIGTERM)
-    stopped = time.monotonic()
-    for child in children:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.proc.wait(timeout=max(0.0, stopped + child.stop_grace - time.monotonic()))
-    for child in children:
-        child.signal_group(signal.SIGKILL)  # whatever is left of each group, leader or not
-        child.proc.wait()
+    """SIGTERM, then SIGKILL after each child's own grace: first everything but the simulators
+    (gateway and services at once), then the simulators, so that what a simulator keeps includes
+    every call a service was still finishing."""
+    for group in ([c for c in children if not c.stops_last], [c for c in children if c.stops_last]):
+        for child in group:
+            child.signal_group(signal.SIGTERM)
+        stopped = time.monotonic()
+        for child in group:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.proc.wait(timeout=max(0.0, stopped + child.stop_grace - time.monotonic()))
+        for child in group:
+            child.signal_group(signal.SIGKILL)  # whatever is left of each group, leader or not
+            child.proc.wait()
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -522,6 +527,7 @@ class Suite:
                 logs,
                 env[sim.base_var],
                 stop_grace=SIMULATOR_STOP_GRACE,
+                stops_last=True,
             )
         for name, replica_ports_ in ports.items():
             for k, port in enumerate(replica_ports_, 1):

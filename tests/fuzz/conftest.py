@@ -2,7 +2,8 @@
 them), against the processor simulators as processes of their own, each service logging at info
 level into a directory kept after the run (its tracebacks are quoted in the failure messages).
 
-`FUZZ_LOG_DIR` puts the logs in a directory of your choosing; otherwise they go under pytest's
+`FUZZ_LOG_DIR` puts the logs in a directory of your choosing (a subdirectory per pytest-xdist worker,
+`gw0`, `gw1`, under `make test`); otherwise they go under pytest's
 tmp_path (`/tmp/pytest-of-$USER/pytest-N/fuzz-logs0/`, the last three runs kept).
 """
 
@@ -30,7 +31,8 @@ STATUSES: dict[tuple[str, str], Counter] = defaultdict(Counter)
 def fuzz_log_dir(tmp_path_factory) -> Path:
     chosen = os.environ.get("FUZZ_LOG_DIR")
     if chosen:
-        path = Path(chosen)
+        # Under pytest-xdist each worker starts the services of its own: a directory each.
+        path = Path(chosen) / os.environ.get("PYTEST_XDIST_WORKER", "")
         path.mkdir(parents=True, exist_ok=True)
         return path
     return tmp_path_factory.mktemp("fuzz-logs")

@@ -49,6 +49,8 @@ def assert_all_stopped(run_: MakeRun) -> None:
             used.append(urllib.parse.urlsplit(url).port)
     assert [p for p in used if not port_free(p)] == []
     assert not (run_.run_dir / "run.json").exists()
+    # Each simulator kept what it was sent for the next start (README "The sandbox remembers").
+    assert sorted(p.name for p in (run_.run_dir / "sandbox").iterdir()) == ["paypal.json", "square.json", "stripe.json"]
 
 
 def test_make_run_serves_routes_and_stops_cleanly(

@@ -80,6 +80,7 @@ async def test_a_restarted_simulator_still_knows_what_it_was_sent(processor: str
         stop(proc)
     assert hook in json.dumps(before) and paid.processor_payment_id in json.dumps(before)
     assert state_file.exists() and not state_file.with_name(state_file.name + ".partial").exists()
+    assert state_file.stat().st_mode & 0o777 == 0o600  # it holds the accounts' API keys and tokens
 
     proc, url = start_sim(module, "--state-file", str(state_file), port=port)
     try:

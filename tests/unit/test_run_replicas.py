@@ -106,3 +106,33 @@ def test_a_stop_waits_for_each_child_as_long_as_its_own_grace(tmp_path):
     patient, hurried = children
     assert patient.proc.returncode == 0  # its SIGTERM handler finished
     assert hurried.proc.returncode == -_signal.SIGKILL
+
+
+def test_the_simulators_are_stopped_after_everything_else(tmp_path):
+    """A simulator keeps what it was sent when it stops: the services' last calls must be in it."""
+    import time as _time
+
+    from tools.run import Child, spawn, stop_children
+
+    (tmp_path / "note_stop.py").write_text(
+        "import signal, sys, time\n"
+        "def bye(*_):\n"
+        "    time.sleep(float(sys.argv[2]))\n"
+        "    open(sys.argv[1], 'a').write(f'{time.monotonic()}\\n')\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, bye)\n"
+        "print('up', flush=True)\n"
+        "time.sleep(60)\n")
+    children: list[Child] = []
+    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    spawn(children, "sim", ["note_stop", str(tmp_path / "sim.stopped"), "0"], env, tmp_path, "http://127.0.0.1:1",
+          stops_last=True)
+    spawn(children, "service", ["note_stop", str(tmp_path / "service.stopped"), "1"], env, tmp_path,
+          "http://127.0.0.1:1")
+    deadline = _time.monotonic() + 15
+    while not all(b"up" in (tmp_path / f"{c.name}.log").read_bytes() for c in children):
+        assert _time.monotonic() < deadline, "the children did not start"
+        _time.sleep(0.05)
+    stop_children(children)
+    service_done, sim_done = (float((tmp_path / f"{n}.stopped").read_text()) for n in ("service", "sim"))
+    assert service_done < sim_done  # the service took a second to stop; the simulator waited for it
