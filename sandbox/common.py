@@ -217,6 +217,7 @@ class IdempotencyRecord:
     body: bytes = b""
     content_type: str = "application/json"
     charset: str | None = None
+    created: float = field(default_factory=time.time)  # for KEPT_IDEMPOTENCY_SECONDS
 
     def replay(self, headers: Mapping[str, str] | None = None) -> web.Response:
         return web.Response(body=self.body, status=self.status or 500,
@@ -499,7 +500,7 @@ class SimState:
 
     def dump(self) -> bytes:
         """The `durable` objects as JSON (idempotency records whose request never answered are
-        left out: that request was never done)."""
+        left out: that request was never done; so are those over KEPT_IDEMPOTENCY_SECONDS old)."""
         return msgspec.json.encode({"version": STATE_FILE_VERSION,
                                     "objects": {name: getattr(self, name) for name in self.durable}},
                                    enc_hook=_encode_store)
@@ -560,9 +561,16 @@ class _StateFile(msgspec.Struct):
     objects: dict[str, msgspec.Raw]
 
 
+# A kept state file holds idempotency records this long (Stripe removes keys "after they're at least
+# 24 hours old"): without a bound, every payment's answer would be kept for good.
+KEPT_IDEMPOTENCY_SECONDS = 24 * 3600
+
+
 def _encode_store(obj: Any) -> Any:
     if isinstance(obj, IdempotencyStore):
-        return {key: record for key, record in obj.records.items() if record.status is not None}
+        oldest = time.time() - KEPT_IDEMPOTENCY_SECONDS
+        return {key: record for key, record in obj.records.items()
+                if record.status is not None and record.created >= oldest}
     raise NotImplementedError(f"cannot keep a {type(obj).__name__}")
 
 

@@ -358,6 +358,11 @@ class PayPalState(SimState):
         self.tokens: dict[str, tuple[str, float]] = {}  # access token -> (client id, expires at)
         self.token_lifetime = DEFAULT_TOKEN_LIFETIME
 
+    def dump(self) -> bytes:
+        now = time.time()  # an expired token is refused whether kept or not: not kept
+        self.tokens = {token: entry for token, entry in self.tokens.items() if entry[1] > now}
+        return super().dump()
+
     def account(self, client_id: str) -> Account:
         return self.accounts.setdefault(client_id, Account(client_id))
 

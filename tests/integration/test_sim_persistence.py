@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from sandbox.common import SimState
+from sandbox.common import KEPT_IDEMPOTENCY_SECONDS, SimState
 from sandbox.paypal_sim import PayPalState
 from sandbox.square_sim import SquareState
 from sandbox.stripe_sim import Account as StripeAccount
@@ -131,6 +132,9 @@ async def test_a_kept_idempotency_record_is_replayed_not_refused(state_type: typ
     assert store.claim("key-1", fingerprint, "req-1").outcome == "new"
     store.finish("key-1", web.json_response({"id": "pay_1"}, status=201))
     assert store.claim("key-2", fingerprint, "req-2").outcome == "new"  # never answered: not kept
+    assert store.claim("key-old", fingerprint, "req-0").outcome == "new"
+    store.finish("key-old", web.json_response({"id": "pay_0"}))
+    store.records["key-old"].created -= KEPT_IDEMPOTENCY_SECONDS + 60  # as Stripe, gone after a day
 
     restored = state_type()
     restored.restore(state.dump())
@@ -138,7 +142,7 @@ async def test_a_kept_idempotency_record_is_replayed_not_refused(state_type: typ
     claim = kept.claim("key-1", ("POST", "/v1/payments", {"amount": 4250, "tags": ["a", "b"]}), "req-3")
     assert (claim.outcome, claim.record.status, json.loads(claim.record.body)) == ("replay", 201, {"id": "pay_1"})
     assert kept.claim("key-1", ("POST", "/v1/payments", {"amount": 1}), "req-4").outcome == "mismatch"
-    assert "key-2" not in kept
+    assert "key-2" not in kept and "key-old" not in kept
     assert kept.key_source is store.key_source
 
 
@@ -149,3 +153,11 @@ async def test_a_state_file_that_cannot_be_written_does_not_spoil_the_stop(tmp_p
     objects(url)
     stop(proc)  # exits 0 (a stop that raised would not), saying it could not keep the file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-directory"]
+
+
+async def test_expired_paypal_tokens_are_not_kept() -> None:
+    state = PayPalState()
+    state.tokens = {"A21-live": ("kept-app", time.time() + 600), "A21-dead": ("kept-app", time.time() - 1)}
+    restored = PayPalState()
+    restored.restore(state.dump())
+    assert list(restored.tokens) == ["A21-live"] and restored.tokens["A21-live"] == state.tokens["A21-live"]
