@@ -7,6 +7,8 @@ shared budget through two real server processes, with a limit too small to lease
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 import uuid
 
 import asyncpg
@@ -55,6 +57,7 @@ async def test_a_busy_callers_requests_are_leased_and_the_budget_still_holds_acr
             answers += await asyncio.gather(*(take(takes, key) for _ in range(8)))
         return answers
 
+    started = time.monotonic()
     rounds = LIMIT // 2 // 16 - 2  # per replica, inside the first half of the budget
     answers = sum(await asyncio.gather(replica(a, rounds), replica(b, rounds)), [])
     assert answers.count(0.0) == len(answers)
@@ -64,7 +67,11 @@ async def test_a_busy_callers_requests_are_leased_and_the_budget_still_holds_acr
     rest = LIMIT * 5 // 4 // 8 - rounds
     answers += sum(await asyncio.gather(replica(a, rest), replica(b, rest)), [])
     allowed = answers.count(0.0)
-    assert LIMIT <= allowed <= LIMIT + 3, allowed  # + what the cell refilled meanwhile
+    # + what the cell refilled meanwhile (LIMIT a minute): a few, more when the machine is busy (it
+    # read 604 once under `make test`'s two workers); a budget that did not hold would let through
+    # most of the 2.5 * LIMIT.
+    refilled = math.ceil((time.monotonic() - started) * LIMIT / 60)
+    assert LIMIT <= allowed <= LIMIT + refilled, (allowed, refilled)
     assert all(wait > 0 for wait in answers if wait != 0.0)
 
 
