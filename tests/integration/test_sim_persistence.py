@@ -113,8 +113,6 @@ async def test_an_unreadable_state_file_is_moved_aside_and_the_simulator_starts_
     assert json.loads(state_file.read_text())["objects"] == {"accounts": {}}  # the empty state it ended with
 
 
-
-
 def owner_of(state: SimState) -> Any:
     """One account (Stripe, PayPal) or merchant (Square) of a simulator's state, made as a request makes it."""
     if isinstance(state, StripeState):

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import signal
+import time
+from pathlib import Path
+
 import pytest
 
 from tools.run import (
     EXTRA_CONNECTIONS,
     RESERVED_CONNECTIONS,
+    Child,
     Failure,
     pool_size_for,
     replica_count,
     replica_name,
     replica_ports,
+    spawn,
+    stop_children,
 )
 
 
@@ -80,59 +87,48 @@ def test_run_json_is_never_seen_empty_or_half_written_while_it_is_rewritten(tmp_
     assert suite.state_file.stat().st_mode & 0o777 == 0o600
 
 
+# A child that takes argv[1] seconds to stop after SIGTERM, then notes when it stopped in
+# `<argv[2]>.stopped`.
+SLOW_STOP = """import signal, sys, time
+def bye(*_):
+    time.sleep(float(sys.argv[1]))
+    open(sys.argv[2] + '.stopped', 'w').write(str(time.monotonic()))
+    sys.exit(0)
+signal.signal(signal.SIGTERM, bye)
+print('up', flush=True)
+time.sleep(60)
+"""
+
+
+def started_children(tmp_path: Path, *specs: tuple[str, float, dict]) -> list[Child]:
+    """`make run`'s children, one per (name, seconds to stop, spawn options), each up."""
+    (tmp_path / "slow_stop.py").write_text(SLOW_STOP)
+    children: list[Child] = []
+    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    for name, seconds, options in specs:
+        spawn(children, name, ["slow_stop", str(seconds), str(tmp_path / name)], env, tmp_path,
+              "http://127.0.0.1:1", **options)
+    deadline = time.monotonic() + 15
+    while not all(b"up" in (tmp_path / f"{c.name}.log").read_bytes() for c in children):
+        assert time.monotonic() < deadline, "the children did not start"
+        time.sleep(0.05)
+    return children
+
+
 def test_a_stop_waits_for_each_child_as_long_as_its_own_grace(tmp_path):
     """The simulators write what they were sent when they stop (seconds, after `make bench`): a
     stop gives each child its own grace before SIGKILL, not one deadline for all."""
-    import signal as _signal
-    import time as _time
-
-    from tools.run import Child, spawn, stop_children
-
-    slow_exit = ("import signal, sys, time\n"
-                 "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(float(sys.argv[1])), sys.exit(0)))\n"
-                 "print('up', flush=True)\n"
-                 "time.sleep(60)\n")
-    (tmp_path / "slow_exit.py").write_text(slow_exit)
-    children: list[Child] = []
-    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
     # Each takes longer to stop than the other's grace: one deadline for both would fail either.
-    spawn(children, "patient", ["slow_exit", "1.5"], env, tmp_path, "http://127.0.0.1:1", stop_grace=10.0)
-    spawn(children, "hurried", ["slow_exit", "4"], env, tmp_path, "http://127.0.0.1:1", stop_grace=0.3)
-    deadline = _time.monotonic() + 15
-    while not all(b"up" in (tmp_path / f"{c.name}.log").read_bytes() for c in children):
-        assert _time.monotonic() < deadline, "the children did not start"
-        _time.sleep(0.05)
-    stop_children(children)
-    patient, hurried = children
+    patient, hurried = started_children(tmp_path, ("patient", 1.5, {"stop_grace": 10.0}),
+                                        ("hurried", 4, {"stop_grace": 0.3}))
+    stop_children([patient, hurried])
     assert patient.proc.returncode == 0  # its SIGTERM handler finished
-    assert hurried.proc.returncode == -_signal.SIGKILL
+    assert hurried.proc.returncode == -signal.SIGKILL
 
 
 def test_the_simulators_are_stopped_after_everything_else(tmp_path):
     """A simulator keeps what it was sent when it stops: the services' last calls must be in it."""
-    import time as _time
-
-    from tools.run import Child, spawn, stop_children
-
-    (tmp_path / "note_stop.py").write_text(
-        "import signal, sys, time\n"
-        "def bye(*_):\n"
-        "    time.sleep(float(sys.argv[2]))\n"
-        "    open(sys.argv[1], 'a').write(f'{time.monotonic()}\\n')\n"
-        "    sys.exit(0)\n"
-        "signal.signal(signal.SIGTERM, bye)\n"
-        "print('up', flush=True)\n"
-        "time.sleep(60)\n")
-    children: list[Child] = []
-    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    spawn(children, "sim", ["note_stop", str(tmp_path / "sim.stopped"), "0"], env, tmp_path, "http://127.0.0.1:1",
-          stops_last=True)
-    spawn(children, "service", ["note_stop", str(tmp_path / "service.stopped"), "1"], env, tmp_path,
-          "http://127.0.0.1:1")
-    deadline = _time.monotonic() + 15
-    while not all(b"up" in (tmp_path / f"{c.name}.log").read_bytes() for c in children):
-        assert _time.monotonic() < deadline, "the children did not start"
-        _time.sleep(0.05)
+    children = started_children(tmp_path, ("sim", 0, {"stops_last": True}), ("service", 1, {}))
     stop_children(children)
     service_done, sim_done = (float((tmp_path / f"{n}.stopped").read_text()) for n in ("service", "sim"))
     assert service_done < sim_done  # the service took a second to stop; the simulator waited for it
