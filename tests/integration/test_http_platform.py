@@ -61,7 +61,10 @@ async def create_widget(request: Request, data: JSONBody[WidgetIn], runtime: Run
                 sa.insert(widgets).values(name=data.name, amount=data.amount).returning(widgets.c.id)
             )
             out = WidgetOut(id=widget_id, name=data.name, amount=format_amount(data.amount))
-            uow.emit("transaction.recorded", msgspec.structs.asdict(out))
+            # A subject of the stream no service consumes: on `transaction.recorded` these widgets
+            # reached the collections and analytics consumers other modules of the same run start,
+            # each failing five times over ~30 s of back-off before it was parked.
+            uow.emit("transaction.widget_created", msgspec.structs.asdict(out))
             if claim:
                 claim.record(uow, 201, out)
             await uow.commit()
