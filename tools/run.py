@@ -205,6 +205,19 @@ def restart(child: Child) -> None:
 # A simulator writes what it was sent when it stops: after `make bench` the Stripe one's 415 MB took
 # 4.5 s on a slow machine, so it gets longer than the services' 5 s before SIGKILL.
 SIMULATOR_STOP_GRACE = 60.0
+# Past this much kept sandbox state a start says so: every `make bench` adds about 0.6 GB to the
+# files and 1.2 GB to the Stripe simulator's memory once read back (3.6 GB after three runs).
+SANDBOX_NOTE_BYTES = 1_000_000_000
+
+
+def sandbox_note(directory: Path) -> str | None:
+    """A note for the console when the simulators' kept state (`<processor>.json`) is large."""
+    kept = sum(path.stat().st_size for path in directory.glob("*.json")) if directory.is_dir() else 0
+    if kept < SANDBOX_NOTE_BYTES:
+        return None
+    return (f"The sandbox keeps {kept / 1e9:.1f} GB from earlier runs in {directory} (benchmark payments "
+            f"among them): the simulators read it all back into memory, which takes a while. For an empty "
+            f"sandbox, stop make run and delete {directory}.")
 
 
 def stop_children(children: list[Child]) -> None:
@@ -517,6 +530,8 @@ class Suite:
 
         logs = self.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        if sims and (note := sandbox_note(self.run_dir / "sandbox")):
+            console.print(f"[yellow]{note}[/]")
         for sim, port in sims:
             spawn(
                 self.children,
