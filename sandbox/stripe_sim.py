@@ -76,6 +76,8 @@ log = logging.getLogger("stripe_sim")
 _ZERO_DECIMAL = {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx",
                  "vnd", "vuv", "xaf", "xof", "xpf"}
 _MINIMUM_AMOUNT = {"usd": 50, "eur": 50, "cad": 50, "aud": 50, "gbp": 30, "jpy": 50}
+# Two-decimal in Stripe's API, yet whole units only since 2023: an amount must be a multiple of 100.
+_NO_DECIMAL_COMPATIBLE = {"isk"}
 
 # Stripe's declining test PaymentMethods, "pm_card_[visa_]<name>":
 # name -> (code, decline_code, message, param).
@@ -519,6 +521,15 @@ _CANCELABLE = ("requires_payment_method", "requires_capture", "requires_confirma
 _OFF_SESSION_TRUE = ("one_off", "recurring")  # legacy values Stripe still takes
 
 
+def check_whole_units(amount: int, currency: str, param: str = "amount") -> None:
+    """Stripe's refusal of a fractional króna (`invalid_charge_amount_no_decimal_compatible`)."""
+    if currency in _NO_DECIMAL_COMPATIBLE and amount % 100:
+        raise bad(f"Invalid amount. Currency {currency.upper()} has become effectively zero-decimal and "
+                  "charged amounts must be evenly divisible by 100. See "
+                  "https://stripe.com/docs/currencies#special-cases for more information.",
+                  param, "invalid_charge_amount_no_decimal_compatible")
+
+
 def create_payment_intent(call: Call) -> dict:
     params = call.params
     check_known(params, PI_CREATE_PARAMS)
@@ -526,6 +537,7 @@ def create_payment_intent(call: Call) -> dict:
     if not re.fullmatch(r"[a-z]{3}", currency):
         raise bad(f"Invalid currency: {currency}.", "currency", "parameter_invalid_string")
     amount = p_int(params, "amount", required=True, minimum=1)
+    check_whole_units(amount, currency)
     if amount < (minimum := _MINIMUM_AMOUNT.get(currency, 1)):
         raise bad(f"Amount must be at least {fmt_money(minimum, currency)} {currency}",
                   "amount", "amount_too_small")
@@ -705,6 +717,7 @@ def create_account_debit(call: Call) -> dict:
     source = p_str(params, "source", required=True, prefix="acct_", kind="source")
     currency = p_str(params, "currency", required=True).lower()
     amount = p_int(params, "amount", required=True, minimum=1)
+    check_whole_units(amount, currency)
     if "insufficient" in source:
         raise StripeError(402, "card_error", "Insufficient funds in the connected account's balance.",
                           code="balance_insufficient", decline_code="balance_insufficient")
@@ -766,6 +779,7 @@ def create_refund(call: Call) -> dict:
         raise bad(f"Charge {charge['id']} has already been refunded.",
                   code="charge_already_refunded", saved=True)
     amount = remaining if amount is None else amount
+    check_whole_units(amount, currency)
     if amount > remaining:
         raise bad(f"Refund amount ({fmt_money(amount, currency)}) is greater than unrefunded "
                   f"amount on charge ({fmt_money(remaining, currency)})", "amount",

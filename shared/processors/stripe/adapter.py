@@ -18,7 +18,6 @@ import aiohttp
 import stripe
 
 from shared.config import PlatformStripeSettings
-from shared.money import to_minor_units
 from shared.processors.base import (
     AccountInfo,
     InvalidCredentials,
@@ -105,7 +104,7 @@ class StripeProcessor:
             raise ProcessorRequestError("payment_method: a Connect account is not a payment method")
         currency = request.currency
         params: dict[str, Any] = {
-            "amount": to_minor_units(request.amount, currency),
+            "amount": tf.stripe_units(request.amount, currency),
             "currency": currency.lower(),
             "payment_method": request.payment_method,
             "confirm": True,
@@ -119,7 +118,7 @@ class StripeProcessor:
         if request.off_session:
             params["off_session"] = True
         if request.platform_fee is not None:
-            params["application_fee_amount"] = to_minor_units(request.platform_fee, currency)
+            params["application_fee_amount"] = tf.stripe_units(request.platform_fee, currency)
         if request.destination:
             params["transfer_data"] = {"destination": request.destination}
         return tf.payment_result(await self._object("create_payment", "post", "/v1/payment_intents", params,
@@ -132,7 +131,7 @@ class StripeProcessor:
         if not request.payment_method.startswith("acct_"):
             raise ProcessorRequestError("only a connected account (acct_...) can be debited")
         params: dict[str, Any] = {
-            "amount": to_minor_units(request.amount, request.currency), "currency": request.currency.lower(),
+            "amount": tf.stripe_units(request.amount, request.currency), "currency": request.currency.lower(),
             "source": request.payment_method, "metadata": {**request.metadata, tf.REFERENCE_KEY: request.reference},
         }
         if request.description:
@@ -158,7 +157,7 @@ class StripeProcessor:
     async def refund(self, request: RefundRequest) -> RefundResult:
         params: dict[str, Any] = {
             "payment_intent": request.processor_payment_id,
-            "amount": to_minor_units(request.amount, request.currency),
+            "amount": tf.stripe_units(request.amount, request.currency),
             "metadata": {tf.REFERENCE_KEY: request.reference},
         }
         if request.reverse_platform_fee:

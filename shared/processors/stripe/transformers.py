@@ -4,9 +4,10 @@ exhaustively: an unknown status is an error, never a guess."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
-from shared.money import from_minor_units
+from shared.money import from_minor_units, to_minor_units
 from shared.processors.base import (
     PaymentResult,
     PaymentStatus,
@@ -18,6 +19,29 @@ from shared.processors.base import (
 
 # Where our own id for a payment or refund travels in Stripe's `metadata`.
 REFERENCE_KEY = "hp_reference"
+
+# Stripe's API keeps ISK two-decimal, though fractional króna are gone (since April 2023 an ISK
+# amount must be a multiple of 100: `100` is 1 króna); ISO 4217, and this suite, give ISK no
+# decimals. UGX, zero-decimal in ISO 4217, is zero-decimal in Stripe's API too.
+_TWO_DECIMAL_ON_STRIPE = frozenset({"ISK"})
+
+
+def stripe_units(amount: Decimal, currency: str) -> int:
+    """An amount in Stripe's minor units for `currency` (5,000 ISK is 500000)."""
+    units = to_minor_units(amount, currency)
+    return units * 100 if currency.upper() in _TWO_DECIMAL_ON_STRIPE else units
+
+
+def stripe_amount(units: Any, currency: str) -> Decimal:
+    """Stripe's minor units back to an amount; a fractional króna (only in charges made before
+    2023) is refused, never rounded."""
+    if currency.upper() in _TWO_DECIMAL_ON_STRIPE and isinstance(units, int) and not isinstance(units, bool):
+        whole, fraction = divmod(units, 100)
+        if fraction:
+            raise ProcessorRequestError(f"Stripe answered {units} minor units of {currency.upper()}: "
+                                        f"not a whole number of króna")
+        units = whole
+    return from_minor_units(units, currency)
 
 # Every PaymentIntent status Stripe documents. `requires_payment_method` is both where a new
 # intent starts and where a failed attempt returns it: only an intent with `last_payment_error`
@@ -75,7 +99,7 @@ def payment_result(intent: dict[str, Any]) -> PaymentResult:
     return PaymentResult(
         processor_payment_id=intent["id"],
         status=payment_status(intent["status"], attempted=bool(intent.get("last_payment_error"))),
-        amount=from_minor_units(intent["amount"], currency),
+        amount=stripe_amount(intent["amount"], currency),
         currency=currency,
         created_at=_time(intent.get("created")),
         reference=(intent.get("metadata") or {}).get(REFERENCE_KEY),
@@ -97,7 +121,7 @@ def charge_result(charge: dict[str, Any]) -> PaymentResult:
     except KeyError:
         raise ProcessorRequestError(f"unknown Charge status {charge['status']!r}") from None
     return PaymentResult(
-        processor_payment_id=charge["id"], status=status, amount=from_minor_units(charge["amount"], currency),
+        processor_payment_id=charge["id"], status=status, amount=stripe_amount(charge["amount"], currency),
         currency=currency, created_at=_time(charge.get("created")),
         reference=(charge.get("metadata") or {}).get(REFERENCE_KEY), charge_id=charge["id"],
         failure_code=charge.get("failure_code"), failure_message=charge.get("failure_message"), raw=charge,
@@ -110,7 +134,7 @@ def refund_result(refund: dict[str, Any]) -> RefundResult:
         processor_refund_id=refund["id"],
         processor_payment_id=refund.get("payment_intent") or "",
         status=refund_status(refund["status"]),
-        amount=from_minor_units(refund["amount"], currency),
+        amount=stripe_amount(refund["amount"], currency),
         currency=currency,
         reference=(refund.get("metadata") or {}).get(REFERENCE_KEY),
         failure_reason=refund.get("failure_reason"),
