@@ -224,8 +224,8 @@ class Ledger:
         existing = await store.refund_by_processor_id(session, processor, report.processor_refund_id)
         if existing is None and (ours := as_uuid(report.reference)) is not None:
             existing = await store.load_refund(session, ours)
-            if existing is not None and payment is not None and existing.transaction_id != payment.id:
-                existing = None  # a reference that is not a refund of this payment
+            if existing is not None and not self._is_ours(existing, report, payment):
+                existing = None  # another refund that carries our reference: one of its own
         if existing is None:
             await store.insert_refund(session, dict(
                 id=uuid.uuid4(), transaction_id=payment.id if payment else None, processor_type=processor,
@@ -243,6 +243,16 @@ class Ledger:
         if payment is None:
             return None
         return await self._refresh_refunds(uow, payment, now, account=connection.processor_account)
+
+    @staticmethod
+    def _is_ours(existing: RefundRow, report: RefundResult, payment: TransactionRow | None) -> bool:
+        """Whether a refund found by the reference it carries is the one we asked for. The reference
+        is our refund's id, no secret, and whoever holds the account can put it on any refund: it
+        only names ours when it is of the same payment, for the same amount and currency, and ours
+        has no other processor id yet (a 0.01 refund bearing it must not settle our 70.00)."""
+        return ((payment is None or existing.transaction_id == payment.id)
+                and existing.processor_refund_id in (None, report.processor_refund_id)
+                and existing.amount == report.amount and existing.currency == report.currency)
 
     @staticmethod
     def _moves(existing: RefundRow, reported: str) -> bool:

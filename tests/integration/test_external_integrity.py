@@ -92,6 +92,39 @@ async def test_a_real_refund_is_applied_as_the_processor_says_whatever_the_notic
     assert (row["status"], row["refunded_amount"]) == ("partially_refunded", Decimal("20.0000"))
 
 
+async def test_a_refund_carrying_our_pending_refunds_reference_does_not_settle_it(http, db, stripe_sim):
+    """Our own refund of 70.00 is pending (its processor call not yet answered); its id, the reference
+    the processor keeps with it, is no secret. The barber makes a real 0.01 refund in their own
+    account carrying that reference and announces it: it is a refund of its own (0.01), and ours
+    stays pending at 70.00, not settled by another refund's word (collections would reverse the
+    commission on 70.00)."""
+    b = next_barber()
+    secret = f"whsec_borrowed_reference_{b}"
+    connection = await connect_stripe(http, b, webhook_secret=secret)
+    _, paid = await call(http, "POST", "/internal/v1/charges", SERVICE, charge_body(b, connection["id"], "80.00"))
+    ours = uuid.uuid4()
+    now = datetime.now(UTC)
+    async with db.begin() as conn:
+        await conn.execute(sa.insert(et.refunds).values(
+            id=ours, transaction_id=uuid.UUID(paid["id"]), processor_type="stripe", connection_id=connection["id"],
+            processor_payment_id=paid["external_transaction_id"], processor_refund_id=None,
+            amount=Decimal("70.00"), currency="USD", status="pending", processor_idempotency_key=f"hp-ref-{ours}",
+            created_at=now, updated_at=now, check_failures=0))
+    tiny = await sdk(stripe_sim, stripe_key(b)).v1.refunds.create_async(params={
+        "payment_intent": paid["external_transaction_id"], "amount": 1, "metadata": {"hp_reference": str(ours)}})
+    status, ack = await post_stripe_notice(http, connection["id"], secret, {
+        "id": f"evt_borrowed_{b}", "type": "refund.created", "data": {"object": tiny.to_dict()}})
+    assert status == 200, ack
+    kept = {r["id"]: r for r in await rows(db, sa.select(et.refunds).where(
+        et.refunds.c.transaction_id == uuid.UUID(paid["id"])))}
+    assert (kept[ours]["status"], kept[ours]["processor_refund_id"]) == ("pending", None)
+    [theirs] = [r for r in kept.values() if r["id"] != ours]
+    assert (theirs["processor_refund_id"], theirs["amount"], theirs["status"]) == (tiny.id, Decimal("0.0100"),
+                                                                                     "succeeded")
+    row = await transaction(db, paid["id"])
+    assert (row["status"], row["refunded_amount"]) == ("partially_refunded", Decimal("0.0100"))
+
+
 # ---- 13: every registered event type is handled -------------------------------------------------------
 
 async def test_a_refund_made_in_the_barbers_stripe_dashboard_is_recorded(http, db, stripe_sim):
