@@ -5,8 +5,8 @@ Each run of a once-job first takes a Postgres advisory lock named after the job 
 of its own; a replica that does not get it skips the run. The lock is held for the run and freed
 by `pg_advisory_unlock`, or by Postgres itself when the holder's connection dies with its process,
 so a crashed replica never blocks the others. Under the lock, the job's row in `job_schedule`
-says whether a run is due: N replicas waking every interval run the job once per interval, not N
-times (the row also counts runs, which is how the tests count them). The clock is passed in
+says when it last started, anywhere; it is due once that is this process's interval ago: N replicas
+waking every interval run the job once per interval, not N times (the row also counts runs, which is how the tests count them). The clock is passed in
 (`now`), so jobs are tested by calling `run_once(now=...)` directly (always runs).
 """
 
@@ -44,14 +44,16 @@ HOLDER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def due_sql(schema: str) -> str:
-    """Claim the next scheduled run of job $1 if it is due; $2 is the seconds until the one after.
-    Returns the run's number, or nothing when another replica ran it less than an interval ago."""
+    """Claim the next scheduled run of job $1 if it is due; $2 is the asking process's interval
+    (times DUE_SHARE). Returns the run's number, or nothing when it ran anywhere less than that ago.
+    Due by the asker's own interval, not by a time the last runner wrote: a process started with a
+    longer interval (a setting changed since, rolling out) must not hold the job back for the rest."""
     return f"""
 INSERT INTO {schema}.job_schedule AS job (name, due_at, runs, last_started_at, last_holder)
 VALUES (:name, now() + make_interval(secs => :gap), 1, now(), :holder)
 ON CONFLICT (name) DO UPDATE SET due_at = excluded.due_at, runs = job.runs + 1,
     last_started_at = excluded.last_started_at, last_holder = excluded.last_holder
-WHERE job.due_at <= now()
+WHERE job.last_started_at IS NULL OR job.last_started_at <= now() - make_interval(secs => :gap)
 RETURNING runs"""
 
 
