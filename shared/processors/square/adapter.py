@@ -345,6 +345,10 @@ class SquareProcessor:
         if status == 409:  # the same idempotency key is still being processed
             return OutcomeUnknown(f"Square is still processing a request with this key: {detail}",
                                   code=code, raw=body)
+        if code == "IDEMPOTENCY_KEY_REUSED":
+            # Used before with other data: that first request reached Square and may have been done.
+            return OutcomeUnknown(f"Square has this key from a request with other data: {detail}",
+                                  code=code, raw=body)
         if status >= 500 or status < 400:
             # A 5xx may have done part of the work; a 2xx we could not read was done. Unknown both.
             return OutcomeUnknown(f"Square failed (HTTP {status}): {detail}", code=code, raw=body)

@@ -256,7 +256,10 @@ class StripeProcessor:
         except stripe.IdempotencyError as exc:
             if exc.http_status == 409:  # the same key is still being processed
                 raise OutcomeUnknown("Stripe is still processing this request", raw=exc.json_body or {}) from None
-            raise ProcessorRequestError(exc.user_message or str(exc), code="idempotency_error") from None
+            # The key was used with other parameters: that first request reached Stripe and may
+            # have been done. Not a refusal of this payment: find it by reference.
+            raise OutcomeUnknown(f"Stripe has this key from a request with other parameters: {exc.user_message or exc}",
+                                 code="idempotency_error", raw=exc.json_body or {}) from None
         except stripe.InvalidRequestError as exc:
             error = exc.error
             kind = NotFound if exc.http_status == 404 else ProcessorRequestError
