@@ -1,5 +1,6 @@
 """A processor's refusal of an idempotency key already used with other parameters (Stripe's 400
-`idempotency_error`, Square's 400 `IDEMPOTENCY_KEY_REUSED`) is no refusal of the payment: the key
+`idempotency_error`, Square's 400 `IDEMPOTENCY_KEY_REUSED`; PayPal's 422
+`PAYPAL_REQUEST_ID_PREVIOUSLY_USED`, in test_paypal.py) is no refusal of the payment: the key
 was used, so the first request under it reached the processor and may have charged. Read as
 "rejected", the attempt was settled failed beside a payment that succeeded (and collections' dunning
 would charge again; a barber's saved card changing while two drives of one attempt ran was enough).

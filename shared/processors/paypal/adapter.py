@@ -93,8 +93,10 @@ DECLINE_ISSUES = frozenset({
     "BILLING_AGREEMENT_NOT_FOUND", "MAX_NUMBER_OF_PAYMENT_ATTEMPTS_EXCEEDED", "CARD_EXPIRED",
     "REDIRECT_PAYER_FOR_ALTERNATE_FUNDING", "COMPLIANCE_VIOLATION", "TRANSACTION_LIMIT_EXCEEDED",
 })
-# The same PayPal-Request-Id is still being processed: it may yet succeed.
+# The same PayPal-Request-Id is still being processed: it may yet succeed; or it was used with
+# another body, so that first request reached PayPal and may have been done. Neither is a refusal.
 IN_PROGRESS_ISSUES = frozenset({"PREVIOUS_REQUEST_IN_PROGRESS"})
+USED_ISSUES = frozenset({"PAYPAL_REQUEST_ID_PREVIOUSLY_USED"})
 WEBHOOK_HEADERS = ("paypal-transmission-id", "paypal-transmission-time", "paypal-transmission-sig",
                    "paypal-cert-url", "paypal-auth-algo")
 _REPRESENTATION = {"Prefer": "return=representation"}
@@ -442,6 +444,9 @@ class PayPalProcessor:
             return OutcomeUnknown(f"PayPal failed ({status}): {text}", code=issue, raw=body)
         if status == 422 and issue in IN_PROGRESS_ISSUES:
             return OutcomeUnknown(f"PayPal is still processing this request: {text}", code=issue, raw=body)
+        if status == 422 and issue in USED_ISSUES:
+            return OutcomeUnknown(f"PayPal has this request id from a request with another body: {text}",
+                                  code=issue, raw=body)
         if declines and status == 422 and issue in DECLINE_ISSUES:
             return PaymentDeclined(f"PayPal declined the payment: {text}", code=issue,
                                    processor_payment_id=order_id, raw=body)
