@@ -36,7 +36,7 @@ def refund_operation(adapter: p.PaymentProcessor, payment: TransactionRow,
         currency=payment.currency, idempotency_key=refund.processor_idempotency_key, reference=str(refund.id))
     return attempts.Operation(
         create=lambda: adapter.refund(request), retrieve=adapter.retrieve_refund,
-        find=lambda: p.find_refund(adapter, payment.external_transaction_id, str(refund.id)), processor=adapter)
+        find=lambda: p.find_refund(adapter, request), processor=adapter)
 
 
 def refund_pending_problem(outcome: attempts.Outcome[Any], *, transaction_id: str, refund_id: str) -> ProblemError:

@@ -50,7 +50,7 @@ def refund_operation(processor: PaymentProcessor, payment: PaymentRow,
         reference=str(refund.id), reverse_platform_fee=True)
     return attempts.Operation(
         create=lambda: processor.refund(request), retrieve=processor.retrieve_refund,
-        find=lambda: find_refund(processor, intent_id, str(refund.id)),
+        find=lambda: find_refund(processor, request),
         processor=processor)
 
 

@@ -313,7 +313,11 @@ async def find_debit(processor: PlatformProcessor, reference: str, *, since: dat
     return next((d for d in await processor.list_debits(since, until) if d.reference == reference), None)
 
 
-async def find_refund(processor: PaymentProcessor, processor_payment_id: str,
-                      reference: str) -> RefundResult | None:
-    """The refund of that payment we created under `reference`, if the processor has it."""
-    return next((r for r in await processor.list_refunds(processor_payment_id) if r.reference == reference), None)
+async def find_refund(processor: PaymentProcessor, request: RefundRequest) -> RefundResult | None:
+    """The refund we asked for with `request`, if the processor has it: of that payment, under our
+    reference, for that amount and currency. The reference travels in a field whoever holds the
+    account can write (a 0.01 refund bearing it is theirs, not our 70.00)."""
+    currency = request.currency.upper()
+    return next((r for r in await processor.list_refunds(request.processor_payment_id)
+                 if r.reference == request.reference and r.amount == request.amount and r.currency == currency),
+                None)

@@ -43,6 +43,7 @@ from tests.integration.external_support import (  # noqa: F401 (fixtures)
     wait_applied,
 )
 from tests.integration.router_support import admin, barber
+from tests.support import eventually
 
 _ids = itertools.count(1)
 
@@ -123,6 +124,34 @@ async def test_a_refund_carrying_our_pending_refunds_reference_does_not_settle_i
                                                                                      "succeeded")
     row = await transaction(db, paid["id"])
     assert (row["status"], row["refunded_amount"]) == ("partially_refunded", Decimal("0.0100"))
+
+
+async def test_the_sweeper_does_not_take_a_refund_bearing_our_reference_for_ours(http, db, stripe_sim):
+    """The same borrowed reference, met by the sweeper: our pending refund of 70.00 never reached
+    Stripe, and the only refund carrying its id is the barber's 0.01. Taken for ours, the sweeper
+    recorded the barber's refund and left ours pending, to be looked up again on every pass for good;
+    found by amount too, ours is not at Stripe and is settled failed."""
+    b = next_barber()
+    connection = await connect_stripe(http, b, webhook_secret=f"whsec_sweep_borrowed_{b}")
+    _, paid = await call(http, "POST", "/internal/v1/charges", SERVICE, charge_body(b, connection["id"], "80.00"))
+    ours = uuid.uuid4()
+    tiny = await sdk(stripe_sim, stripe_key(b)).v1.refunds.create_async(params={
+        "payment_intent": paid["external_transaction_id"], "amount": 1, "metadata": {"hp_reference": str(ours)}})
+    long_ago = datetime.now(UTC) - timedelta(hours=1)  # untouched long enough for the sweeper
+    async with db.begin() as conn:
+        await conn.execute(sa.insert(et.refunds).values(
+            id=ours, transaction_id=uuid.UUID(paid["id"]), processor_type="stripe", connection_id=connection["id"],
+            processor_payment_id=paid["external_transaction_id"], processor_refund_id=None,
+            amount=Decimal("70.00"), currency="USD", status="pending", processor_idempotency_key=f"hp-ref-{ours}",
+            created_at=long_ago, updated_at=long_ago, check_failures=0))
+
+    async def settled():
+        [row] = await rows(db, sa.select(et.refunds).where(et.refunds.c.id == ours))
+        return row if row["status"] != "pending" else None
+
+    row = await eventually(settled, timeout=15)
+    assert (row["status"], row["processor_refund_id"]) == ("failed", None)  # not the barber's
+    assert tiny.id.startswith("re_")
 
 
 # ---- 13: every registered event type is handled -------------------------------------------------------

@@ -390,10 +390,11 @@ async def test_partial_then_full_refund_and_their_limits(sim, processor):
     listed = await processor.list_refunds(capture_id)
     assert {(r.processor_refund_id, r.reference) for r in listed} == {
         (part.processor_refund_id, "refund-a"), (rest.processor_refund_id, "refund-b")}
-    found = await find_refund(processor, capture_id, "refund-b")
+    found = await find_refund(processor, refund_of(capture_id, "7.00", reference="refund-b"))
     assert found is not None and found.processor_refund_id == rest.processor_refund_id
     assert found.amount == Decimal("7.00") and found.status == "succeeded"
-    assert await find_refund(processor, capture_id, "refund-zzz") is None
+    assert await find_refund(processor, refund_of(capture_id, "7.00", reference="refund-zzz")) is None
+    assert await find_refund(processor, refund_of(capture_id, "3.00", reference="refund-b")) is None
     # The capture still was a payment that happened.
     assert (await processor.retrieve_payment(capture_id)).status == "completed"
 
@@ -413,7 +414,7 @@ async def test_list_refunds_keeps_to_its_capture(processor):
     await processor.refund(refund_of(two.processor_payment_id, "2.00", reference="r-two"))
     assert [r.reference for r in await processor.list_refunds(one.processor_payment_id)] == ["r-one"]
     assert [r.reference for r in await processor.list_refunds(two.processor_payment_id)] == ["r-two"]
-    assert await find_refund(processor, one.processor_payment_id, "r-two") is None
+    assert await find_refund(processor, refund_of(one.processor_payment_id, "2.00", reference="r-two")) is None
 
 
 async def test_pending_refunds_settle_or_fail_through_the_control(sim, processor, control):

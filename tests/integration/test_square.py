@@ -278,9 +278,11 @@ async def test_partial_then_full_refund_then_nothing_left(processor):
     listed = await processor.list_refunds(paid.processor_payment_id)
     assert [(r.processor_refund_id, r.reference) for r in listed] == [
         (partial.processor_refund_id, "refund-a"), (rest.processor_refund_id, "refund-b")]
-    found = await find_refund(processor, paid.processor_payment_id, "refund-b")
+    found = await find_refund(processor, refund_of(paid.processor_payment_id, "30.00", "refund-b"))
     assert found is not None and found.processor_refund_id == rest.processor_refund_id
-    assert await find_refund(processor, paid.processor_payment_id, "refund-zzz") is None
+    assert await find_refund(processor, refund_of(paid.processor_payment_id, "30.00", "refund-zzz")) is None
+    # Our reference on a refund of another amount: not the one we asked for.
+    assert await find_refund(processor, refund_of(paid.processor_payment_id, "29.00", "refund-b")) is None
     fetched = await processor.retrieve_refund(partial.processor_refund_id)
     assert (fetched.amount, fetched.reference) == (Decimal("20.00"), "refund-a")
 
