@@ -93,6 +93,19 @@ async def test_a_real_refund_is_applied_as_the_processor_says_whatever_the_notic
     assert (row["status"], row["refunded_amount"]) == ("partially_refunded", Decimal("20.0000"))
 
 
+async def our_pending_refund(db, paid: dict, connection: dict, *, since: datetime,
+                             refund_id: uuid.UUID | None = None) -> uuid.UUID:
+    """Our refund of 70.00 of `paid`, pending since `since` (its processor call not answered yet)."""
+    ours = refund_id or uuid.uuid4()
+    async with db.begin() as conn:
+        await conn.execute(sa.insert(et.refunds).values(
+            id=ours, transaction_id=uuid.UUID(paid["id"]), processor_type="stripe", connection_id=connection["id"],
+            processor_payment_id=paid["external_transaction_id"], processor_refund_id=None,
+            amount=Decimal("70.00"), currency="USD", status="pending", processor_idempotency_key=f"hp-ref-{ours}",
+            created_at=since, updated_at=since, check_failures=0))
+    return ours
+
+
 async def test_a_refund_carrying_our_pending_refunds_reference_does_not_settle_it(http, db, stripe_sim):
     """Our own refund of 70.00 is pending (its processor call not yet answered); its id, the reference
     the processor keeps with it, is no secret. The barber makes a real 0.01 refund in their own
@@ -103,14 +116,7 @@ async def test_a_refund_carrying_our_pending_refunds_reference_does_not_settle_i
     secret = f"whsec_borrowed_reference_{b}"
     connection = await connect_stripe(http, b, webhook_secret=secret)
     _, paid = await call(http, "POST", "/internal/v1/charges", SERVICE, charge_body(b, connection["id"], "80.00"))
-    ours = uuid.uuid4()
-    now = datetime.now(UTC)
-    async with db.begin() as conn:
-        await conn.execute(sa.insert(et.refunds).values(
-            id=ours, transaction_id=uuid.UUID(paid["id"]), processor_type="stripe", connection_id=connection["id"],
-            processor_payment_id=paid["external_transaction_id"], processor_refund_id=None,
-            amount=Decimal("70.00"), currency="USD", status="pending", processor_idempotency_key=f"hp-ref-{ours}",
-            created_at=now, updated_at=now, check_failures=0))
+    ours = await our_pending_refund(db, paid, connection, since=datetime.now(UTC))
     tiny = await sdk(stripe_sim, stripe_key(b)).v1.refunds.create_async(params={
         "payment_intent": paid["external_transaction_id"], "amount": 1, "metadata": {"hp_reference": str(ours)}})
     status, ack = await post_stripe_notice(http, connection["id"], secret, {
@@ -137,13 +143,8 @@ async def test_the_sweeper_does_not_take_a_refund_bearing_our_reference_for_ours
     ours = uuid.uuid4()
     tiny = await sdk(stripe_sim, stripe_key(b)).v1.refunds.create_async(params={
         "payment_intent": paid["external_transaction_id"], "amount": 1, "metadata": {"hp_reference": str(ours)}})
-    long_ago = datetime.now(UTC) - timedelta(hours=1)  # untouched long enough for the sweeper
-    async with db.begin() as conn:
-        await conn.execute(sa.insert(et.refunds).values(
-            id=ours, transaction_id=uuid.UUID(paid["id"]), processor_type="stripe", connection_id=connection["id"],
-            processor_payment_id=paid["external_transaction_id"], processor_refund_id=None,
-            amount=Decimal("70.00"), currency="USD", status="pending", processor_idempotency_key=f"hp-ref-{ours}",
-            created_at=long_ago, updated_at=long_ago, check_failures=0))
+    # Untouched long enough for the sweeper.
+    await our_pending_refund(db, paid, connection, since=datetime.now(UTC) - timedelta(hours=1), refund_id=ours)
 
     async def settled():
         [row] = await rows(db, sa.select(et.refunds).where(et.refunds.c.id == ours))
