@@ -5,9 +5,10 @@ Each run of a once-job first takes a Postgres advisory lock named after the job 
 of its own; a replica that does not get it skips the run. The lock is held for the run and freed
 by `pg_advisory_unlock`, or by Postgres itself when the holder's connection dies with its process,
 so a crashed replica never blocks the others. Under the lock, the job's row in `job_schedule`
-says when it last started, anywhere; it is due once that is this process's interval ago: N replicas
-waking every interval run the job once per interval, not N times (the row also counts runs, which is how the tests count them). The clock is passed in
-(`now`), so jobs are tested by calling `run_once(now=...)` directly (always runs).
+says when it last started, anywhere; it is due once that is this process's interval ago: N
+replicas waking every interval run the job once per interval, not N times (the row also counts
+runs, which is how the tests count them). The clock is passed in (`now`), so jobs are tested by
+calling `run_once(now=...)` directly (always runs).
 """
 
 from __future__ import annotations

@@ -530,14 +530,15 @@ class Suite:
 
         logs = self.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        if sims and (note := sandbox_note(self.run_dir / "sandbox")):
+        sandbox = self.run_dir / "sandbox"  # what the simulators keep across restarts
+        if sims and (note := sandbox_note(sandbox)):
             console.print(f"[yellow]{note}[/]")
         for sim, port in sims:
             spawn(
                 self.children,
                 f"{sim.name}-sim",
                 # What the sandbox processors were sent outlives a restart, as at a real processor.
-                [sim.module, "--port", str(port), "--state-file", str(self.run_dir / "sandbox" / f"{sim.name}.json")],
+                [sim.module, "--port", str(port), "--state-file", str(sandbox / f"{sim.name}.json")],
                 env,
                 logs,
                 env[sim.base_var],
